@@ -1,0 +1,76 @@
+"""hos_keras: structured pruning of Keras 3 models with higher-order statistics.
+
+An implementation of Chatzikonstantinou, Papadopoulos, Dimitropoulos, Daras,
+"Neural Network Compression Using Higher-Order Statistics and Auxiliary
+Reconstruction Losses", CVPR Workshops 2020.
+
+The public API is exactly what `__all__` lists below.
+"""
+
+from hos_keras import errors
+from hos_keras.allocation import (
+    Allocation,
+    CumulantAllocation,
+    FixedAllocation,
+    GlobalAllocation,
+    JarqueBeraAllocation,
+    ShapiroWilkAllocation,
+    TargetAllocation,
+    allocation_names,
+    get_allocation,
+)
+from hos_keras.criteria import (
+    CumulantCriterion,
+    NormCriterion,
+    RandomCriterion,
+    criterion_names,
+    get_criterion,
+    register_criterion,
+)
+from hos_keras.graph import PrunableLayer, find_prunable_layers
+from hos_keras.kernels import filter_matrix
+from hos_keras.plan import LayerPlan, PruningPlan, plan_pruning, score_filters
+from hos_keras.profile import profile
+from hos_keras.stats import (
+    PowerSums,
+    jarque_bera,
+    kstat,
+    kurtosis,
+    shapiro_wilk,
+    skew,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Allocation",
+    "CumulantAllocation",
+    "CumulantCriterion",
+    "FixedAllocation",
+    "GlobalAllocation",
+    "JarqueBeraAllocation",
+    "LayerPlan",
+    "NormCriterion",
+    "PowerSums",
+    "PrunableLayer",
+    "PruningPlan",
+    "RandomCriterion",
+    "ShapiroWilkAllocation",
+    "TargetAllocation",
+    "allocation_names",
+    "criterion_names",
+    "errors",
+    "filter_matrix",
+    "find_prunable_layers",
+    "get_allocation",
+    "get_criterion",
+    "jarque_bera",
+    "kstat",
+    "kurtosis",
+    "plan_pruning",
+    "profile",
+    "register_criterion",
+    "score_filters",
+    "shapiro_wilk",
+    "skew",
+]

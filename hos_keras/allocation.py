@@ -1,0 +1,630 @@
+"""Per-layer allocation: how many channels each prunable layer loses.
+
+An allocation turns the facts about the prunable layers (their filter scores and
+their weights) into a pruning ratio per layer. Which filters go inside a layer is
+the criterion's job; the allocation only decides how many.
+
+From Chatzikonstantinou et al., "Neural Network Compression Using Higher-Order
+Statistics and Auxiliary Reconstruction Losses", CVPRW 2020, section 3.2:
+
+- `ShapiroWilkAllocation` (P1), `JarqueBeraAllocation` (P2) and
+  `CumulantAllocation` (P3): a layer statistic T measures how Gaussian the layer's
+  weights are; more Gaussian layers lose more channels by the paper's eq. 9,
+  `r = ceil((T - T_min) / (c * (T_max - T_min)) / step) * step`, with T_min and
+  T_max taken over the network itself and the coefficient `c` a parameter.
+- `GlobalAllocation` (P4): one threshold over the scores of all prunable filters.
+- `FixedAllocation` (P5): given ratios per layer or per stage, with a skip list
+  (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017).
+- `TargetAllocation`: searches the coefficient (or the global fraction, or a uniform
+  ratio) until the plan removes a requested share of the model's MACs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from hos_keras import stats
+from hos_keras.errors import InvalidArgumentError, UnknownNameError
+
+__all__ = [
+    "Allocation",
+    "AllocationContext",
+    "CumulantAllocation",
+    "FixedAllocation",
+    "GlobalAllocation",
+    "JarqueBeraAllocation",
+    "ShapiroWilkAllocation",
+    "StatisticAllocation",
+    "TargetAllocation",
+    "allocation_names",
+    "eq9_ratios",
+    "get_allocation",
+]
+
+
+@dataclasses.dataclass
+class AllocationContext:
+    """What an allocation may look at.
+
+    Attributes:
+        layers: Names of the prunable layers, in graph order.
+        channels: Output channels of each prunable layer.
+        scores: Filter scores of each prunable layer (lowest pruned first).
+        weights: Function from a layer name to all of its kernel weights (flat).
+        reference: Layers whose statistic sets T_min and T_max (the network's
+            convolution layers, prunable or not).
+        keep_counts: Function from ratios to channels kept per layer, applying
+            `min_channels` and `round_to`.
+        macs_reduction: Function from channels kept per layer to the fraction of
+            the model's MACs removed.
+    """
+
+    layers: Sequence[str]
+    channels: Mapping[str, int]
+    scores: Mapping[str, np.ndarray]
+    weights: Callable[[str], np.ndarray]
+    reference: Sequence[str]
+    keep_counts: Callable[[Mapping[str, float]], dict[str, int]]
+    macs_reduction: Callable[[Mapping[str, int]], float]
+
+
+@dataclasses.dataclass
+class Allocated:
+    """Result of an allocation: a ratio per layer and, if any, the statistic T."""
+
+    ratios: dict[str, float]
+    statistics: dict[str, float] | None = None
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+class Allocation:
+    """Base class: subclasses implement `allocate(context) -> Allocated`."""
+
+    name = "allocation"
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        """The constructor arguments, for the plan's record."""
+        return {}
+
+
+def _check_ratio(name: str, value) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"Received {name}={value!r}; pass a number in [0, 1)."
+        ) from None
+    if not 0.0 <= ratio < 1.0 or math.isnan(ratio):
+        raise InvalidArgumentError(
+            f"Received {name}={value!r}; a pruning ratio must be in [0, 1) "
+            "(1 would remove every channel)."
+        )
+    return ratio
+
+
+def _check_coefficient(coefficient) -> float:
+    try:
+        value = float(coefficient)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or math.isinf(value):
+        raise InvalidArgumentError(
+            f"Received coefficient={coefficient!r}; pass a finite number > 0 (the "
+            "paper uses 2.0 to 8.7; the largest ratio is about ceil(10 / c) / 10)."
+        )
+    return value
+
+
+def eq9_ratios(
+    statistics: Mapping[str, float],
+    t_min: float,
+    t_max: float,
+    coefficient: float,
+    step: float = 0.1,
+    max_ratio: float = 0.9,
+) -> dict[str, float]:
+    """The paper's eq. 9: ratio = ceil((T - T_min) / (c (T_max - T_min)) / step) * step.
+
+    Args:
+        statistics: Layer statistic T per layer (larger = more Gaussian).
+        t_min: Smallest T over the reference layers.
+        t_max: Largest T over the reference layers.
+        coefficient: c > 0; larger values prune less.
+        step: Rounding step of the ratios. Defaults to `0.1`, as the paper.
+        max_ratio: Upper bound of any ratio. Defaults to `0.9`.
+
+    Returns:
+        Ratio per layer, each in [0, max_ratio].
+    """
+    span = t_max - t_min
+    ratios = {}
+    for name, value in statistics.items():
+        position = 0.0 if span <= 0 else max(0.0, (value - t_min) / span)
+        steps = math.ceil(position / (coefficient * step) - 1e-9)
+        ratios[name] = float(min(max_ratio, max(0, steps) * step))
+    return ratios
+
+
+class StatisticAllocation(Allocation):
+    """Shared logic of the layer-statistic allocations P1-P3 (the paper's eq. 9).
+
+    Args:
+        coefficient: The coefficient c of eq. 9; larger prunes less. Defaults to
+            `3.7` (the paper's ResNet-56 value).
+        step: Rounding step of the ratios. Defaults to `0.1`.
+        max_ratio: Upper bound of any layer's ratio. Defaults to `0.9`.
+        stat_range: `"conv"` to take T_min/T_max over every convolution layer of
+            the network (as the paper), or `"prunable"` for the prunable layers
+            only. Defaults to `"conv"`.
+    """
+
+    def __init__(
+        self,
+        coefficient: float = 3.7,
+        step: float = 0.1,
+        max_ratio: float = 0.9,
+        stat_range: str = "conv",
+    ):
+        self.coefficient = _check_coefficient(coefficient)
+        if not 0 < float(step) <= 1:
+            raise InvalidArgumentError(
+                f"Received step={step!r}; pass a rounding step in (0, 1]."
+            )
+        self.step = float(step)
+        self.max_ratio = _check_ratio("max_ratio", max_ratio)
+        if stat_range not in ("conv", "prunable"):
+            raise InvalidArgumentError(
+                f"Received stat_range={stat_range!r}; pass 'conv' or 'prunable'."
+            )
+        self.stat_range = stat_range
+
+    def layer_statistic(self, weights: np.ndarray) -> float:
+        """T of one layer from all of its weights; larger means more Gaussian."""
+        raise NotImplementedError
+
+    def statistics(self, context: AllocationContext) -> tuple[dict, float, float]:
+        """T for the prunable layers, and T_min/T_max over the reference layers."""
+        names = list(context.layers)
+        if self.stat_range == "conv":
+            names += [n for n in context.reference if n not in context.layers]
+        values = {name: self.layer_statistic(context.weights(name)) for name in names}
+        finite = [v for v in values.values() if math.isfinite(v)]
+        if not finite:
+            finite = [0.0]
+        t_min, t_max = min(finite), max(finite)
+        # A constant (zero-variance) layer has no finite statistic: it is as
+        # uninformative as it gets, so it is treated as the most Gaussian.
+        values = {k: (v if math.isfinite(v) else t_max) for k, v in values.items()}
+        return {k: values[k] for k in context.layers}, t_min, t_max
+
+    def ratios_for(self, statistics, t_min, t_max, coefficient) -> dict[str, float]:
+        return eq9_ratios(
+            statistics, t_min, t_max, coefficient, self.step, self.max_ratio
+        )
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        statistics, t_min, t_max = self.statistics(context)
+        ratios = self.ratios_for(statistics, t_min, t_max, self.coefficient)
+        return Allocated(
+            ratios,
+            statistics,
+            {"t_min": t_min, "t_max": t_max, "coefficient": self.coefficient},
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "coefficient": self.coefficient,
+            "step": self.step,
+            "max_ratio": self.max_ratio,
+            "stat_range": self.stat_range,
+        }
+
+
+class ShapiroWilkAllocation(StatisticAllocation):
+    """P1: T is the Shapiro-Wilk W of all of a layer's weights.
+
+    W near 1 means Gaussian-looking weights, which are pruned more (eq. 9).
+    Chatzikonstantinou et al., CVPRW 2020, sec. 3.2; Shapiro & Wilk, Biometrika 1965.
+    W is computed on every weight of the layer (scipy's p-value is inexact beyond
+    5,000 samples, but W is not used as a test here); pass `max_samples` to use a
+    seeded subsample for speed instead.
+
+    Args:
+        coefficient: See `StatisticAllocation`. Defaults to `3.7`.
+        step: Defaults to `0.1`.
+        max_ratio: Defaults to `0.9`.
+        stat_range: Defaults to `"conv"`.
+        max_samples: Subsample size per layer, or `None` for all weights. Defaults
+            to `None`.
+        seed: Seed of the subsample. Defaults to `0`.
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=3.7)
+    ```
+    """
+
+    name = "shapiro"
+
+    def __init__(
+        self,
+        coefficient=3.7,
+        step=0.1,
+        max_ratio=0.9,
+        stat_range="conv",
+        max_samples=None,
+        seed=0,
+    ):
+        super().__init__(coefficient, step, max_ratio, stat_range)
+        self.max_samples = max_samples
+        self.seed = seed
+
+    def layer_statistic(self, weights):
+        return stats.shapiro_wilk(weights, self.max_samples, self.seed)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "max_samples": self.max_samples,
+            "seed": self.seed,
+        }
+
+
+class JarqueBeraAllocation(StatisticAllocation):
+    """P2: T = -log10(JB) of all of a layer's weights.
+
+    A small Jarque-Bera statistic means Gaussian-looking weights, pruned more. The
+    paper writes T = 1 - log10(JB) / a with a per-network constant a; eq. 9 only
+    sees (T - T_min) / (T_max - T_min), in which a and the offset cancel, so they
+    are left out. Chatzikonstantinou et al., CVPRW 2020, sec. 3.2; Jarque & Bera 1987.
+
+    Args:
+        coefficient, step, max_ratio, stat_range: See `StatisticAllocation`.
+    """
+
+    name = "jarque_bera"
+
+    def layer_statistic(self, weights):
+        jb = float(stats.jarque_bera(weights).statistic)
+        if not math.isfinite(jb):
+            return float("nan")
+        return -math.log10(max(jb, 1e-300))
+
+
+class CumulantAllocation(StatisticAllocation):
+    """P3: T = -log10(|k3 * k4|) of all of a layer's weights.
+
+    Cumulants near zero mean Gaussian-looking weights, pruned more.
+    Chatzikonstantinou et al., CVPRW 2020, sec. 3.2.
+
+    Args:
+        coefficient, step, max_ratio, stat_range: See `StatisticAllocation`.
+    """
+
+    name = "k34"
+
+    def layer_statistic(self, weights):
+        sums = stats.PowerSums.from_array(weights)
+        if sums.count < 4 or bool(sums.degenerate):
+            return float("nan")
+        value = abs(float(sums.kstat(3) * sums.kstat(4)))
+        return -math.log10(max(value, 1e-300))
+
+
+class GlobalAllocation(Allocation):
+    """P4: remove the lowest-scoring `fraction` of all prunable filters together.
+
+    Chatzikonstantinou et al., CVPRW 2020, sec. 3.2 (the reference uses 0.32).
+    Scores of different layers are compared directly, as in the paper; note that
+    cumulants scale with the weights' spread (k3 * k4 with sigma**7), so layers with
+    small weights lose more under the HOS criteria.
+
+    Args:
+        fraction: Share of all prunable filters to remove, in [0, 1). Defaults to
+            `0.32`.
+    """
+
+    name = "global"
+
+    def __init__(self, fraction: float = 0.32):
+        self.fraction = _check_ratio("fraction", fraction)
+
+    def removed_counts(self, context: AllocationContext, n_removed: int) -> dict:
+        names = list(context.layers)
+        all_scores = np.concatenate([context.scores[n] for n in names])
+        owners = np.concatenate(
+            [np.full(context.channels[n], i) for i, n in enumerate(names)]
+        )
+        order = np.argsort(all_scores, kind="stable")[:n_removed]
+        counts = np.bincount(owners[order], minlength=len(names))
+        return {name: int(counts[i]) for i, name in enumerate(names)}
+
+    def total(self, context: AllocationContext) -> int:
+        return int(sum(context.channels[n] for n in context.layers))
+
+    def ratios_for_count(self, context, n_removed) -> dict[str, float]:
+        removed = self.removed_counts(context, n_removed)
+        return {n: removed[n] / context.channels[n] for n in context.layers}
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        n_removed = math.floor(self.fraction * self.total(context) + 1e-9)
+        return Allocated(
+            self.ratios_for_count(context, n_removed),
+            details={"fraction": self.fraction},
+        )
+
+    def get_config(self):
+        return {"fraction": self.fraction}
+
+
+class FixedAllocation(Allocation):
+    """P5: given ratios, per layer or per stage, with a skip list.
+
+    Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets",
+    ICLR 2017 (e.g. ResNet-56 stages [0.8, 0.5, 0.3] in the reference code).
+
+    Args:
+        ratio: One ratio for every prunable layer, or a mapping from layer names or
+            shell-style patterns (`"stage1_*"`) to ratios; the first matching key in
+            the mapping's order wins, an exact name before any pattern, and layers
+            that match nothing keep all channels. Defaults to `0.3`.
+        skip: Names or patterns of layers never pruned. Defaults to `()`.
+
+    Raises:
+        InvalidArgumentError: for a ratio outside [0, 1).
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(
+        model, allocation="fixed",
+        ratio={"stage1_*": 0.8, "stage2_*": 0.5, "stage3_*": 0.3},
+        skip=["stage3_block9_conv1"],
+    )
+    ```
+    """
+
+    name = "fixed"
+
+    def __init__(
+        self, ratio: float | Mapping[str, float] = 0.3, skip: Sequence[str] = ()
+    ):
+        if isinstance(ratio, Mapping):
+            self.ratio = {
+                str(k): _check_ratio(f"ratio[{k!r}]", v) for k, v in ratio.items()
+            }
+        else:
+            self.ratio = _check_ratio("ratio", ratio)
+        if isinstance(skip, str):
+            skip = [skip]
+        self.skip = tuple(skip)
+
+    def skipped(self, name: str) -> bool:
+        """Whether `name` matches the skip list."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip)
+
+    def ratio_of(self, name: str) -> float:
+        if self.skipped(name):
+            return 0.0
+        if not isinstance(self.ratio, dict):
+            return self.ratio
+        if name in self.ratio:
+            return self.ratio[name]
+        for pattern, value in self.ratio.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return value
+        return 0.0
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        return Allocated({name: self.ratio_of(name) for name in context.layers})
+
+    def get_config(self):
+        return {"ratio": self.ratio, "skip": list(self.skip)}
+
+
+class TargetAllocation(Allocation):
+    """Reach a requested MACs reduction by searching the base allocation's knob.
+
+    For `base` in `"shapiro"`, `"jarque_bera"`, `"k34"` it searches the coefficient
+    c of eq. 9 (bisection on log c); for `"global"` the number of filters removed
+    (exact binary search); for `"fixed"` one uniform ratio. The result is the
+    least pruning that removes at least `macs_reduction` of the model's MACs; the
+    achieved reduction is reported in the plan. Ratios move in steps (0.1 for eq. 9),
+    so the achieved value can exceed the request.
+
+    Args:
+        macs_reduction: Fraction of MACs to remove, in (0, 1). E.g. `0.5` for "50%
+            fewer MACs".
+        base: Allocation whose knob is searched. Defaults to `"shapiro"`.
+        **base_options: Other arguments of the base allocation (e.g. `step`,
+            `max_ratio`).
+
+    Raises:
+        InvalidArgumentError: for a reduction outside (0, 1) or an unknown base;
+            at allocation time, if even the most aggressive setting cannot reach
+            the target (the message gives the largest reachable reduction).
+    """
+
+    name = "target"
+    _BASES = ("shapiro", "jarque_bera", "k34", "global", "fixed")
+
+    def __init__(
+        self, macs_reduction: float = 0.5, base: str = "shapiro", **base_options
+    ):
+        try:
+            value = float(macs_reduction)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise InvalidArgumentError(
+                f"Received macs_reduction={macs_reduction!r}; pass a fraction in "
+                "(0, 1), e.g. 0.5 for 50% fewer MACs."
+            )
+        if base not in self._BASES:
+            raise UnknownNameError(
+                f"Received base={base!r}; pass one of {list(self._BASES)}."
+            )
+        self.macs_reduction = value
+        self.base = base
+        self.base_options = dict(base_options)
+        options = dict(base_options)
+        if base == "fixed":
+            options.setdefault("ratio", 0.0)
+        self._base = get_allocation(base, **options)
+
+    def _reduction(self, context, ratios) -> float:
+        return context.macs_reduction(context.keep_counts(ratios))
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        target = self.macs_reduction
+        base = self._base
+        if isinstance(base, GlobalAllocation):
+            lo, hi = 0, base.total(context) - 1
+
+            def ratios_at(k):
+                return base.ratios_for_count(context, k)
+
+            if self._reduction(context, ratios_at(hi)) < target:
+                self._unreachable(context, ratios_at(hi))
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._reduction(context, ratios_at(mid)) >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            ratios = ratios_at(lo)
+            total = base.total(context)
+            return self._result(
+                context, ratios, None, {"fraction": lo / total, "base": self.base}
+            )
+        if isinstance(base, FixedAllocation):
+            return self._search_uniform(context, base)
+        statistics, t_min, t_max = base.statistics(context)
+
+        def ratios_of(c):
+            return base.ratios_for(statistics, t_min, t_max, c)
+
+        lo, hi = math.log(1e-3), math.log(1e3)
+        if self._reduction(context, ratios_of(math.exp(lo))) < target:
+            self._unreachable(context, ratios_of(math.exp(lo)))
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if self._reduction(context, ratios_of(math.exp(mid))) >= target:
+                lo = mid
+            else:
+                hi = mid
+        coefficient = math.exp(lo)
+        return self._result(
+            context,
+            ratios_of(coefficient),
+            statistics,
+            {
+                "coefficient": coefficient,
+                "t_min": t_min,
+                "t_max": t_max,
+                "base": self.base,
+            },
+        )
+
+    def _search_uniform(self, context, base: FixedAllocation) -> Allocated:
+        cap = base.ratio if isinstance(base.ratio, float) and base.ratio > 0 else 0.99
+
+        def ratios_at(r):
+            return {n: 0.0 if base.skipped(n) else r for n in context.layers}
+
+        if self._reduction(context, ratios_at(cap)) < self.macs_reduction:
+            self._unreachable(context, ratios_at(cap))
+        lo, hi = 0.0, cap
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if self._reduction(context, ratios_at(mid)) >= self.macs_reduction:
+                hi = mid
+            else:
+                lo = mid
+        return self._result(
+            context, ratios_at(hi), None, {"ratio": hi, "base": self.base}
+        )
+
+    def _result(self, context, ratios, statistics, details) -> Allocated:
+        details["achieved_macs_reduction"] = self._reduction(context, ratios)
+        details["requested_macs_reduction"] = self.macs_reduction
+        return Allocated(ratios, statistics, details)
+
+    def _unreachable(self, context, ratios):
+        best = self._reduction(context, ratios)
+        raise InvalidArgumentError(
+            f"Cannot reach macs_reduction={self.macs_reduction}: with base="
+            f"{self.base!r} the most aggressive setting removes {best:.1%} of the "
+            "MACs. Ask for less, raise max_ratio, or use base='global'."
+        )
+
+    def get_config(self):
+        return {
+            "macs_reduction": self.macs_reduction,
+            "base": self.base,
+            **self.base_options,
+        }
+
+
+_ALLOCATIONS = {
+    cls.name: cls
+    for cls in (
+        ShapiroWilkAllocation,
+        JarqueBeraAllocation,
+        CumulantAllocation,
+        GlobalAllocation,
+        FixedAllocation,
+        TargetAllocation,
+    )
+}
+
+
+def allocation_names() -> list[str]:
+    """The names `get_allocation` and `plan_pruning` accept."""
+    return sorted(_ALLOCATIONS)
+
+
+def get_allocation(allocation="shapiro", **options) -> Allocation:
+    """Makes an allocation from its name and options (or passes an instance through).
+
+    Args:
+        allocation: A name from `allocation_names()` or an `Allocation` instance.
+            Defaults to `"shapiro"`.
+        **options: Constructor arguments of the named allocation.
+
+    Returns:
+        An `Allocation`.
+
+    Raises:
+        UnknownNameError: for an unknown name (the message lists the valid ones).
+        TypeError: for options the allocation does not take.
+    """
+    if isinstance(allocation, Allocation):
+        if options:
+            raise InvalidArgumentError(
+                f"Options {sorted(options)} were given with an Allocation instance; "
+                "pass them to its constructor instead."
+            )
+        return allocation
+    if not isinstance(allocation, str) or allocation not in _ALLOCATIONS:
+        raise UnknownNameError(
+            f"Unknown allocation {allocation!r}; valid names are "
+            f"{allocation_names()}, or pass an Allocation instance."
+        )
+    cls = _ALLOCATIONS[allocation]
+    try:
+        return cls(**options)
+    except TypeError as error:
+        raise TypeError(
+            f"Allocation {allocation!r} got unexpected options {sorted(options)}: "
+            f"{error}"
+        ) from None

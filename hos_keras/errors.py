@@ -1,0 +1,35 @@
+"""The errors hos_keras raises.
+
+Every error derives from `HOSKerasError`, so `except hos_keras.errors.HOSKerasError`
+catches all of them. Each also derives from the builtin that matches its nature
+(`ValueError` for a bad value, `TypeError` for a bad kind of object), so code that
+already catches those keeps working.
+"""
+
+
+class HOSKerasError(Exception):
+    """Base class of every error raised by hos_keras."""
+
+
+class InvalidArgumentError(HOSKerasError, ValueError):
+    """An argument has a value outside its valid range or set."""
+
+
+class UnknownNameError(InvalidArgumentError):
+    """A criterion, allocation or other registry name is not known."""
+
+
+class NonFiniteWeightsError(HOSKerasError, ValueError):
+    """A layer's weights contain NaN or Inf, so no statistic can be computed."""
+
+
+class NothingToPruneError(HOSKerasError, ValueError):
+    """The model has no layer whose output channels can be pruned."""
+
+
+class UnsupportedModelError(HOSKerasError, TypeError):
+    """The model is of a kind hos_keras cannot analyse (e.g. subclassed)."""
+
+
+class PlanMismatchError(HOSKerasError, ValueError):
+    """A pruning plan does not belong to the model it is applied to."""

@@ -1,0 +1,512 @@
+"""Scoring a model's filters and planning which channels to prune.
+
+`score_filters` applies a criterion to every layer with output channels;
+`plan_pruning` puts graph analysis, criterion and allocation together into a
+`PruningPlan`: for each prunable layer the channel indices kept, the ratio, the
+layer statistic T and the scores, plus the parameters and MACs before and after.
+A plan is plain data: it serializes to JSON and back exactly, and later steps
+(surgery, masking, fine-tuning) only read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from hos_keras import allocation as allocation_lib
+from hos_keras import criteria, graph, kernels
+from hos_keras.errors import (
+    HOSKerasError,
+    InvalidArgumentError,
+    NonFiniteWeightsError,
+    NothingToPruneError,
+)
+from hos_keras.profile import profile
+
+__all__ = ["LayerPlan", "PruningPlan", "plan_pruning", "score_filters"]
+
+_FORMAT = "hos_keras.PruningPlan"
+_VERSION = 1
+
+
+@dataclasses.dataclass(eq=False)
+class LayerPlan:
+    """The plan for one prunable layer.
+
+    Attributes:
+        name: The producing layer.
+        channels: Its output channels before pruning.
+        keep: Sorted indices of the channels kept (int64 array).
+        ratio: The ratio the allocation asked for (the kept count also respects
+            `min_channels` and `round_to`).
+        statistic: The layer statistic T of P1-P3 allocations, else `None`.
+        scores: The criterion's score of every channel (float64 array).
+        followers: Layers sliced along with the channels (BatchNormalization ...).
+        consumers: Layers that lose the matching input channels.
+    """
+
+    name: str
+    channels: int
+    keep: np.ndarray
+    ratio: float
+    statistic: float | None
+    scores: np.ndarray
+    followers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
+
+    @property
+    def pruned(self) -> np.ndarray:
+        """Sorted indices of the channels removed."""
+        return np.setdiff1d(np.arange(self.channels), self.keep)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "channels": int(self.channels),
+            "keep": [int(i) for i in self.keep],
+            "ratio": float(self.ratio),
+            "statistic": None if self.statistic is None else float(self.statistic),
+            "scores": [float(s) for s in self.scores],
+            "followers": list(self.followers),
+            "consumers": list(self.consumers),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> LayerPlan:
+        return cls(
+            name=str(data["name"]),
+            channels=int(data["channels"]),
+            keep=np.asarray(data["keep"], dtype=np.int64),
+            ratio=float(data["ratio"]),
+            statistic=None if data["statistic"] is None else float(data["statistic"]),
+            scores=np.asarray(data["scores"], dtype=np.float64),
+            followers=tuple(data.get("followers", ())),
+            consumers=tuple(data.get("consumers", ())),
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class PruningPlan:
+    """Which channels of which layers to prune, and what it saves.
+
+    Attributes:
+        model_name: Name of the model the plan was made for.
+        criterion: Name of the filter criterion.
+        allocation: Name of the allocation.
+        allocation_config: The allocation's arguments.
+        layers: `{layer_name: LayerPlan}` in graph order.
+        frozen: `{layer_name: reason}` for layers with filters that are not pruned.
+        params_before, params_after, macs_before, macs_after: Integer totals (see
+            `hos_keras.profile` for the convention).
+        details: What the allocation reports (T_min, T_max, the coefficient found
+            by a target search, the achieved MACs reduction, ...).
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(model, criterion="k34", allocation="shapiro",
+                                  coefficient=3.7)
+    plan.summary()
+    text = plan.to_json()
+    assert hos_keras.PruningPlan.from_json(text) == plan
+    ```
+    """
+
+    model_name: str
+    criterion: str
+    allocation: str
+    allocation_config: dict
+    layers: dict[str, LayerPlan]
+    frozen: dict[str, str]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    details: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def macs_reduction(self) -> float:
+        """Fraction of the MACs removed."""
+        return 1.0 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    @property
+    def params_reduction(self) -> float:
+        """Fraction of the parameters removed."""
+        if not self.params_before:
+            return 0.0
+        return 1.0 - self.params_after / self.params_before
+
+    def __getitem__(self, name: str) -> LayerPlan:
+        return self.layers[name]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PruningPlan):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def to_dict(self) -> dict:
+        """The plan as JSON-compatible Python data."""
+        return {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "model_name": self.model_name,
+            "criterion": self.criterion,
+            "allocation": self.allocation,
+            "allocation_config": self.allocation_config,
+            "layers": [plan.to_dict() for plan in self.layers.values()],
+            "frozen": dict(self.frozen),
+            "params_before": int(self.params_before),
+            "params_after": int(self.params_after),
+            "macs_before": int(self.macs_before),
+            "macs_after": int(self.macs_after),
+            "details": self.details,
+        }
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Serializes the plan; `PruningPlan.from_json` restores it exactly."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PruningPlan:
+        if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
+            raise InvalidArgumentError(
+                "The data is not a hos_keras pruning plan (missing "
+                f"'format': {_FORMAT!r}); pass the output of PruningPlan.to_json()."
+            )
+        if data.get("version") != _VERSION:
+            raise InvalidArgumentError(
+                f"Pruning plan version {data.get('version')!r} is not supported; "
+                f"this hos_keras reads version {_VERSION}."
+            )
+        try:
+            layers = [LayerPlan.from_dict(entry) for entry in data["layers"]]
+            return cls(
+                model_name=str(data["model_name"]),
+                criterion=str(data["criterion"]),
+                allocation=str(data["allocation"]),
+                allocation_config=dict(data["allocation_config"]),
+                layers={plan.name: plan for plan in layers},
+                frozen=dict(data["frozen"]),
+                params_before=int(data["params_before"]),
+                params_after=int(data["params_after"]),
+                macs_before=int(data["macs_before"]),
+                macs_after=int(data["macs_after"]),
+                details=dict(data.get("details", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"Malformed pruning plan: {type(error).__name__}: {error}."
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        """Restores a plan written by `to_json`.
+
+        Raises:
+            InvalidArgumentError: if the text is not a valid plan.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(
+                f"Cannot parse the pruning plan as JSON: {error}."
+            ) from None
+        return cls.from_dict(data)
+
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Prints a per-layer table and the totals before and after pruning.
+
+        Args:
+            print_fn: Function called with each line. Defaults to `print`.
+        """
+        print_fn = print_fn or print
+        name_width = max([len("layer")] + [len(n) for n in self.layers]) + 2
+        header = (
+            f"{'layer':<{name_width}}{'channels':>9}{'kept':>7}{'ratio':>7}"
+            f"{'T':>10}{'score min':>12}{'score med':>12}"
+        )
+        rule = "-" * len(header)
+        print_fn(
+            f"Pruning plan for {self.model_name!r}: criterion={self.criterion}, "
+            f"allocation={self.allocation}"
+        )
+        print_fn(rule)
+        print_fn(header)
+        print_fn(rule)
+        for plan in self.layers.values():
+            statistic = "-" if plan.statistic is None else f"{plan.statistic:.4g}"
+            print_fn(
+                f"{plan.name:<{name_width}}{plan.channels:>9}{len(plan.keep):>7}"
+                f"{plan.ratio:>7.2f}{statistic:>10}"
+                f"{float(np.min(plan.scores)):>12.3g}"
+                f"{float(np.median(plan.scores)):>12.3g}"
+            )
+        print_fn(rule)
+        print_fn(
+            f"params: {self.params_before:,} -> {self.params_after:,} "
+            f"({self.params_reduction:.1%} fewer)"
+        )
+        print_fn(
+            f"MACs:   {self.macs_before:,} -> {self.macs_after:,} "
+            f"({self.macs_reduction:.1%} fewer)"
+        )
+        if self.frozen:
+            print_fn(
+                f"not pruned: {len(self.frozen)} layers with filters "
+                "(see plan.frozen for the reasons)"
+            )
+
+
+def _iter_filter_layers(model: keras.Model, prefix: str = ""):
+    """(qualified name, layer) of every layer with filters, nested models included."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _iter_filter_layers(layer, prefix + layer.name + "/")
+        elif kernels.has_filters(layer):
+            yield prefix + layer.name, layer
+
+
+def _checked_filters(name: str, layer) -> np.ndarray:
+    filters = kernels.filter_matrix(layer)
+    if not np.all(np.isfinite(filters)):
+        bad = int(np.size(filters) - np.count_nonzero(np.isfinite(filters)))
+        raise NonFiniteWeightsError(
+            f"Layer {name!r} has {bad} NaN or Inf weights; no statistic can be "
+            "computed. Fix the training that produced them or reload good weights."
+        )
+    return filters
+
+
+def _score(name: str, filters: np.ndarray, criterion) -> np.ndarray:
+    try:
+        scores = np.asarray(criterion(filters), dtype=np.float64)
+    except HOSKerasError as error:
+        raise type(error)(f"Layer {name!r}: {error}") from None
+    if scores.shape != (filters.shape[1],):
+        raise InvalidArgumentError(
+            f"Criterion {criterion!r} returned shape {scores.shape} for layer "
+            f"{name!r}; a criterion must return one score per filter "
+            f"({filters.shape[1]},)."
+        )
+    if not np.all(np.isfinite(scores)):
+        raise InvalidArgumentError(
+            f"Criterion {criterion!r} returned non-finite scores for layer {name!r}."
+        )
+    return scores
+
+
+def score_filters(
+    model: keras.Model, criterion="k34", seed: int | None = 0
+) -> dict[str, np.ndarray]:
+    """Scores every output channel of every layer that has output channels.
+
+    Covers Conv1D/2D/3D, their Transpose versions, SeparableConv (pointwise kernel),
+    DepthwiseConv (per channel) and Dense, inside nested models too (named
+    `"outer/inner"`).
+
+    Args:
+        model: A built Keras model.
+        criterion: A name from `hos_keras.criteria.criterion_names()` (`"k34"`,
+            `"abs_k34"`, `"skew"`, `"l1"`, `"random"`, ...) or a callable from a
+            `(weights_per_filter, n_filters)` matrix to scores. Defaults to `"k34"`.
+        seed: Seed of randomized criteria. Defaults to `0`.
+
+    Returns:
+        `{layer_name: float64 array of one score per output channel}`; lower
+        scores are pruned first.
+
+    Raises:
+        NonFiniteWeightsError: if a layer has NaN/Inf weights (names the layer).
+        UnknownNameError: for an unknown criterion name.
+
+    Example:
+
+    ```python
+    scores = hos_keras.score_filters(model, criterion="k34")
+    scores["stage1_block1_conv1"].shape  # (16,)
+    ```
+    """
+    criterion = criteria.get_criterion(criterion, seed=seed)
+    return {
+        name: _score(name, _checked_filters(name, layer), criterion)
+        for name, layer in _iter_filter_layers(model)
+    }
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidArgumentError(f"Received {name}={value!r}; pass an integer >= 1.")
+    return int(value)
+
+
+def _keep_count(channels: int, ratio: float, min_channels: int, round_to: int) -> int:
+    keep = math.floor(channels * (1.0 - ratio) + 1e-9)
+    keep = max(keep, min_channels, 1)
+    keep = math.ceil(keep / round_to) * round_to
+    return min(keep, channels)
+
+
+def _kept_indices(scores: np.ndarray, n_keep: int) -> np.ndarray:
+    """Indices of the `n_keep` highest scores, ties broken by lower index removed."""
+    order = np.argsort(scores, kind="stable")
+    return np.sort(order[len(scores) - n_keep :]).astype(np.int64)
+
+
+def plan_pruning(
+    model: keras.Model,
+    criterion="k34",
+    allocation="shapiro",
+    *,
+    min_channels: int = 1,
+    round_to: int = 1,
+    seed: int | None = 0,
+    **options,
+) -> PruningPlan:
+    """Plans which output channels of a model to prune.
+
+    Finds the prunable layers (`hos_keras.graph.find_prunable_layers`), scores
+    their filters with `criterion`, lets `allocation` decide each layer's ratio,
+    and keeps the highest-scoring channels of each layer.
+
+    Args:
+        model: A built functional or Sequential Keras model (not modified).
+        criterion: Filter criterion name or callable (see `score_filters`).
+            Defaults to `"k34"`, the paper's k3 * k4 ranked by signed value.
+        allocation: One of `"shapiro"` (P1), `"jarque_bera"` (P2), `"k34"` (P3),
+            `"global"` (P4), `"fixed"` (P5), `"target"`, or an `Allocation`
+            instance. Defaults to `"shapiro"`.
+        min_channels: Fewest channels any layer keeps. Defaults to `1`.
+        round_to: Kept channels are rounded up to a multiple of this (e.g. 8 for
+            hardware-friendly widths), never above the original. Defaults to `1`.
+        seed: Seed for randomized criteria. Defaults to `0`.
+        **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
+            `fraction=0.32` (global), `ratio=0.3` and `skip=[...]` (fixed),
+            `macs_reduction=0.5` and `base="shapiro"` (target).
+
+    Returns:
+        A `PruningPlan`.
+
+    Raises:
+        UnknownNameError: for an unknown criterion or allocation name.
+        InvalidArgumentError: for out-of-range options (the message names them).
+        NonFiniteWeightsError: if a prunable layer has NaN/Inf weights.
+        NothingToPruneError: if the model has no prunable layer.
+        UnsupportedModelError: for a subclassed or unbuilt model.
+
+    Example:
+
+    ```python
+    model = hos_keras.models.resnet56()
+    plan = hos_keras.plan_pruning(model, criterion="k34", allocation="target",
+                                  macs_reduction=0.5)
+    plan.summary()
+    ```
+    """
+    min_channels = _check_positive_int("min_channels", min_channels)
+    round_to = _check_positive_int("round_to", round_to)
+    allocator = allocation_lib.get_allocation(allocation, **options)
+    scorer = criteria.get_criterion(criterion, seed=seed)
+
+    prunable, frozen = graph.find_prunable_layers(model)
+    if not prunable:
+        reasons = "; ".join(f"{k}: {v}" for k, v in list(frozen.items())[:5])
+        raise NothingToPruneError(
+            f"Model {model.name!r} has no layer whose output channels can be "
+            f"pruned. {reasons or 'It has no Conv or Dense layer.'}"
+        )
+    by_name = {p.name: p for p in prunable}
+    filters = {
+        p.name: _checked_filters(p.name, model.get_layer(p.name)) for p in prunable
+    }
+    scores = {name: _score(name, f, scorer) for name, f in filters.items()}
+    conv_names = [
+        layer.name
+        for layer in model.layers
+        if kernels.has_filters(layer) and not isinstance(layer, keras.layers.Dense)
+    ]
+
+    def weights(name: str) -> np.ndarray:
+        if name in filters:
+            return filters[name]
+        return _checked_filters(name, model.get_layer(name))
+
+    base_cost = profile(model)
+
+    def overrides(keep: Mapping[str, int]):
+        in_channels, out_channels = {}, {}
+        for name, n_keep in keep.items():
+            layer_plan = by_name[name]
+            out_channels[name] = n_keep
+            for follower in layer_plan.followers:
+                in_channels[follower] = n_keep
+                layer = model.get_layer(follower)
+                multiplier = getattr(layer, "depth_multiplier", 1)
+                out_channels[follower] = n_keep * multiplier
+            for consumer in layer_plan.consumers:
+                in_channels[consumer] = n_keep
+        return in_channels, out_channels
+
+    def keep_counts(ratios: Mapping[str, float]) -> dict[str, int]:
+        return {
+            name: _keep_count(by_name[name].channels, ratio, min_channels, round_to)
+            for name, ratio in ratios.items()
+        }
+
+    def cost(keep: Mapping[str, int]) -> dict:
+        return profile(model, *overrides(keep))
+
+    def macs_reduction(keep: Mapping[str, int]) -> float:
+        return 1.0 - cost(keep)["macs"] / base_cost["macs"]
+
+    context = allocation_lib.AllocationContext(
+        layers=list(by_name),
+        channels={p.name: p.channels for p in prunable},
+        scores=scores,
+        weights=weights,
+        reference=conv_names or list(by_name),
+        keep_counts=keep_counts,
+        macs_reduction=macs_reduction,
+    )
+    allocated = allocator.allocate(context)
+    counts = keep_counts(allocated.ratios)
+    after = cost(counts)
+    statistics = allocated.statistics or {}
+    layers = {
+        p.name: LayerPlan(
+            name=p.name,
+            channels=p.channels,
+            keep=_kept_indices(scores[p.name], counts[p.name]),
+            ratio=float(allocated.ratios[p.name]),
+            statistic=statistics.get(p.name),
+            scores=scores[p.name],
+            followers=p.followers,
+            consumers=p.consumers,
+        )
+        for p in prunable
+    }
+    return PruningPlan(
+        model_name=model.name,
+        criterion=getattr(scorer, "name", getattr(scorer, "__name__", repr(scorer))),
+        allocation=allocator.name,
+        allocation_config=allocator.get_config(),
+        layers=layers,
+        frozen=frozen,
+        params_before=base_cost["params"],
+        params_after=after["params"],
+        macs_before=base_cost["macs"],
+        macs_after=after["macs"],
+        details={k: _plain(v) for k, v in allocated.details.items()},
+    )
+
+
+def _plain(value):
+    """Numpy scalars to Python numbers, for JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,37 @@
+"""Packaging for hos_keras."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="hos_keras",
+    version="0.1.0",
+    description=(
+        "Structured pruning of Keras 3 models with higher-order statistics and "
+        "auxiliary reconstruction losses (Chatzikonstantinou et al., CVPRW 2020)."
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["hos_keras", "hos_keras.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.3",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tensorflow-datasets>=4.9",
+        "keras-tuner>=1.4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.5"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,373 @@
+"""plan_pruning: allocations against hand computation with scipy, plan I/O, errors."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import scipy.stats
+from keras import layers
+
+import hos_keras
+from hos_keras.errors import (
+    HOSKerasError,
+    InvalidArgumentError,
+    NonFiniteWeightsError,
+    NothingToPruneError,
+    UnknownNameError,
+    UnsupportedModelError,
+)
+
+WIDTHS = (8, 12, 16)
+
+
+def _cnn(widths=WIDTHS, seed=0, name="cnn"):
+    """conv-bn-relu x2, pool, conv-relu, GAP, Dense: three prunable convs."""
+    inputs = keras.Input((10, 10, 3))
+    x = layers.Conv2D(widths[0], 3, padding="same", name="c1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(name="r1")(x)
+    x = layers.Conv2D(widths[1], 3, padding="same", name="c2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.ReLU(name="r2")(x)
+    x = layers.MaxPooling2D(name="pool")(x)
+    x = layers.Conv2D(widths[2], 3, activation="relu", name="c3")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(10, name="logits")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.Dense)):
+            shape = tuple(layer.kernel.shape)
+            # Layers with different shapes of weight distributions, so that the
+            # layer statistics and the filter scores all differ.
+            draws = {
+                "c1": rng.normal(size=shape),
+                "c2": rng.gamma(2.0, 1.0, shape) - 2.0,
+                "c3": rng.standard_t(3, shape),
+                "logits": rng.laplace(size=shape),
+            }[layer.name]
+            layer.kernel.assign(0.1 * draws)
+    return model
+
+
+def _scipy_k34(layer):
+    kernel = layer.kernel.numpy().astype(np.float64)
+    filters = kernel.reshape(-1, kernel.shape[-1])
+    return np.array(
+        [
+            scipy.stats.kstat(filters[:, f], 3) * scipy.stats.kstat(filters[:, f], 4)
+            for f in range(filters.shape[1])
+        ]
+    )
+
+
+def _expected_keep(scores, n_keep):
+    return sorted(np.argsort(-scores, kind="stable")[:n_keep].tolist())
+
+
+def _eq9(statistics, coefficient, step=0.1, max_ratio=0.9):
+    t_min, t_max = min(statistics.values()), max(statistics.values())
+    return {
+        name: min(
+            max_ratio,
+            math.ceil(round((t - t_min) / (coefficient * (t_max - t_min)) / step, 9))
+            * step,
+        )
+        for name, t in statistics.items()
+    }
+
+
+CONVS = ("c1", "c2", "c3")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _cnn()
+
+
+def test_prunable_layers_followers_and_consumers(model):
+    prunable, frozen = hos_keras.find_prunable_layers(model)
+    assert [(p.name, p.channels, p.followers, p.consumers) for p in prunable] == [
+        ("c1", 8, ("bn1", "r1"), ("c2",)),
+        ("c2", 12, ("bn2", "r2", "pool"), ("c3",)),
+        ("c3", 16, ("gap",), ("logits",)),
+    ]
+    assert frozen == {"logits": "its channels reach a model output"}
+
+
+@pytest.mark.parametrize(
+    "allocation, statistic",
+    [
+        ("shapiro", lambda w: scipy.stats.shapiro(w).statistic),
+        ("jarque_bera", lambda w: -math.log10(scipy.stats.jarque_bera(w).statistic)),
+        (
+            "k34",
+            lambda w: (
+                -math.log10(abs(scipy.stats.kstat(w, 3) * scipy.stats.kstat(w, 4)))
+            ),
+        ),
+    ],
+)
+def test_statistic_allocations_follow_eq9_with_model_range(
+    model, allocation, statistic
+):
+    coefficient = 1.3
+    plan = hos_keras.plan_pruning(
+        model, criterion="k34", allocation=allocation, coefficient=coefficient
+    )
+    expected_t = {
+        name: float(
+            statistic(model.get_layer(name).kernel.numpy().ravel().astype(np.float64))
+        )
+        for name in CONVS
+    }
+    ratios = _eq9(expected_t, coefficient)
+    assert len(set(ratios.values())) > 1
+    for name in CONVS:
+        entry = plan[name]
+        assert entry.statistic == pytest.approx(expected_t[name], rel=1e-6)
+        assert entry.ratio == pytest.approx(ratios[name])
+        n_keep = int(WIDTHS[CONVS.index(name)] * (1 - ratios[name]) + 1e-9)
+        np.testing.assert_array_equal(
+            entry.keep, _expected_keep(_scipy_k34(model.get_layer(name)), n_keep)
+        )
+    assert plan.details["t_min"] == pytest.approx(min(expected_t.values()), rel=1e-6)
+    assert plan.details["t_max"] == pytest.approx(max(expected_t.values()), rel=1e-6)
+
+
+def test_larger_coefficient_prunes_less(model):
+    small = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=1.0)
+    large = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=8.0)
+    assert small.macs_after < large.macs_after
+    for name in CONVS:
+        assert small[name].ratio >= large[name].ratio
+
+
+def test_global_allocation_removes_lowest_scores_over_all_layers(model):
+    plan = hos_keras.plan_pruning(
+        model, criterion="k34", allocation="global", fraction=0.32
+    )
+    scores = np.concatenate([_scipy_k34(model.get_layer(n)) for n in CONVS])
+    owner = np.concatenate([[i] * w for i, w in enumerate(WIDTHS)])
+    n_removed = int(0.32 * sum(WIDTHS))
+    removed = np.argsort(scores, kind="stable")[:n_removed]
+    offsets = np.cumsum((0,) + WIDTHS)
+    for i, name in enumerate(CONVS):
+        expected_removed = sorted(removed[owner[removed] == i] - offsets[i])
+        np.testing.assert_array_equal(plan[name].pruned, expected_removed)
+        assert plan[name].ratio == pytest.approx(len(expected_removed) / WIDTHS[i])
+
+
+def test_fixed_allocation_per_stage_skip_and_counts(model):
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.3)
+    assert [len(plan[n].keep) for n in CONVS] == [int(w * 0.7) for w in WIDTHS]
+    plan = hos_keras.plan_pruning(
+        model, allocation="fixed", ratio={"c1": 0.5, "c*": 0.25}, skip=["c3"]
+    )
+    assert [len(plan[n].keep) for n in CONVS] == [4, 9, 16]
+    assert [plan[n].ratio for n in CONVS] == [0.5, 0.25, 0.0]
+
+
+def test_min_channels_and_round_to(model):
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.9, min_channels=3)
+    assert [len(plan[n].keep) for n in CONVS] == [3, 3, 3]
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.6, round_to=4)
+    # 8*0.4=3.2->3->4, 12*0.4=4.8->4->4, 16*0.4=6.4->6->8
+    assert [len(plan[n].keep) for n in CONVS] == [4, 4, 8]
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.1, round_to=8)
+    assert [len(plan[n].keep) for n in CONVS] == [8, 12, 16]
+
+
+def test_costs_after_equal_a_narrower_twin_model(model):
+    plan = hos_keras.plan_pruning(
+        model, allocation="fixed", ratio={"c1": 0.5, "c2": 0.25, "c3": 0.75}
+    )
+    kept = tuple(len(plan[n].keep) for n in CONVS)
+    assert kept == (4, 9, 4)
+    twin = _cnn(kept)
+    assert plan.params_before == model.count_params()
+    assert plan.params_after == twin.count_params()
+    k1, k2, k3 = kept
+    # Hand count: 10x10 same convs, 5x5 -> 3x3 valid conv, Dense.
+    hand_macs = 100 * 9 * 3 * k1 + 100 * 9 * k1 * k2 + 9 * 9 * k2 * k3 + k3 * 10
+    assert plan.macs_after == hand_macs
+    assert plan.macs_before == hos_keras.profile(model)["macs"]
+
+
+@pytest.mark.parametrize("base", ["shapiro", "jarque_bera", "k34", "global", "fixed"])
+def test_target_reaches_requested_macs_reduction_minimally(model, base):
+    plan = hos_keras.plan_pruning(
+        model, allocation="target", macs_reduction=0.4, base=base
+    )
+    assert plan.macs_reduction >= 0.4
+    assert plan.details["achieved_macs_reduction"] == pytest.approx(plan.macs_reduction)
+    # Minimal: the next weaker setting of the same knob misses the target.
+    if base in ("shapiro", "jarque_bera", "k34"):
+        weaker = hos_keras.plan_pruning(
+            model, allocation=base, coefficient=plan.details["coefficient"] * 1.001
+        )
+    elif base == "global":
+        weaker_fraction = plan.details["fraction"] - 1 / sum(WIDTHS)
+        weaker = hos_keras.plan_pruning(
+            model, allocation="global", fraction=weaker_fraction + 1e-12
+        )
+    else:
+        weaker = hos_keras.plan_pruning(
+            model, allocation="fixed", ratio=plan.details["ratio"] - 0.02
+        )
+    assert weaker.macs_reduction < 0.4
+
+
+def test_target_unreachable_says_what_is_reachable(model):
+    with pytest.raises(InvalidArgumentError, match="most aggressive setting"):
+        hos_keras.plan_pruning(
+            model,
+            allocation="target",
+            macs_reduction=0.99,
+            base="shapiro",
+            max_ratio=0.3,
+        )
+
+
+def test_plan_json_round_trip_is_exact(model):
+    plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
+    text = plan.to_json()
+    restored = hos_keras.PruningPlan.from_json(text)
+    assert restored == plan
+    assert restored.to_json() == text
+    for name in CONVS:
+        np.testing.assert_array_equal(restored[name].scores, plan[name].scores)
+        np.testing.assert_array_equal(restored[name].keep, plan[name].keep)
+        assert restored[name].statistic == plan[name].statistic
+    assert json.loads(text)["format"] == "hos_keras.PruningPlan"
+    fixed = hos_keras.plan_pruning(
+        model, allocation="fixed", ratio={"c*": 0.5}, skip=["c2"]
+    )
+    assert hos_keras.PruningPlan.from_json(fixed.to_json()) == fixed
+
+
+def test_from_json_rejects_other_data():
+    with pytest.raises(InvalidArgumentError, match="parse"):
+        hos_keras.PruningPlan.from_json("{not json")
+    with pytest.raises(InvalidArgumentError, match="not a hos_keras pruning plan"):
+        hos_keras.PruningPlan.from_json('{"layers": []}')
+    with pytest.raises(InvalidArgumentError, match="Malformed"):
+        hos_keras.PruningPlan.from_json(
+            '{"format": "hos_keras.PruningPlan", "version": 1}'
+        )
+
+
+def test_summary_table(model):
+    plan = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=1.5)
+    lines = []
+    plan.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    for name in CONVS:
+        assert name in text
+    assert "MACs:" in text and "params:" in text and "fewer" in text
+    row = next(line for line in lines if line.startswith("c2"))
+    assert f"{len(plan['c2'].keep)}" in row.split()
+
+
+def test_constant_filter_goes_first():
+    model = _cnn(seed=3)
+    kernel = model.get_layer("c2").kernel
+    values = kernel.numpy()
+    values[..., 5] = 0.0
+    kernel.assign(values)
+    for criterion in ("k34", "abs_k34", "skew_kurtosis"):
+        plan = hos_keras.plan_pruning(
+            model, criterion=criterion, allocation="fixed", ratio=0.08
+        )
+        # 12 * 0.92 = 11.04: exactly one channel goes, and it is the constant one.
+        assert plan["c2"].pruned.tolist() == [5]
+        assert np.all(np.isfinite(plan["c2"].scores))
+
+
+def test_seeded_random_plans_are_reproducible(model):
+    a = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=0.5, seed=1
+    )
+    b = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=0.5, seed=1
+    )
+    c = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=0.5, seed=2
+    )
+    assert a == b
+    assert a != c
+
+
+def test_bad_arguments_name_the_argument_and_value(model):
+    with pytest.raises(UnknownNameError, match="'k5'.*valid names.*k34"):
+        hos_keras.plan_pruning(model, criterion="k5")
+    with pytest.raises(UnknownNameError, match="'gaussian'.*shapiro"):
+        hos_keras.plan_pruning(model, allocation="gaussian")
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(InvalidArgumentError, match="coefficient"):
+            hos_keras.plan_pruning(model, allocation="shapiro", coefficient=bad)
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(InvalidArgumentError, match=r"ratio=.*\[0, 1\)"):
+            hos_keras.plan_pruning(model, allocation="fixed", ratio=bad)
+    with pytest.raises(InvalidArgumentError, match=r"ratio\['c1'\]"):
+        hos_keras.plan_pruning(model, allocation="fixed", ratio={"c1": 1.0})
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        hos_keras.plan_pruning(model, allocation="global", fraction=1.0)
+    with pytest.raises(InvalidArgumentError, match="macs_reduction"):
+        hos_keras.plan_pruning(model, allocation="target", macs_reduction=0)
+    with pytest.raises(InvalidArgumentError, match="min_channels=0"):
+        hos_keras.plan_pruning(model, min_channels=0)
+    with pytest.raises(InvalidArgumentError, match="round_to"):
+        hos_keras.plan_pruning(model, round_to=2.5)
+    with pytest.raises(TypeError, match="unexpected options"):
+        hos_keras.plan_pruning(model, allocation="global", coefficient=2.0)
+    with pytest.raises(HOSKerasError):
+        hos_keras.plan_pruning(model, allocation="target", base="nope")
+
+
+def test_nan_weights_in_a_prunable_layer_name_it():
+    model = _cnn(seed=1)
+    values = model.get_layer("c3").kernel.numpy()
+    values[0, 0, 0, 0] = np.nan
+    model.get_layer("c3").kernel.assign(values)
+    with pytest.raises(NonFiniteWeightsError, match="'c3'"):
+        hos_keras.plan_pruning(model, allocation="fixed", ratio=0.2)
+
+
+def test_model_with_nothing_prunable():
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, layers.Dense(3, name="only")(inputs))
+    with pytest.raises(NothingToPruneError, match="only: its channels reach a model"):
+        hos_keras.plan_pruning(model, allocation="fixed", ratio=0.5)
+
+
+def test_subclassed_model_error():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(keras.ops.zeros((1, 3)))
+    with pytest.raises(UnsupportedModelError, match="subclassed"):
+        hos_keras.plan_pruning(net)
+
+
+def test_sequential_models_work():
+    model = keras.Sequential(
+        [
+            keras.Input((12,)),
+            layers.Dense(16, activation="relu", name="h1"),
+            layers.Dropout(0.1),
+            layers.Dense(8, activation="relu", name="h2"),
+            layers.Dense(3, name="out"),
+        ]
+    )
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    assert {n: len(p.keep) for n, p in plan.layers.items()} == {"h1": 8, "h2": 4}
+    assert plan.params_after == 12 * 8 + 8 + 8 * 4 + 4 + 4 * 3 + 3
