@@ -18,8 +18,6 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import keras
 import numpy as np
 import scipy.stats
@@ -59,9 +57,11 @@ def timed(fn, repeats: int):
 def main() -> None:
     keras.utils.set_random_seed(0)
     model = keras.applications.ResNet50(weights=None)
-    conv_layers = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    n_filters = sum(int(l.kernel.shape[-1]) for l in conv_layers)
-    n_weights = sum(int(np.prod(l.kernel.shape)) for l in conv_layers)
+    conv_layers = [
+        layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+    ]
+    n_filters = sum(int(layer.kernel.shape[-1]) for layer in conv_layers)
+    n_weights = sum(int(np.prod(layer.kernel.shape)) for layer in conv_layers)
     print(
         f"ResNet50: {len(conv_layers)} conv layers, {n_filters} filters, "
         f"{n_weights:,} weights"
@@ -87,7 +87,8 @@ def main() -> None:
         3,
     )
     _, shapiro_times = timed(
-        lambda: [hos_keras.shapiro_wilk(l.kernel.numpy()) for l in conv_layers], 3
+        lambda: [hos_keras.shapiro_wilk(layer.kernel.numpy()) for layer in conv_layers],
+        3,
     )
 
     ours_median = statistics.median(ours_times)

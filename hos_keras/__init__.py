@@ -7,7 +7,7 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
-from hos_keras import errors
+from hos_keras import errors, models
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -67,6 +67,7 @@ __all__ = [
     "jarque_bera",
     "kstat",
     "kurtosis",
+    "models",
     "plan_pruning",
     "profile",
     "register_criterion",

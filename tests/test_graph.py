@@ -135,3 +135,30 @@ def test_channels_first_dense_on_spatial_axis_is_frozen():
 
     _, frozen = _analyse(build)
     assert "another axis" in frozen["cf"]
+
+
+def test_reference_networks_prune_what_the_paper_prunes():
+    """METHOD.md section 3: found automatically, not hand-picked."""
+    resnet = hos_keras.models.resnet56()
+    prunable, _ = hos_keras.find_prunable_layers(resnet)
+    assert [p.name for p in prunable] == [
+        f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, 10)
+    ]
+    assert all(p.consumers == (p.name.replace("conv1", "conv2"),) for p in prunable)
+
+    v1 = hos_keras.models.cifar_mobilenet(input_shape=(16, 16, 3), alpha=0.25)
+    prunable = {p.name: p for p in hos_keras.find_prunable_layers(v1)[0]}
+    assert set(prunable) == {"stem_conv"} | {f"block{i}_pw" for i in range(1, 14)}
+    assert "block2_dw" in prunable["block1_pw"].followers
+    assert prunable["block13_pw"].consumers == ("logits",)
+
+    v2 = hos_keras.models.cifar_mobilenet_v2(input_shape=(16, 16, 3), alpha=0.5)
+    prunable = {p.name for p in hos_keras.find_prunable_layers(v2)[0]}
+    # Every expansion conv, plus the layers whose outputs feed no residual Add:
+    # the stem, the projections of blocks 1 and 17 (width changes next) and the head.
+    assert prunable == {f"block{i}_expand" for i in range(2, 18)} | {
+        "stem_conv",
+        "block1_project",
+        "block17_project",
+        "head_conv",
+    }
