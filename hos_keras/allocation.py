@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hos_keras import stats
-from hos_keras.errors import InvalidArgumentError, UnknownNameError
+from hos_keras.errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    UnknownNameError,
+)
 
 __all__ = [
     "Allocation",
@@ -606,7 +611,7 @@ def get_allocation(allocation="shapiro", **options) -> Allocation:
 
     Raises:
         UnknownNameError: for an unknown name (the message lists the valid ones).
-        TypeError: for options the allocation does not take.
+        ArgumentTypeError: for options the allocation does not take.
     """
     if isinstance(allocation, Allocation):
         if options:
@@ -622,9 +627,10 @@ def get_allocation(allocation="shapiro", **options) -> Allocation:
         )
     cls = _ALLOCATIONS[allocation]
     try:
-        return cls(**options)
+        inspect.signature(cls).bind(**options)
     except TypeError as error:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Allocation {allocation!r} got unexpected options {sorted(options)}: "
-            f"{error}"
+            f"{error}."
         ) from None
+    return cls(**options)

@@ -31,7 +31,11 @@ from typing import Protocol
 import numpy as np
 
 from hos_keras import stats
-from hos_keras.errors import InvalidArgumentError, UnknownNameError
+from hos_keras.errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    UnknownNameError,
+)
 
 __all__ = [
     "LEAST_INFORMATIVE_SCORE",
@@ -250,7 +254,7 @@ def get_criterion(criterion="k34", seed: int | None = 0):
 
     Raises:
         UnknownNameError: for an unregistered name (the message lists the names).
-        TypeError: for something that is neither a string nor callable.
+        ArgumentTypeError: for something that is neither a string nor callable.
     """
     if isinstance(criterion, str):
         if criterion not in _REGISTRY:
@@ -264,7 +268,7 @@ def get_criterion(criterion="k34", seed: int | None = 0):
         return factory()
     if callable(criterion):
         return criterion
-    raise TypeError(
+    raise ArgumentTypeError(
         f"Received criterion={criterion!r} of type {type(criterion).__name__}; pass "
         "a criterion name or a callable."
     )

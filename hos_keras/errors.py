@@ -15,6 +15,10 @@ class InvalidArgumentError(HOSKerasError, ValueError):
     """An argument has a value outside its valid range or set."""
 
 
+class ArgumentTypeError(HOSKerasError, TypeError):
+    """An argument is of the wrong kind (e.g. not callable, an unknown keyword)."""
+
+
 class UnknownNameError(InvalidArgumentError):
     """A criterion, allocation or other registry name is not known."""
 

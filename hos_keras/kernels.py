@@ -19,6 +19,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from hos_keras.errors import ArgumentTypeError
+
 __all__ = ["FILTER_LAYER_TYPES", "filter_matrix", "has_filters"]
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -52,10 +54,10 @@ def filter_matrix(layer: keras.layers.Layer) -> np.ndarray:
         produces output channel `f` (see the module docstring for the layouts).
 
     Raises:
-        TypeError: if the layer type has no output-channel kernel.
+        ArgumentTypeError: if the layer type has no output-channel kernel.
     """
     if not has_filters(layer):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Layer {layer.name!r} ({type(layer).__name__}) has no output-channel "
             "kernel; expected a built layer of one of "
             f"{sorted(t.__name__ for t in FILTER_LAYER_TYPES)}."

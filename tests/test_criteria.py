@@ -9,6 +9,7 @@ from keras import layers
 import hos_keras
 from hos_keras import criteria
 from hos_keras.errors import (
+    ArgumentTypeError,
     InvalidArgumentError,
     NonFiniteWeightsError,
     UnknownNameError,
@@ -154,7 +155,7 @@ def test_registry_lists_names_and_accepts_new_criteria():
         assert name in names
     with pytest.raises(UnknownNameError, match="k34"):
         criteria.get_criterion("k5")
-    with pytest.raises(TypeError, match="criterion name or a callable"):
+    with pytest.raises(ArgumentTypeError, match="criterion name or a callable"):
         criteria.get_criterion(3)
 
     def max_abs():

@@ -11,6 +11,7 @@ from keras import layers
 
 import hos_keras
 from hos_keras.errors import (
+    ArgumentTypeError,
     HOSKerasError,
     InvalidArgumentError,
     NonFiniteWeightsError,
@@ -321,7 +322,7 @@ def test_bad_arguments_name_the_argument_and_value(model):
         hos_keras.plan_pruning(model, min_channels=0)
     with pytest.raises(InvalidArgumentError, match="round_to"):
         hos_keras.plan_pruning(model, round_to=2.5)
-    with pytest.raises(TypeError, match="unexpected options"):
+    with pytest.raises(ArgumentTypeError, match="unexpected options"):
         hos_keras.plan_pruning(model, allocation="global", coefficient=2.0)
     with pytest.raises(HOSKerasError):
         hos_keras.plan_pruning(model, allocation="target", base="nope")
@@ -371,3 +372,13 @@ def test_sequential_models_work():
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
     assert {n: len(p.keep) for n, p in plan.layers.items()} == {"h1": 8, "h2": 4}
     assert plan.params_after == 12 * 8 + 8 + 8 * 4 + 4 + 4 * 3 + 3
+
+
+def test_every_error_is_a_hos_keras_error(model):
+    with pytest.raises(HOSKerasError):
+        hos_keras.plan_pruning(model, allocation="global", coefficient=2.0)
+    with pytest.raises(HOSKerasError):
+        hos_keras.score_filters(model, criterion=42)
+    with pytest.raises(HOSKerasError):
+        hos_keras.filter_matrix(model.get_layer("bn1"))
+    assert issubclass(ArgumentTypeError, TypeError)
