@@ -22,7 +22,8 @@ __all__ = [
 ]
 
 
-def _conv_bn(x, filters, kernel, strides, name, activation="relu"):
+def _conv_bn(x, filters, kernel, strides, name, suffix="", activation="relu"):
+    """Conv (no bias, He-normal) + BN (+ activation), named `{name}_conv{suffix}` ..."""
     x = layers.Conv2D(
         filters,
         kernel,
@@ -30,10 +31,12 @@ def _conv_bn(x, filters, kernel, strides, name, activation="relu"):
         padding="same",
         use_bias=False,
         kernel_initializer="he_normal",
-        name=f"{name}_conv",
+        name=f"{name}_conv{suffix}",
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    return layers.Activation(activation, name=f"{name}_relu")(x) if activation else x
+    x = layers.BatchNormalization(name=f"{name}_bn{suffix}")(x)
+    if activation:
+        x = layers.Activation(activation, name=f"{name}_relu{suffix}")(x)
+    return x
 
 
 def cifar_resnet(
@@ -93,38 +96,12 @@ def cifar_resnet(
         for block in range(1, blocks + 1):
             prefix = f"stage{stage}_block{block}"
             strides = 2 if stage > 1 and block == 1 else 1
-            y = layers.Conv2D(
-                filters,
-                3,
-                strides=strides,
-                padding="same",
-                use_bias=False,
-                kernel_initializer="he_normal",
-                name=f"{prefix}_conv1",
-            )(x)
-            y = layers.BatchNormalization(name=f"{prefix}_bn1")(y)
-            y = layers.ReLU(name=f"{prefix}_relu1")(y)
-            y = layers.Conv2D(
-                filters,
-                3,
-                padding="same",
-                use_bias=False,
-                kernel_initializer="he_normal",
-                name=f"{prefix}_conv2",
-            )(y)
-            y = layers.BatchNormalization(name=f"{prefix}_bn2")(y)
+            y = _conv_bn(x, filters, 3, strides, prefix, suffix="1")
+            y = _conv_bn(y, filters, 3, 1, prefix, suffix="2", activation=None)
             shortcut = x
             if strides != 1 or channels != filters:
-                shortcut = layers.Conv2D(
-                    filters,
-                    1,
-                    strides=strides,
-                    use_bias=False,
-                    kernel_initializer="he_normal",
-                    name=f"{prefix}_shortcut_conv",
-                )(x)
-                shortcut = layers.BatchNormalization(name=f"{prefix}_shortcut_bn")(
-                    shortcut
+                shortcut = _conv_bn(
+                    x, filters, 1, strides, f"{prefix}_shortcut", activation=None
                 )
             x = layers.Add(name=f"{prefix}_add")([y, shortcut])
             x = layers.ReLU(name=f"{prefix}_out")(x)
