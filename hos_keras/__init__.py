@@ -31,6 +31,7 @@ from hos_keras.graph import PrunableLayer, find_prunable_layers
 from hos_keras.kernels import filter_matrix
 from hos_keras.plan import LayerPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
+from hos_keras.surgery import mask_model, slim_model
 from hos_keras.stats import (
     PowerSums,
     jarque_bera,
@@ -67,6 +68,7 @@ __all__ = [
     "jarque_bera",
     "kstat",
     "kurtosis",
+    "mask_model",
     "models",
     "plan_pruning",
     "profile",
@@ -74,4 +76,5 @@ __all__ = [
     "score_filters",
     "shapiro_wilk",
     "skew",
+    "slim_model",
 ]

@@ -43,12 +43,17 @@ class PrunableLayer:
             channels (BatchNormalization, DepthwiseConv, ...), in graph order.
         consumers: Layers that lose the matching input channels (Conv, Dense,
             SeparableConv).
+        multipliers: For followers and consumers behind a DepthwiseConv with
+            `depth_multiplier` m > 1: the product of those multipliers. Their
+            input channel `c * m + j` then comes from the producer's channel `c`.
+            Layers not listed have multiplier 1.
     """
 
     name: str
     channels: int
     followers: tuple[str, ...]
     consumers: tuple[str, ...]
+    multipliers: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def functional_nodes(model: keras.Model) -> list:
@@ -192,9 +197,9 @@ def _classify(layer, axis: int, rank: int) -> tuple[str, str]:
             return "frozen", f"reach {layer.name!r}, a softmax over channels"
         return "follower", ""
     if isinstance(layer, keras.layers.PReLU):
-        shared = [a % rank for a in (layer.shared_axes or ())]
-        if axis not in shared:
-            return "frozen", f"reach {layer.name!r} (PReLU with per-channel alpha)"
+        # alpha holds the channels on its last axis (or shares one value).
+        if axis != rank - 1:
+            return "frozen", f"reach PReLU {layer.name!r} on another axis"
         return "follower", ""
     reason = (
         f"reach {layer.name!r} ({kind}), which couples, reshapes or is unknown to "
@@ -259,7 +264,7 @@ def find_prunable_layers(
             continue
         output = node.output_tensors[0]
         rank = len(output.shape)
-        reason, followers, consumers = _walk(
+        reason, followers, consumers, multipliers = _walk(
             output, _output_axis(layer, rank), consumers_of, uses, output_ids
         )
         if reason:
@@ -270,32 +275,38 @@ def find_prunable_layers(
             continue
         channels = int(output.shape[_output_axis(layer, rank)])
         prunable.append(
-            PrunableLayer(layer.name, channels, tuple(followers), tuple(consumers))
+            PrunableLayer(
+                layer.name, channels, tuple(followers), tuple(consumers), multipliers
+            )
         )
     return prunable, frozen
 
 
 def _walk(tensor, axis, consumers_of, uses, output_ids):
-    """Follows channels from `tensor`; returns (reason, followers, consumers)."""
+    """Follows channels from `tensor`.
+
+    Returns (reason, followers, consumers, multipliers); the reason is empty when
+    the channels can be pruned.
+    """
     followers: list[str] = []
     consumers: list[str] = []
-    stack = [(tensor, axis)]
+    multipliers: dict[str, int] = {}
+    stack = [(tensor, axis, 1)]
     while stack:
-        current, current_axis = stack.pop()
+        current, current_axis, multiplier = stack.pop()
         if id(current) in output_ids:
-            return "its channels reach a model output", followers, consumers
+            return "its channels reach a model output", followers, consumers, {}
         for node in consumers_of[id(current)]:
             layer = node.operation
             rank = len(current.shape)
             kind, reason = _classify(layer, current_axis, rank)
             if kind == "frozen":
-                return f"its channels {reason}", followers, consumers
+                return f"its channels {reason}", followers, consumers, {}
             if uses[id(layer)] > 1:
-                return (
-                    f"its channels reach shared layer {layer.name!r}",
-                    followers,
-                    consumers,
-                )
+                reason = f"its channels reach shared layer {layer.name!r}"
+                return reason, followers, consumers, {}
+            if multiplier > 1:
+                multipliers[layer.name] = multiplier
             if kind == "consumer":
                 consumers.append(layer.name)
                 continue
@@ -309,5 +320,6 @@ def _walk(tensor, axis, consumers_of, uses, output_ids):
                 if out_rank == rank
                 else (1 if current_axis == 1 else out_rank - 1)
             )
-            stack.append((out, out_axis))
-    return "", followers, consumers
+            out_multiplier = multiplier * getattr(layer, "depth_multiplier", 1)
+            stack.append((out, out_axis, out_multiplier))
+    return "", followers, consumers, multipliers

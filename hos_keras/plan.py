@@ -49,6 +49,8 @@ class LayerPlan:
         scores: The criterion's score of every channel (float64 array).
         followers: Layers sliced along with the channels (BatchNormalization ...).
         consumers: Layers that lose the matching input channels.
+        multipliers: Channel multipliers of followers/consumers behind a
+            DepthwiseConv with `depth_multiplier` > 1 (see `indices_for`).
     """
 
     name: str
@@ -59,6 +61,16 @@ class LayerPlan:
     scores: np.ndarray
     followers: tuple[str, ...] = ()
     consumers: tuple[str, ...] = ()
+    multipliers: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def indices_for(self, layer_name: str) -> np.ndarray:
+        """Kept input channel indices of a follower or consumer.
+
+        Behind a DepthwiseConv with multiplier m, input channel `c * m + j` comes
+        from the producer's channel `c`.
+        """
+        multiplier = self.multipliers.get(layer_name, 1)
+        return (self.keep[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
 
     @property
     def pruned(self) -> np.ndarray:
@@ -75,6 +87,7 @@ class LayerPlan:
             "scores": [float(s) for s in self.scores],
             "followers": list(self.followers),
             "consumers": list(self.consumers),
+            "multipliers": {k: int(v) for k, v in self.multipliers.items()},
         }
 
     @classmethod
@@ -88,6 +101,9 @@ class LayerPlan:
             scores=np.asarray(data["scores"], dtype=np.float64),
             followers=tuple(data.get("followers", ())),
             consumers=tuple(data.get("consumers", ())),
+            multipliers={
+                str(k): int(v) for k, v in data.get("multipliers", {}).items()
+            },
         )
 
 
@@ -444,12 +460,12 @@ def plan_pruning(
             layer_plan = by_name[name]
             out_channels[name] = n_keep
             for follower in layer_plan.followers:
-                in_channels[follower] = n_keep
+                width = n_keep * layer_plan.multipliers.get(follower, 1)
+                in_channels[follower] = width
                 layer = model.get_layer(follower)
-                multiplier = getattr(layer, "depth_multiplier", 1)
-                out_channels[follower] = n_keep * multiplier
+                out_channels[follower] = width * getattr(layer, "depth_multiplier", 1)
             for consumer in layer_plan.consumers:
-                in_channels[consumer] = n_keep
+                in_channels[consumer] = n_keep * layer_plan.multipliers.get(consumer, 1)
         return in_channels, out_channels
 
     def keep_counts(ratios: Mapping[str, float]) -> dict[str, int]:
@@ -487,6 +503,7 @@ def plan_pruning(
             scores=scores[p.name],
             followers=p.followers,
             consumers=p.consumers,
+            multipliers=dict(p.multipliers),
         )
         for p in prunable
     }

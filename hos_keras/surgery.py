@@ -1,0 +1,226 @@
+"""Surgery: turn a pruning plan into a physically smaller model, or a masked copy.
+
+`slim_model` rebuilds the model from its config with fewer filters/units in the
+pruned layers and copies every weight over, sliced along the output axis of the
+pruned layers, both axes of per-channel followers (BatchNormalization,
+DepthwiseConv) and the input axis of the consumers. `mask_model` returns a copy of
+the original architecture in which exactly those slices are zero. The two compute
+the same function: that is the invariant the tests check on real architectures.
+
+Neither function modifies the input model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import keras
+import numpy as np
+
+from hos_keras import kernels
+from hos_keras.errors import PlanMismatchError, UnsupportedModelError
+from hos_keras.graph import functional_nodes
+from hos_keras.plan import PruningPlan
+
+__all__ = ["mask_model", "slim_model"]
+
+_CONV_T = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
+def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
+    """Indices of the outputs c * m + j of the kept input channels c."""
+    keep = np.asarray(keep, dtype=np.int64)
+    return (keep[:, None] * multiplier + np.arange(multiplier)[None, :]).reshape(-1)
+
+
+def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
+    """For each affected layer: the kept input and/or output channel indices."""
+    _check_plan(model, plan)
+    specs: dict[str, dict] = {}
+    for entry in plan.layers.values():
+        specs.setdefault(entry.name, {})["out"] = entry.keep
+        for name in (*entry.followers, *entry.consumers):
+            specs.setdefault(name, {})["in"] = entry.indices_for(name)
+    return specs
+
+
+def _check_plan(model: keras.Model, plan: PruningPlan) -> None:
+    if not isinstance(plan, PruningPlan):
+        raise PlanMismatchError(
+            f"Expected a PruningPlan; received {type(plan).__name__}. Make one with "
+            "hos_keras.plan_pruning(model, ...)."
+        )
+    names = {layer.name for layer in model.layers}
+    for entry in plan.layers.values():
+        missing = [
+            n
+            for n in (entry.name, *entry.followers, *entry.consumers)
+            if n not in names
+        ]
+        if missing:
+            raise PlanMismatchError(
+                f"The plan (made for model {plan.model_name!r}) names layers "
+                f"{missing} that model {model.name!r} does not have; make the plan "
+                "for this model."
+            )
+        layer = model.get_layer(entry.name)
+        channels = kernels.filter_matrix(layer).shape[1]
+        if (
+            channels != entry.channels
+            or len(entry.keep) == 0
+            or (np.max(entry.keep) >= channels)
+        ):
+            raise PlanMismatchError(
+                f"Layer {entry.name!r} has {channels} output channels but the plan "
+                f"expects {entry.channels} (keeping {len(entry.keep)}); the plan "
+                f"belongs to another model than {model.name!r}."
+            )
+
+
+def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
+    """The layer's weights (or `weights` shaped like them) minus the planned channels."""
+    if weights is None:
+        weights = [np.asarray(w) for w in layer.get_weights()]
+    keep_in, keep_out = spec.get("in"), spec.get("out")
+    if isinstance(layer, _DEPTHWISE):
+        multiplier = layer.depth_multiplier
+        kernel = weights[0][..., keep_in, :]
+        rest = [w[_channel_indices(keep_in, multiplier)] for w in weights[1:]]
+        return [kernel, *rest]
+    if isinstance(layer, _SEPARABLE):
+        depthwise, pointwise, *bias = weights
+        multiplier = layer.depth_multiplier
+        if keep_in is not None:
+            depthwise = depthwise[..., keep_in, :]
+            pointwise = pointwise[..., _channel_indices(keep_in, multiplier), :]
+        if keep_out is not None:
+            pointwise = pointwise[..., keep_out]
+            bias = [b[keep_out] for b in bias]
+        return [depthwise, pointwise, *bias]
+    if isinstance(layer, kernels.FILTER_LAYER_TYPES):
+        kernel, *bias = weights
+        in_axis, out_axis = (-1, -2) if isinstance(layer, _CONV_T) else (-2, -1)
+        if keep_in is not None:
+            kernel = np.take(kernel, keep_in, axis=in_axis)
+        if keep_out is not None:
+            kernel = np.take(kernel, keep_out, axis=out_axis)
+            bias = [b[keep_out] for b in bias]
+        return [kernel, *bias]
+    # Per-channel layers (BatchNormalization, PReLU): every weight has the channels
+    # on its last axis, or a single value shared by all channels.
+    return [w if w.shape[-1] == 1 else np.take(w, keep_in, axis=-1) for w in weights]
+
+
+def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model:
+    config = copy.deepcopy(model.get_config())
+    for layer_config in config["layers"]:
+        inner = layer_config["config"]
+        name = inner.get("name")
+        if name in changed:
+            # The recorded build shape is the old one; let the call build it.
+            layer_config.pop("build_config", None)
+        if name in widths:
+            key = "units" if "units" in inner else "filters"
+            inner[key] = int(widths[name])
+    if isinstance(model, keras.Sequential):
+        return keras.Sequential.from_config(config)
+    return keras.Model.from_config(config)
+
+
+def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
+    """Builds a new, physically smaller model from a pruning plan.
+
+    The new model has the same graph with fewer filters/units in the planned layers;
+    its weights are the original ones with the planned channels sliced away (kernels
+    on the output and input axes, biases, BatchNormalization gamma/beta/moving
+    statistics, depthwise kernels). It is made of plain Keras layers, so it saves and
+    loads like any model. The input model is not modified.
+
+    Args:
+        model: The functional or Sequential model the plan was made for.
+        plan: A `PruningPlan` from `hos_keras.plan_pruning(model, ...)`.
+
+    Returns:
+        A new `keras.Model` (Sequential stays Sequential).
+
+    Raises:
+        PlanMismatchError: if the plan names layers the model lacks or channel
+            counts differ (a plan made for another model).
+        UnsupportedModelError: for a subclassed model.
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
+    small = hos_keras.slim_model(model, plan)
+    small.save("small.keras")
+    ```
+    """
+    functional_nodes(model)  # raises UnsupportedModelError for subclassed models
+    specs = _slice_specs(model, plan)
+    widths = {entry.name: len(entry.keep) for entry in plan.layers.values()}
+    try:
+        slim = _rebuild(model, widths, set(specs))
+    except ValueError as error:
+        raise UnsupportedModelError(
+            f"Could not rebuild model {model.name!r} from its config: {error}"
+        ) from error
+    for layer in slim.layers:
+        if not layer.weights:
+            continue
+        original = model.get_layer(layer.name)
+        if layer.name in specs:
+            layer.set_weights(_sliced_weights(original, specs[layer.name]))
+        else:
+            layer.set_weights(original.get_weights())
+    return slim
+
+
+def _masked_weights(layer, spec: dict) -> list[np.ndarray]:
+    """The layer's weights with exactly the slices `slim_model` removes set to 0."""
+    weights = [np.array(w, copy=True) for w in layer.get_weights()]
+    # Slicing an array of flat indices the same way tells which entries survive.
+    index_weights = [np.arange(w.size).reshape(w.shape) for w in weights]
+    kept = _sliced_weights(layer, spec, index_weights)
+    for w, kept_indices in zip(weights, kept, strict=True):
+        flags = np.ones(w.size, dtype=bool)
+        flags[kept_indices.reshape(-1)] = False
+        w.reshape(-1)[flags] = 0
+    return weights
+
+
+def mask_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
+    """Copies the model and zeroes exactly the weight slices `slim_model` removes.
+
+    `slim_model(model, plan)(x)` equals `mask_model(model, plan)(x)` up to float
+    rounding: the masked model is the reference the slim model is tested against,
+    and the form progressive pruning trains in.
+
+    Args:
+        model: The functional or Sequential model the plan was made for.
+        plan: A `PruningPlan` for it.
+
+    Returns:
+        A new model with the original architecture and masked weights.
+
+    Raises:
+        PlanMismatchError: if the plan does not belong to the model.
+    """
+    functional_nodes(model)
+    specs = _slice_specs(model, plan)
+    masked = keras.models.clone_model(model)
+    for layer in masked.layers:
+        if not layer.weights:
+            continue
+        original = model.get_layer(layer.name)
+        if layer.name in specs:
+            layer.set_weights(_masked_weights(original, specs[layer.name]))
+        else:
+            layer.set_weights(original.get_weights())
+    return masked

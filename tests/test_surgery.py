@@ -1,0 +1,178 @@
+"""slim_model against mask_model on real architectures; costs against profile."""
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import hos_keras
+from hos_keras.errors import PlanMismatchError
+
+
+def _randomize_bn(model, seed=0):
+    """Non-trivial BatchNormalization statistics so that slicing errors show."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, w.shape)
+                    if i != 1
+                    else rng.normal(0, 0.1, w.shape)
+                    for i, w in enumerate(layer.get_weights())
+                ]
+            )
+    return model
+
+
+def _check_invariant(model, plan, input_shape, seed=0):
+    before = [w.copy() for w in model.get_weights()]
+    slim = hos_keras.slim_model(model, plan)
+    masked = hos_keras.mask_model(model, plan)
+    x = np.random.default_rng(seed).normal(size=(2, *input_shape)).astype("float32")
+    expected = np.asarray(masked(x, training=False))
+    got = np.asarray(slim(x, training=False))
+    np.testing.assert_allclose(
+        got, expected, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(expected)))
+    )
+    # The input model is untouched, bit for bit.
+    for a, b in zip(before, model.get_weights(), strict=True):
+        assert a.tobytes() == np.asarray(b).tobytes()
+    # The slim model costs what the plan said.
+    cost = hos_keras.profile(slim)
+    assert cost["params"] == plan.params_after == slim.count_params()
+    assert cost["macs"] == plan.macs_after
+    # And pruning did something, unless the plan keeps everything.
+    if any(len(e.keep) < e.channels for e in plan.layers.values()):
+        assert slim.count_params() < model.count_params()
+    return slim
+
+
+CIFAR = [
+    (
+        "resnet20",
+        lambda: hos_keras.models.resnet20(input_shape=(16, 16, 3)),
+        (16, 16, 3),
+    ),
+    (
+        "resnet56",
+        lambda: hos_keras.models.resnet56(input_shape=(16, 16, 3)),
+        (16, 16, 3),
+    ),
+    (
+        "mobilenet",
+        lambda: hos_keras.models.cifar_mobilenet(input_shape=(16, 16, 3), alpha=0.25),
+        (16, 16, 3),
+    ),
+    (
+        "mobilenet_v2",
+        lambda: hos_keras.models.cifar_mobilenet_v2(
+            input_shape=(16, 16, 3), alpha=0.35
+        ),
+        (16, 16, 3),
+    ),
+]
+
+
+@pytest.mark.parametrize("name, build, shape", CIFAR, ids=[c[0] for c in CIFAR])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"criterion": "k34", "allocation": "fixed", "ratio": 0.5},
+        {"criterion": "abs_k34", "allocation": "shapiro", "coefficient": 1.2},
+        {"criterion": "random", "allocation": "global", "fraction": 0.6, "seed": 3},
+    ],
+)
+def test_slim_equals_masked_on_cifar_networks(name, build, shape, options):
+    keras.utils.set_random_seed(0)
+    model = _randomize_bn(build())
+    plan = hos_keras.plan_pruning(model, **options)
+    _check_invariant(model, plan, shape)
+
+
+APPLICATIONS = [
+    ("VGG16", keras.applications.VGG16, (32, 32, 3)),
+    ("MobileNetV2", keras.applications.MobileNetV2, (32, 32, 3)),
+    ("ResNet50", keras.applications.ResNet50, (32, 32, 3)),
+    ("DenseNet121", keras.applications.DenseNet121, (32, 32, 3)),
+    ("EfficientNetB0", keras.applications.EfficientNetB0, (32, 32, 3)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, builder, shape", APPLICATIONS, ids=[a[0] for a in APPLICATIONS]
+)
+def test_slim_equals_masked_on_keras_applications(name, builder, shape):
+    keras.utils.set_random_seed(0)
+    model = builder(weights=None, input_shape=shape, classes=10)
+    try:
+        plan = hos_keras.plan_pruning(
+            model, criterion="random", allocation="fixed", ratio=0.4, seed=1
+        )
+    except hos_keras.errors.NothingToPruneError:
+        pytest.fail(f"{name}: no prunable layer found")
+    _check_invariant(_randomize_bn(model), plan, shape)
+
+
+def test_depthwise_multiplier_separable_transpose_and_dense_chain():
+    inputs = keras.Input((12, 12, 3))
+    x = layers.Conv2D(6, 3, padding="same", name="c")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("sigmoid")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)
+    x = layers.SeparableConv2D(8, 3, depth_multiplier=2, name="sep")(x)
+    x = layers.PReLU(shared_axes=[1, 2], name="prelu")(x)
+    x = layers.Conv2DTranspose(5, 3, strides=2, name="up")(x)
+    x = layers.Conv2D(4, 1, name="after_up")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(7, activation="tanh", name="fc")(x)
+    outputs = layers.Dense(3, name="out")(x)
+    model = _randomize_bn(keras.Model(inputs, outputs))
+    plan = hos_keras.plan_pruning(model, criterion="l2", allocation="fixed", ratio=0.5)
+    assert set(plan.layers) == {"c", "sep", "up", "after_up", "fc"}
+    slim = _check_invariant(model, plan, (12, 12, 3))
+    assert slim.get_layer("dw").get_weights()[0].shape == (3, 3, 3, 2)
+    # sep sees 3 kept x 2 (dw) = 6 channels, times its own multiplier 2.
+    assert slim.get_layer("sep").get_weights()[1].shape == (1, 1, 12, 4)
+
+
+def test_sequential_stays_sequential():
+    model = keras.Sequential(
+        [
+            keras.Input((10,)),
+            layers.Dense(12, activation="relu", name="h"),
+            layers.Dense(2, name="o"),
+        ]
+    )
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.25)
+    slim = _check_invariant(model, plan, (10,))
+    assert isinstance(slim, keras.Sequential)
+    assert slim.get_layer("h").units == 9
+
+
+def test_slim_model_saves_and_loads_without_custom_objects(tmp_path):
+    model = _randomize_bn(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.5)
+    slim = hos_keras.slim_model(model, plan)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), slim(x), rtol=1e-6, atol=1e-6)
+    big = tmp_path / "big.keras"
+    model.save(big)
+    assert path.stat().st_size < big.stat().st_size
+
+
+def test_plan_for_another_model_is_rejected():
+    a = hos_keras.models.resnet20(input_shape=(16, 16, 3))
+    b = hos_keras.models.resnet20(input_shape=(16, 16, 3), width=8)
+    plan = hos_keras.plan_pruning(a, allocation="fixed", ratio=0.5)
+    with pytest.raises(PlanMismatchError, match="expects 16"):
+        hos_keras.slim_model(b, plan)
+    other = keras.Sequential([keras.Input((3,)), layers.Dense(2, name="x")])
+    with pytest.raises(PlanMismatchError, match="does not have"):
+        hos_keras.mask_model(other, plan)
+    with pytest.raises(PlanMismatchError, match="PruningPlan"):
+        hos_keras.slim_model(a, {"layers": []})
