@@ -31,7 +31,6 @@ from hos_keras.graph import PrunableLayer, find_prunable_layers
 from hos_keras.kernels import filter_matrix
 from hos_keras.plan import LayerPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
-from hos_keras.surgery import mask_model, slim_model
 from hos_keras.stats import (
     PowerSums,
     jarque_bera,
@@ -40,6 +39,7 @@ from hos_keras.stats import (
     shapiro_wilk,
     skew,
 )
+from hos_keras.surgery import mask_model, slim_model
 
 __version__ = "0.1.0"
 

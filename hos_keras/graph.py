@@ -130,18 +130,12 @@ _SPATIAL = (
 )
 _COUPLING_ACTIVATIONS = ("softmax", "log_softmax")
 _CONSUMERS = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.Dense,
+    kernels.CONV_TYPES
+    + kernels.CONV_TRANSPOSE_TYPES
+    + kernels.SEPARABLE_TYPES
+    + (keras.layers.Dense,)
 )
-_PRODUCERS = _CONSUMERS
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_DEPTHWISE = kernels.DEPTHWISE_TYPES
 
 
 def _channel_axis(layer, rank: int) -> int:

@@ -21,19 +21,32 @@ import numpy as np
 
 from hos_keras.errors import ArgumentTypeError
 
-__all__ = ["FILTER_LAYER_TYPES", "filter_matrix", "has_filters"]
+__all__ = [
+    "CONV_TRANSPOSE_TYPES",
+    "CONV_TYPES",
+    "DEPTHWISE_TYPES",
+    "FILTER_LAYER_TYPES",
+    "SEPARABLE_TYPES",
+    "filter_matrix",
+    "has_filters",
+]
 
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_CONV_TRANSPOSE = (
+CONV_TYPES = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+CONV_TRANSPOSE_TYPES = (
     keras.layers.Conv1DTranspose,
     keras.layers.Conv2DTranspose,
     keras.layers.Conv3DTranspose,
 )
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
-_DENSE = (keras.layers.Dense,)
+SEPARABLE_TYPES = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+DEPTHWISE_TYPES = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
 
-FILTER_LAYER_TYPES = _CONV + _CONV_TRANSPOSE + _SEPARABLE + _DEPTHWISE + _DENSE
+FILTER_LAYER_TYPES = (
+    CONV_TYPES
+    + CONV_TRANSPOSE_TYPES
+    + SEPARABLE_TYPES
+    + DEPTHWISE_TYPES
+    + (keras.layers.Dense,)
+)
 """Layer classes whose output channels `filter_matrix` understands."""
 
 
@@ -62,14 +75,14 @@ def filter_matrix(layer: keras.layers.Layer) -> np.ndarray:
             "kernel; expected a built layer of one of "
             f"{sorted(t.__name__ for t in FILTER_LAYER_TYPES)}."
         )
-    if isinstance(layer, _SEPARABLE):
+    if isinstance(layer, SEPARABLE_TYPES):
         kernel = np.asarray(layer.pointwise_kernel.numpy())
         return kernel.reshape(-1, kernel.shape[-1])
     kernel = np.asarray(layer.kernel.numpy())
-    if isinstance(layer, _CONV_TRANSPOSE):
+    if isinstance(layer, CONV_TRANSPOSE_TYPES):
         kernel = np.moveaxis(kernel, -2, -1)
         return kernel.reshape(-1, kernel.shape[-1])
-    if isinstance(layer, _DEPTHWISE):
+    if isinstance(layer, DEPTHWISE_TYPES):
         # Output channel c * m + j comes from kernel[..., c, j]: flattening the
         # last two axes in C order gives exactly that index.
         spatial = int(np.prod(kernel.shape[:-2]))

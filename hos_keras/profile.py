@@ -24,18 +24,14 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from hos_keras import graph
+from hos_keras import graph, kernels
 
 __all__ = ["profile"]
 
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-_CONV_T = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_CONV = kernels.CONV_TYPES
+_CONV_T = kernels.CONV_TRANSPOSE_TYPES
+_SEPARABLE = kernels.SEPARABLE_TYPES
+_DEPTHWISE = kernels.DEPTHWISE_TYPES
 
 
 def _spatial(shape, channels_first: bool) -> int:
@@ -72,7 +68,7 @@ def _layer_cost(layer, in_shape, out_shape, c_in, c_out):
     return params, _spatial(out_shape, first) * k * (c_in // groups) * c_out
 
 
-_WEIGHT_LAYERS = _CONV + _CONV_T + _SEPARABLE + _DEPTHWISE + (keras.layers.Dense,)
+_WEIGHT_LAYERS = kernels.FILTER_LAYER_TYPES
 
 
 def profile(

@@ -24,13 +24,9 @@ from hos_keras.plan import PruningPlan
 
 __all__ = ["mask_model", "slim_model"]
 
-_CONV_T = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+_CONV_T = kernels.CONV_TRANSPOSE_TYPES
+_SEPARABLE = kernels.SEPARABLE_TYPES
+_DEPTHWISE = kernels.DEPTHWISE_TYPES
 
 
 def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
@@ -117,6 +113,18 @@ def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
     return [w if w.shape[-1] == 1 else np.take(w, keep_in, axis=-1) for w in weights]
 
 
+def _copy_weights(source, target, specs, transform) -> None:
+    """Copies weights layer by layer; planned layers go through `transform`."""
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        original = source.get_layer(layer.name)
+        if layer.name in specs:
+            layer.set_weights(transform(original, specs[layer.name]))
+        else:
+            layer.set_weights(original.get_weights())
+
+
 def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model:
     config = copy.deepcopy(model.get_config())
     for layer_config in config["layers"]:
@@ -171,14 +179,7 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
         raise UnsupportedModelError(
             f"Could not rebuild model {model.name!r} from its config: {error}"
         ) from error
-    for layer in slim.layers:
-        if not layer.weights:
-            continue
-        original = model.get_layer(layer.name)
-        if layer.name in specs:
-            layer.set_weights(_sliced_weights(original, specs[layer.name]))
-        else:
-            layer.set_weights(original.get_weights())
+    _copy_weights(model, slim, specs, _sliced_weights)
     return slim
 
 
@@ -215,12 +216,5 @@ def mask_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     functional_nodes(model)
     specs = _slice_specs(model, plan)
     masked = keras.models.clone_model(model)
-    for layer in masked.layers:
-        if not layer.weights:
-            continue
-        original = model.get_layer(layer.name)
-        if layer.name in specs:
-            layer.set_weights(_masked_weights(original, specs[layer.name]))
-        else:
-            layer.set_weights(original.get_weights())
+    _copy_weights(model, masked, specs, _masked_weights)
     return masked
