@@ -18,6 +18,7 @@ import argparse
 import time
 
 import keras
+import numpy as np
 
 import hos_keras
 
@@ -109,6 +110,18 @@ def main() -> None:
         f"{target.details['coefficient']:.3f}"
     )
     target.summary()
+
+    small = hos_keras.slim_model(model, target)
+    masked = hos_keras.mask_model(model, target)
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    reference = keras.ops.convert_to_numpy(masked(images))
+    gap = np.max(np.abs(keras.ops.convert_to_numpy(small(images)) - reference))
+    gap /= np.max(np.abs(reference))
+    print(
+        f"slim model: {small.count_params():,} parameters, "
+        f"{hos_keras.profile(small)['macs']:,} MACs; "
+        f"max |slim - masked| / max |masked| on 4 images = {gap:.1e}"
+    )
     if args.plan_out:
         with open(args.plan_out, "w", encoding="utf-8") as handle:
             handle.write(target.to_json(indent=1))

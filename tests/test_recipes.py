@@ -34,4 +34,5 @@ def test_report_recipe(tmp_path):
     plan = hos_keras.PruningPlan.from_json(plan_path.read_text())
     assert plan.model_name == "resnet20"
     assert plan.macs_reduction >= 0.4
+    assert "slim model:" in out
     assert json.loads(plan_path.read_text())["allocation"] == "target"
