@@ -27,9 +27,9 @@ from hos_keras.criteria import (
     get_criterion,
     register_criterion,
 )
-from hos_keras.graph import PrunableLayer, find_prunable_layers
+from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
 from hos_keras.kernels import filter_matrix
-from hos_keras.plan import LayerPlan, PruningPlan, plan_pruning, score_filters
+from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
 from hos_keras.stats import (
     PowerSums,
@@ -45,24 +45,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Allocation",
+    "ChannelGraph",
+    "ChannelGroup",
     "CumulantAllocation",
     "CumulantCriterion",
     "FixedAllocation",
     "GlobalAllocation",
+    "GroupPlan",
     "JarqueBeraAllocation",
-    "LayerPlan",
     "NormCriterion",
     "PowerSums",
-    "PrunableLayer",
     "PruningPlan",
     "RandomCriterion",
     "ShapiroWilkAllocation",
     "TargetAllocation",
     "allocation_names",
+    "channel_groups",
     "criterion_names",
     "errors",
     "filter_matrix",
-    "find_prunable_layers",
     "get_allocation",
     "get_criterion",
     "jarque_bera",

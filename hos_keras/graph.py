@@ -1,18 +1,28 @@
-"""Graph analysis: which output channels of a Keras model can be pruned.
+"""Graph analysis: which output channels of a Keras model are pruned together.
 
 This module reads the structure of a functional (or Sequential) Keras 3 model; it
-does no math and never changes the model. It answers, for every layer that produces
-output channels, whether removing some of them leaves a model that can be rebuilt
-exactly: the removed channels must reach only layers that either act on each channel
-separately (followers: BatchNormalization, activations, pooling, padding, dropout,
-DepthwiseConv) or read channels as input features (consumers: convolutions and Dense,
-which then lose the matching input rows).
+does no math and never changes the model. Every channel of every tensor is traced
+back to the layer that produced it:
 
-Anything that mixes channels in another way - Add, Multiply, Concatenate, Flatten,
-Reshape, LayerNormalization over channels, softmax, a Lambda or custom layer, a
-nested model, or the model's output itself - freezes the producer, with the reason
-recorded. Channel groups coupled through Add/Concatenate and friends are the next
-step (`channel_groups`, built on the same traversal).
+- producers (Conv, ConvTranspose, SeparableConv, Dense) create channels; their
+  filters are what criteria score;
+- per-channel layers (BatchNormalization, activations, pooling, padding, dropout,
+  PReLU, DepthwiseConv) pass channels through, DepthwiseConv repeating each one
+  `depth_multiplier` times, and Flatten spreading each one over the spatial
+  positions;
+- element-wise merges (Add, Subtract, Multiply including squeeze-excitation
+  broadcasting, Average, Maximum, Minimum) tie channel i of every input together;
+- Concatenate places its inputs' channels side by side;
+- layers that read channels as input features (Conv, Dense, SeparableConv,
+  ConvTranspose) lose the input rows of removed channels.
+
+Channels tied together form a `ChannelGroup`, the unit of pruning (the "group" of
+Torch-Pruning's DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning",
+CVPR 2023). A group is frozen, with the reason recorded, when any of its channels
+reaches something this analysis does not understand (Lambda, custom layers,
+Reshape, Permute, LayerNormalization over channels, softmax, grouped convolution,
+nested models) or a model output: a frozen group is never pruned, so the model is
+never corrupted.
 
 Keras exposes the functional graph through `Functional._nodes_by_depth` and the
 nodes' `input_tensors` / `output_tensors`; this module is the one place that reads
@@ -22,38 +32,100 @@ them.
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+import warnings
 
 import keras
+import numpy as np
 
 from hos_keras import kernels
 from hos_keras.errors import UnsupportedModelError
 
-__all__ = ["PrunableLayer", "find_prunable_layers", "functional_nodes"]
+__all__ = [
+    "PRODUCER_TYPES",
+    "ChannelGraph",
+    "ChannelGroup",
+    "channel_groups",
+    "functional_nodes",
+]
 
 
 @dataclasses.dataclass(frozen=True)
-class PrunableLayer:
-    """A layer whose output channels can be pruned on their own.
+class ChannelGroup:
+    """Channels that must be pruned together.
 
     Attributes:
-        name: Name of the producing layer (its filters are scored).
-        channels: Number of output channels.
-        followers: Layers whose per-channel weights are sliced with the producer's
-            channels (BatchNormalization, DepthwiseConv, ...), in graph order.
-        consumers: Layers that lose the matching input channels (Conv, Dense,
-            SeparableConv).
-        multipliers: For followers and consumers behind a DepthwiseConv with
-            `depth_multiplier` m > 1: the product of those multipliers. Their
-            input channel `c * m + j` then comes from the producer's channel `c`.
-            Layers not listed have multiplier 1.
+        name: The group's name: its first producer's name.
+        producers: Layers whose output channels (filters) belong to the group.
+        channels: Number of channels of the group.
+        members: Every layer whose weights lose slices when the group is pruned:
+            the producers, per-channel layers with weights (BatchNormalization,
+            DepthwiseConv, PReLU) and the layers reading the channels as input.
+        frozen: Why the group cannot be pruned; empty when it can.
     """
 
     name: str
+    producers: tuple[str, ...]
     channels: int
-    followers: tuple[str, ...]
-    consumers: tuple[str, ...]
-    multipliers: dict[str, int] = dataclasses.field(default_factory=dict)
+    members: tuple[str, ...]
+    frozen: str = ""
+
+    @property
+    def prunable(self) -> bool:
+        """Whether the group may be pruned."""
+        return not self.frozen
+
+
+@dataclasses.dataclass
+class ChannelGraph:
+    """The channel groups of a model and where each group's channels appear.
+
+    Attributes:
+        groups: All groups with at least one producer, in graph order.
+        classes: For each group, the channel-class id of each of its channels.
+        inputs: For each layer with weights indexed by input channel, the class
+            id of every input channel position (-1: not from a producer).
+        outputs: For each producer, the class id of every output channel.
+        reshapes: For each Reshape that keeps the channels last, the class id of
+            every channel (its `target_shape` must follow a pruning).
+    """
+
+    groups: list[ChannelGroup]
+    classes: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    reshapes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def group(self, name: str) -> ChannelGroup:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        """The groups that may be pruned."""
+        return [g for g in self.groups if g.prunable]
+
+    def kept_positions(self, removed_classes: np.ndarray):
+        """Kept input and output positions of every layer affected by a removal.
+
+        Args:
+            removed_classes: Class ids of the channels removed.
+
+        Returns:
+            `(inputs, outputs)`: dicts from layer name to the sorted positions that
+            survive, only for layers that lose at least one position.
+        """
+        removed = np.asarray(removed_classes, dtype=np.int64)
+        result = []
+        for table in (self.inputs, self.outputs):
+            kept = {}
+            for name, classes in table.items():
+                mask = ~np.isin(classes, removed)
+                if not mask.all():
+                    kept[name] = np.flatnonzero(mask)
+            result.append(kept)
+        return tuple(result)
 
 
 def functional_nodes(model: keras.Model) -> list:
@@ -129,21 +201,27 @@ _SPATIAL = (
     keras.layers.UpSampling3D,
 )
 _COUPLING_ACTIVATIONS = ("softmax", "log_softmax")
-_CONSUMERS = (
+
+_COUPLING_ACTIVATIONS = ("softmax", "log_softmax")
+PRODUCER_TYPES = (
     kernels.CONV_TYPES
     + kernels.CONV_TRANSPOSE_TYPES
     + kernels.SEPARABLE_TYPES
     + (keras.layers.Dense,)
 )
-_DEPTHWISE = kernels.DEPTHWISE_TYPES
-
-
-def _channel_axis(layer, rank: int) -> int:
-    """Positive index of the channel axis a layer works on, for an input rank."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return layer.axis % rank
-    fmt = getattr(layer, "data_format", "channels_last")
-    return 1 if fmt == "channels_first" else rank - 1
+_CHANNEL_WEIGHTED = (
+    PRODUCER_TYPES
+    + kernels.DEPTHWISE_TYPES
+    + (keras.layers.BatchNormalization, keras.layers.PReLU)
+)
+_MERGES = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+)
 
 
 def _activation_name(layer) -> str | None:
@@ -151,169 +229,345 @@ def _activation_name(layer) -> str | None:
     return getattr(activation, "__name__", None)
 
 
-def _output_axis(layer, rank: int) -> int:
-    """Positive channel axis of a producer's output of the given rank."""
+def _channel_axis(layer, rank: int) -> int:
+    """Positive index of the channel axis a layer works on, for an input rank."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return layer.axis % rank
     if isinstance(layer, keras.layers.Dense):
         return rank - 1
-    return _channel_axis(layer, rank)
+    fmt = getattr(layer, "data_format", "channels_last")
+    return 1 if fmt == "channels_first" else rank - 1
 
 
-def _classify(layer, axis: int, rank: int) -> tuple[str, str]:
-    """How `layer` treats the channels on `axis` of its input: kind and reason.
+class _Slots:
+    """Union-find over channel slots, with the producer and freeze reason of each."""
 
-    Kinds: "follower" (acts per channel; channels pass through), "consumer" (reads
-    them as input features), or "frozen" (anything else; the reason says why).
-    """
-    kind = type(layer).__name__
-    if isinstance(layer, keras.Model):
-        return "frozen", f"reach nested model {layer.name!r}"
-    if isinstance(layer, _CONSUMERS):
-        if getattr(layer, "groups", 1) != 1:
-            return "frozen", f"reach grouped convolution {layer.name!r}"
-        expected = rank - 1 if isinstance(layer, keras.layers.Dense) else None
-        if expected is None:
-            expected = _channel_axis(layer, rank)
-        if expected != axis:
-            return "frozen", f"reach {layer.name!r} ({kind}) on another axis"
-        return "consumer", ""
-    if isinstance(layer, _DEPTHWISE + _SPATIAL):
-        if _channel_axis(layer, rank) != axis:
-            return "frozen", f"reach {layer.name!r} ({kind}) on another axis"
-        return "follower", ""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        if _channel_axis(layer, rank) != axis:
-            return "frozen", f"reach {layer.name!r} normalizing another axis"
-        return "follower", ""
-    if isinstance(layer, _ELEMENTWISE):
-        return "follower", ""
-    if isinstance(layer, keras.layers.Activation):
+    def __init__(self):
+        self.parent: list[int] = []
+        self.owner: list[str | None] = []
+        self.reason: dict[int, str] = {}
+
+    def new(self, count: int, owner: str | None = None, reason: str = ""):
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        self.owner.extend([owner] * count)
+        slots = np.arange(start, start + count, dtype=np.int64)
+        if reason:
+            self.freeze(slots, reason)
+        return slots
+
+    def find(self, slot: int) -> int:
+        root = slot
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[slot] != root:
+            self.parent[slot], slot = root, self.parent[slot]
+        return root
+
+    def union(self, a, b) -> None:
+        for x, y in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), strict=True):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+
+    def freeze(self, slots, reason: str) -> None:
+        for slot in np.asarray(slots).tolist():
+            self.reason.setdefault(slot, reason)
+
+    def roots(self, slots) -> np.ndarray:
+        return np.array(
+            [self.find(s) for s in np.asarray(slots).tolist()], dtype=np.int64
+        )
+
+
+class _Tracer:
+    """Walks the graph once, assigning channel slots to every tensor."""
+
+    def __init__(self, model):
+        self.slots = _Slots()
+        self.tensors: dict[int, tuple[np.ndarray, int]] = {}
+        self.inputs: dict[str, np.ndarray] = {}
+        self.outputs: dict[str, np.ndarray] = {}
+        self.reshapes: dict[str, np.ndarray] = {}
+        self.order: list[str] = []
+        self.model = model
+
+    # Helpers -------------------------------------------------------------
+    def _opaque(self, tensor, reason: str) -> None:
+        """Channels from outside the analysis: new slots, frozen."""
+        shape = tensor.shape
+        rank = len(shape)
+        count = int(shape[-1]) if rank >= 2 and shape[-1] is not None else 0
+        self.tensors[id(tensor)] = (self.slots.new(count, reason=reason), rank - 1)
+
+    def _freeze_inputs(self, node, reason: str) -> None:
+        for tensor in node.input_tensors:
+            slots, _ = self.tensors[id(tensor)]
+            self.slots.freeze(slots, reason)
+
+    def _opaque_node(self, node, reason: str) -> None:
+        self._freeze_inputs(node, reason)
+        for tensor in node.output_tensors:
+            self._opaque(tensor, reason)
+
+    def _record_input(self, layer, slots) -> None:
+        """A layer whose weights are indexed by input channel; shared calls tie."""
+        if layer.name in self.inputs:
+            previous = self.inputs[layer.name]
+            if len(previous) != len(slots):
+                self.slots.freeze(slots, f"shared layer {layer.name!r}")
+                return
+            self.slots.union(previous, slots)
+        else:
+            self.inputs[layer.name] = slots
+
+    def _pass(self, node, slots, axis) -> None:
+        self.tensors[id(node.output_tensors[0])] = (slots, axis)
+
+    # The walk ------------------------------------------------------------
+    def trace(self) -> None:
+        for node in functional_nodes(self.model):
+            layer = node.operation
+            if isinstance(layer, keras.layers.InputLayer) or node.is_input:
+                for tensor in node.output_tensors:
+                    self._opaque(tensor, "channels of a model input")
+                continue
+            if any(id(t) not in self.tensors for t in node.input_tensors):
+                for tensor in node.input_tensors:
+                    if id(tensor) not in self.tensors:
+                        self._opaque(tensor, "channels from outside the graph")
+            self._visit(node, layer)
+        outputs = _functional(self.model).outputs
+        for tensor in outputs:
+            slots, _ = self.tensors[id(tensor)]
+            self.slots.freeze(slots, "its channels reach a model output")
+
+    def _visit(self, node, layer) -> None:
+        name, kind = layer.name, type(layer).__name__
+        if isinstance(layer, keras.Model):
+            self._opaque_node(node, f"its channels reach nested model {name!r}")
+            return
+        if not node.input_tensors:
+            for tensor in node.output_tensors:
+                self._opaque(tensor, f"channels made by {name!r} ({kind})")
+            return
+        in_slots, axis = self.tensors[id(node.input_tensors[0])]
+        rank = len(node.input_tensors[0].shape)
+        if isinstance(layer, _CHANNEL_WEIGHTED):
+            expected = (
+                rank - 1
+                if isinstance(layer, keras.layers.PReLU)
+                else (_channel_axis(layer, rank))
+            )
+            if expected != axis:
+                # The layer reads another axis as channels: the incoming channels
+                # are frozen and the axis it reads gets fresh, frozen slots.
+                reason = f"its channels reach {name!r} ({kind}) on another axis"
+                self.slots.freeze(in_slots, reason)
+                count = int(node.input_tensors[0].shape[expected] or 0)
+                in_slots, axis = self.slots.new(count, reason=reason), expected
+        if isinstance(layer, PRODUCER_TYPES):
+            self._producer(node, layer, in_slots, rank)
+        elif isinstance(layer, kernels.DEPTHWISE_TYPES):
+            self._record_input(layer, in_slots)
+            self._pass(node, np.repeat(in_slots, layer.depth_multiplier), axis)
+        elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.PReLU)):
+            if any(int(w.shape[-1]) > 1 for w in layer.weights):
+                self._record_input(layer, in_slots)
+            self._pass(node, in_slots, axis)
+        elif isinstance(layer, _ELEMENTWISE):
+            self._pass(node, in_slots, axis)
+        elif isinstance(layer, keras.layers.Activation):
+            if _activation_name(layer) in _COUPLING_ACTIVATIONS:
+                self._opaque_node(node, f"its channels reach softmax {name!r}")
+            else:
+                self._pass(node, in_slots, axis)
+        elif isinstance(layer, _SPATIAL):
+            if _channel_axis(layer, rank) != axis:
+                self._opaque_node(
+                    node, f"its channels reach {name!r} ({kind}) on another axis"
+                )
+                return
+            out_rank = len(node.output_tensors[0].shape)
+            out_axis = axis if out_rank == rank else (1 if axis == 1 else out_rank - 1)
+            self._pass(node, in_slots, out_axis)
+        elif isinstance(layer, _MERGES):
+            self._merge(node, layer)
+        elif isinstance(layer, keras.layers.Concatenate):
+            self._concatenate(node, layer)
+        elif isinstance(layer, keras.layers.Flatten):
+            self._flatten(node, layer, in_slots, axis)
+        elif isinstance(layer, keras.layers.Reshape) and self._keeps_last_axis(
+            node, axis
+        ):
+            out_rank = len(node.output_tensors[0].shape)
+            self.reshapes[name] = in_slots
+            self._pass(node, in_slots, out_rank - 1)
+        else:
+            self._opaque_node(
+                node,
+                f"its channels reach {name!r} ({kind}), which couples, reshapes or "
+                "is unknown to the channel analysis",
+            )
+
+    def _producer(self, node, layer, in_slots, rank) -> None:
+        name = layer.name
+        out = node.output_tensors[0]
+        out_axis = _channel_axis(layer, len(out.shape))
+        grouped = getattr(layer, "groups", 1) != 1
+        if grouped:
+            self.slots.freeze(in_slots, f"its channels reach grouped conv {name!r}")
+        else:
+            self._record_input(layer, in_slots)
+        if name in self.outputs:
+            slots = self.outputs[name]
+        else:
+            slots = self.slots.new(int(out.shape[out_axis]), owner=name)
+            self.outputs[name] = slots
+            self.order.append(name)
+        if grouped:
+            self.slots.freeze(slots, "grouped convolution")
         if _activation_name(layer) in _COUPLING_ACTIVATIONS:
-            return "frozen", f"reach {layer.name!r}, a softmax over channels"
-        return "follower", ""
-    if isinstance(layer, keras.layers.PReLU):
-        # alpha holds the channels on its last axis (or shares one value).
-        if axis != rank - 1:
-            return "frozen", f"reach PReLU {layer.name!r} on another axis"
-        return "follower", ""
-    reason = (
-        f"reach {layer.name!r} ({kind}), which couples, reshapes or is unknown to "
-        "the channel analysis"
-    )
-    return "frozen", reason
+            self.slots.freeze(slots, "its activation is a softmax over channels")
+        self.tensors[id(out)] = (slots, out_axis)
+
+    @staticmethod
+    def _keeps_last_axis(node, axis) -> bool:
+        """A reshape that leaves the channel axis last and whole (C order)."""
+        in_shape = node.input_tensors[0].shape
+        out_shape = node.output_tensors[0].shape
+        return (
+            axis == len(in_shape) - 1
+            and in_shape[-1] is not None
+            and in_shape[-1] == out_shape[-1]
+        )
+
+    def _merge(self, node, layer) -> None:
+        entries = [self.tensors[id(t)] for t in node.input_tensors]
+        out_count = int(node.output_tensors[0].shape[entries[0][1]] or 0)
+        full = [(s, a) for s, a in entries if len(s) == out_count]
+        broadcast = [(s, a) for s, a in entries if len(s) == 1 and out_count != 1]
+        axes = {a for _, a in full}
+        if not full or len(full) + len(broadcast) != len(entries) or len(axes) != 1:
+            self._opaque_node(
+                node, f"its channels reach {layer.name!r} with mismatched channels"
+            )
+            return
+        first = full[0][0]
+        for slots, _ in full[1:]:
+            self.slots.union(first, slots)
+        self._pass(node, first, full[0][1])
+
+    def _concatenate(self, node, layer) -> None:
+        entries = [self.tensors[id(t)] for t in node.input_tensors]
+        rank = len(node.input_tensors[0].shape)
+        axis = layer.axis % rank
+        if any(a != axis for _, a in entries):
+            self._opaque_node(
+                node, f"its channels reach {layer.name!r} on another axis"
+            )
+            return
+        self._pass(node, np.concatenate([s for s, _ in entries]), axis)
+
+    def _flatten(self, node, layer, in_slots, axis) -> None:
+        shape = node.input_tensors[0].shape
+        rank = len(shape)
+        spatial = [d for i, d in enumerate(shape[1:], start=1) if i != axis]
+        if any(d is None for d in spatial) or axis not in (1, rank - 1):
+            self._opaque_node(
+                node, f"its channels reach {layer.name!r} (Flatten) with unknown size"
+            )
+            return
+        positions = int(np.prod(spatial, dtype=np.int64)) if spatial else 1
+        if axis == rank - 1:
+            slots = np.tile(in_slots, positions)
+        else:
+            slots = np.repeat(in_slots, positions)
+        self._pass(node, slots, 1)
 
 
-def find_prunable_layers(
-    model: keras.Model,
-) -> tuple[list[PrunableLayer], dict[str, str]]:
-    """Finds the layers whose output channels can be pruned independently.
-
-    A producer (Conv, ConvTranspose, SeparableConv or Dense, used once, ungrouped)
-    is prunable when every path from its output reaches only followers and then
-    consumers (see the module docstring) and never the model's outputs.
+def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
+    """Finds the groups of channels that must be pruned together.
 
     Args:
-        model: A built functional or Sequential Keras model.
+        model: A built functional or Sequential Keras model (not modified).
+        warn: Warn, naming the layer, when a layer the analysis does not know
+            freezes channels. Defaults to `True`.
 
     Returns:
-        `(prunable, frozen)`: the prunable layers in graph order, and a dict from
-        the name of every other layer with output-channel filters to the reason it
-        is not prunable.
+        A `ChannelGraph`: every group (prunable or frozen, with the reason) and,
+        for every layer whose weights are indexed by channel, which group channel
+        each of its input and output positions carries.
 
     Raises:
         UnsupportedModelError: for a subclassed or unbuilt model.
+
+    Example:
+
+    ```python
+    graph = hos_keras.channel_groups(keras.applications.ResNet50(weights=None))
+    for group in graph.prunable:
+        print(group.name, group.channels, group.producers)
+    ```
     """
-    nodes = functional_nodes(model)
-    graph = _functional(model)
-    consumers_of = defaultdict(list)
-    uses = defaultdict(int)
-    for node in nodes:
-        uses[id(node.operation)] += 1
-        for tensor in node.input_tensors:
-            consumers_of[id(tensor)].append(node)
-    output_ids = {id(t) for t in graph.outputs}
+    tracer = _Tracer(model)
+    tracer.trace()
+    slots = tracer.slots
+    position = {layer.name: i for i, layer in enumerate(model.layers)}
+    tracer.order.sort(key=lambda name: position.get(name, len(position)))
 
-    prunable: list[PrunableLayer] = []
-    frozen: dict[str, str] = {}
-    seen: set[int] = set()
-    for node in nodes:
-        layer = node.operation
-        if isinstance(layer, keras.Model) or id(layer) in seen:
-            if isinstance(layer, keras.Model):
-                frozen[layer.name] = "nested model (not analysed yet)"
-            continue
-        seen.add(id(layer))
-        if not kernels.has_filters(layer):
-            continue
-        if isinstance(layer, _DEPTHWISE):
-            frozen[layer.name] = "depthwise: its channels follow its input's"
-            continue
-        if uses[id(layer)] > 1:
-            frozen[layer.name] = "shared layer used more than once"
-            continue
-        if getattr(layer, "groups", 1) != 1:
-            frozen[layer.name] = "grouped convolution"
-            continue
-        if _activation_name(layer) in _COUPLING_ACTIVATIONS:
-            frozen[layer.name] = "its activation is a softmax over channels"
-            continue
-        output = node.output_tensors[0]
-        rank = len(output.shape)
-        reason, followers, consumers, multipliers = _walk(
-            output, _output_axis(layer, rank), consumers_of, uses, output_ids
+    # Producers tied by any shared channel class form one group.
+    owner_parent = {name: name for name in tracer.order}
+
+    def find(name):
+        while owner_parent[name] != name:
+            owner_parent[name] = owner_parent[owner_parent[name]]
+            name = owner_parent[name]
+        return name
+
+    class_owner: dict[int, str] = {}
+    for name in tracer.order:
+        for root in slots.roots(tracer.outputs[name]).tolist():
+            if root in class_owner:
+                a, b = find(class_owner[root]), find(name)
+                if a != b:
+                    owner_parent[b] = a
+            else:
+                class_owner[root] = name
+    frozen_roots: dict[int, str] = {}
+    for slot, reason in slots.reason.items():
+        frozen_roots.setdefault(slots.find(slot), reason)
+
+    inputs = {k: slots.roots(v) for k, v in tracer.inputs.items()}
+    outputs = {k: slots.roots(v) for k, v in tracer.outputs.items()}
+    by_group: dict[str, list[str]] = {}
+    for name in tracer.order:
+        by_group.setdefault(find(name), []).append(name)
+    groups, classes = [], {}
+    for producers in by_group.values():
+        ordered = list(dict.fromkeys(c for p in producers for c in outputs[p].tolist()))
+        group_classes = np.array(ordered, dtype=np.int64)
+        reason = next((frozen_roots[c] for c in ordered if c in frozen_roots), "")
+        members = list(producers) + [
+            layer
+            for layer, cls in inputs.items()
+            if layer not in producers and np.isin(cls, group_classes).any()
+        ]
+        name = producers[0]
+        groups.append(
+            ChannelGroup(name, tuple(producers), len(ordered), tuple(members), reason)
         )
-        if reason:
-            frozen[layer.name] = reason
-            continue
-        if not consumers:
-            frozen[layer.name] = "its channels reach no layer that reads them"
-            continue
-        channels = int(output.shape[_output_axis(layer, rank)])
-        prunable.append(
-            PrunableLayer(
-                layer.name, channels, tuple(followers), tuple(consumers), multipliers
-            )
+        classes[name] = group_classes
+    if warn:
+        _warn_unknown(groups)
+    reshapes = {k: slots.roots(v) for k, v in tracer.reshapes.items()}
+    return ChannelGraph(groups, classes, inputs, outputs, reshapes)
+
+
+def _warn_unknown(groups) -> None:
+    unknown = sorted({g.frozen for g in groups if "unknown to" in g.frozen})
+    for reason in unknown:
+        warnings.warn(
+            f"hos_keras froze channels because {reason}; those groups are not pruned.",
+            stacklevel=3,
         )
-    return prunable, frozen
-
-
-def _walk(tensor, axis, consumers_of, uses, output_ids):
-    """Follows channels from `tensor`.
-
-    Returns (reason, followers, consumers, multipliers); the reason is empty when
-    the channels can be pruned.
-    """
-    followers: list[str] = []
-    consumers: list[str] = []
-    multipliers: dict[str, int] = {}
-    stack = [(tensor, axis, 1)]
-    while stack:
-        current, current_axis, multiplier = stack.pop()
-        if id(current) in output_ids:
-            return "its channels reach a model output", followers, consumers, {}
-        for node in consumers_of[id(current)]:
-            layer = node.operation
-            rank = len(current.shape)
-            kind, reason = _classify(layer, current_axis, rank)
-            if kind == "frozen":
-                return f"its channels {reason}", followers, consumers, {}
-            if uses[id(layer)] > 1:
-                reason = f"its channels reach shared layer {layer.name!r}"
-                return reason, followers, consumers, {}
-            if multiplier > 1:
-                multipliers[layer.name] = multiplier
-            if kind == "consumer":
-                consumers.append(layer.name)
-                continue
-            followers.append(layer.name)
-            out = node.output_tensors[0]
-            out_rank = len(out.shape)
-            # Global pooling drops the spatial axes: the channel axis moves to the
-            # end (channels_last) or stays at 1 (channels_first).
-            out_axis = (
-                current_axis
-                if out_rank == rank
-                else (1 if current_axis == 1 else out_rank - 1)
-            )
-            out_multiplier = multiplier * getattr(layer, "depth_multiplier", 1)
-            stack.append((out, out_axis, out_multiplier))
-    return "", followers, consumers, multipliers

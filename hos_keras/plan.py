@@ -2,7 +2,7 @@
 
 `score_filters` applies a criterion to every layer with output channels;
 `plan_pruning` puts graph analysis, criterion and allocation together into a
-`PruningPlan`: for each prunable layer the channel indices kept, the ratio, the
+`PruningPlan`: for each prunable channel group the channel indices kept, the ratio, the
 layer statistic T and the scores, plus the parameters and MACs before and after.
 A plan is plain data: it serializes to JSON and back exactly, and later steps
 (surgery, masking, fine-tuning) only read it.
@@ -29,81 +29,62 @@ from hos_keras.errors import (
 )
 from hos_keras.profile import profile
 
-__all__ = ["LayerPlan", "PruningPlan", "plan_pruning", "score_filters"]
+__all__ = ["GroupPlan", "PruningPlan", "plan_pruning", "score_filters"]
 
 _FORMAT = "hos_keras.PruningPlan"
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclasses.dataclass(eq=False)
-class LayerPlan:
-    """The plan for one prunable layer.
+class GroupPlan:
+    """The plan for one group of coupled channels (see `hos_keras.channel_groups`).
 
     Attributes:
-        name: The producing layer.
-        channels: Its output channels before pruning.
-        keep: Sorted indices of the channels kept (int64 array).
+        name: The group's name (its first producer's name).
+        producers: Layers whose filters produce the group's channels.
+        channels: Channels of the group before pruning.
+        keep: Sorted indices of the group channels kept (int64 array).
         ratio: The ratio the allocation asked for (the kept count also respects
             `min_channels` and `round_to`).
         statistic: The layer statistic T of P1-P3 allocations, else `None`.
-        scores: The criterion's score of every channel (float64 array).
-        followers: Layers sliced along with the channels (BatchNormalization ...).
-        consumers: Layers that lose the matching input channels.
-        multipliers: Channel multipliers of followers/consumers behind a
-            DepthwiseConv with `depth_multiplier` > 1 (see `indices_for`).
+        scores: Score of every group channel: the producers' filter scores
+            combined (mean by default).
     """
 
     name: str
+    producers: tuple[str, ...]
     channels: int
     keep: np.ndarray
     ratio: float
     statistic: float | None
     scores: np.ndarray
-    followers: tuple[str, ...] = ()
-    consumers: tuple[str, ...] = ()
-    multipliers: dict[str, int] = dataclasses.field(default_factory=dict)
-
-    def indices_for(self, layer_name: str) -> np.ndarray:
-        """Kept input channel indices of a follower or consumer.
-
-        Behind a DepthwiseConv with multiplier m, input channel `c * m + j` comes
-        from the producer's channel `c`.
-        """
-        multiplier = self.multipliers.get(layer_name, 1)
-        return (self.keep[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
 
     @property
     def pruned(self) -> np.ndarray:
-        """Sorted indices of the channels removed."""
+        """Sorted indices of the group channels removed."""
         return np.setdiff1d(np.arange(self.channels), self.keep)
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "producers": list(self.producers),
             "channels": int(self.channels),
             "keep": [int(i) for i in self.keep],
             "ratio": float(self.ratio),
             "statistic": None if self.statistic is None else float(self.statistic),
-            "scores": [float(s) for s in self.scores],
-            "followers": list(self.followers),
-            "consumers": list(self.consumers),
-            "multipliers": {k: int(v) for k, v in self.multipliers.items()},
+            "scores": [float(v) for v in self.scores],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> LayerPlan:
+    def from_dict(cls, data: Mapping) -> GroupPlan:
         return cls(
             name=str(data["name"]),
+            producers=tuple(str(p) for p in data["producers"]),
             channels=int(data["channels"]),
             keep=np.asarray(data["keep"], dtype=np.int64),
             ratio=float(data["ratio"]),
             statistic=None if data["statistic"] is None else float(data["statistic"]),
             scores=np.asarray(data["scores"], dtype=np.float64),
-            followers=tuple(data.get("followers", ())),
-            consumers=tuple(data.get("consumers", ())),
-            multipliers={
-                str(k): int(v) for k, v in data.get("multipliers", {}).items()
-            },
         )
 
 
@@ -116,8 +97,8 @@ class PruningPlan:
         criterion: Name of the filter criterion.
         allocation: Name of the allocation.
         allocation_config: The allocation's arguments.
-        layers: `{layer_name: LayerPlan}` in graph order.
-        frozen: `{layer_name: reason}` for layers with filters that are not pruned.
+        groups: `{group_name: GroupPlan}` for the prunable groups, in graph order.
+        frozen: `{group_name: reason}` for the groups that cannot be pruned.
         params_before, params_after, macs_before, macs_after: Integer totals (see
             `hos_keras.profile` for the convention).
         details: What the allocation reports (T_min, T_max, the coefficient found
@@ -138,7 +119,7 @@ class PruningPlan:
     criterion: str
     allocation: str
     allocation_config: dict
-    layers: dict[str, LayerPlan]
+    groups: dict[str, GroupPlan]
     frozen: dict[str, str]
     params_before: int
     params_after: int
@@ -158,8 +139,8 @@ class PruningPlan:
             return 0.0
         return 1.0 - self.params_after / self.params_before
 
-    def __getitem__(self, name: str) -> LayerPlan:
-        return self.layers[name]
+    def __getitem__(self, name: str) -> GroupPlan:
+        return self.groups[name]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PruningPlan):
@@ -175,7 +156,7 @@ class PruningPlan:
             "criterion": self.criterion,
             "allocation": self.allocation,
             "allocation_config": self.allocation_config,
-            "layers": [plan.to_dict() for plan in self.layers.values()],
+            "groups": [plan.to_dict() for plan in self.groups.values()],
             "frozen": dict(self.frozen),
             "params_before": int(self.params_before),
             "params_after": int(self.params_after),
@@ -201,13 +182,13 @@ class PruningPlan:
                 f"this hos_keras reads version {_VERSION}."
             )
         try:
-            layers = [LayerPlan.from_dict(entry) for entry in data["layers"]]
+            groups = [GroupPlan.from_dict(entry) for entry in data["groups"]]
             return cls(
                 model_name=str(data["model_name"]),
                 criterion=str(data["criterion"]),
                 allocation=str(data["allocation"]),
                 allocation_config=dict(data["allocation_config"]),
-                layers={plan.name: plan for plan in layers},
+                groups={plan.name: plan for plan in groups},
                 frozen=dict(data["frozen"]),
                 params_before=int(data["params_before"]),
                 params_after=int(data["params_after"]),
@@ -242,7 +223,7 @@ class PruningPlan:
             print_fn: Function called with each line. Defaults to `print`.
         """
         print_fn = print_fn or print
-        name_width = max([len("layer")] + [len(n) for n in self.layers]) + 2
+        name_width = max([len("layer")] + [len(n) for n in self.groups]) + 2
         header = (
             f"{'layer':<{name_width}}{'channels':>9}{'kept':>7}{'ratio':>7}"
             f"{'T':>10}{'score min':>12}{'score med':>12}"
@@ -255,7 +236,7 @@ class PruningPlan:
         print_fn(rule)
         print_fn(header)
         print_fn(rule)
-        for plan in self.layers.values():
+        for plan in self.groups.values():
             statistic = "-" if plan.statistic is None else f"{plan.statistic:.4g}"
             print_fn(
                 f"{plan.name:<{name_width}}{plan.channels:>9}{len(plan.keep):>7}"
@@ -274,7 +255,7 @@ class PruningPlan:
         )
         if self.frozen:
             print_fn(
-                f"not pruned: {len(self.frozen)} layers with filters "
+                f"not pruned: {len(self.frozen)} channel groups "
                 "(see plan.frozen for the reasons)"
             )
 
@@ -382,13 +363,15 @@ def plan_pruning(
     min_channels: int = 1,
     round_to: int = 1,
     seed: int | None = 0,
+    group_reduction: str = "mean",
     **options,
 ) -> PruningPlan:
     """Plans which output channels of a model to prune.
 
-    Finds the prunable layers (`hos_keras.graph.find_prunable_layers`), scores
-    their filters with `criterion`, lets `allocation` decide each layer's ratio,
-    and keeps the highest-scoring channels of each layer.
+    Finds the groups of coupled channels (`hos_keras.channel_groups`), scores the
+    filters of each group's producers with `criterion` and combines them per group
+    channel, lets `allocation` decide each group's ratio, and keeps the
+    highest-scoring channels of each group.
 
     Args:
         model: A built functional or Sequential Keras model (not modified).
@@ -401,6 +384,8 @@ def plan_pruning(
         round_to: Kept channels are rounded up to a multiple of this (e.g. 8 for
             hardware-friendly widths), never above the original. Defaults to `1`.
         seed: Seed for randomized criteria. Defaults to `0`.
+        group_reduction: How the scores of a group's producers combine into one
+            score per channel: `"mean"`, `"max"` or `"sum"`. Defaults to `"mean"`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` and `skip=[...]` (fixed),
             `macs_reduction=0.5` and `base="shapiro"` (target).
@@ -426,47 +411,70 @@ def plan_pruning(
     """
     min_channels = _check_positive_int("min_channels", min_channels)
     round_to = _check_positive_int("round_to", round_to)
+    if group_reduction not in _REDUCTIONS:
+        raise InvalidArgumentError(
+            f"Received group_reduction={group_reduction!r}; pass one of "
+            f"{sorted(_REDUCTIONS)}."
+        )
     allocator = allocation_lib.get_allocation(allocation, **options)
     scorer = criteria.get_criterion(criterion, seed=seed)
 
-    prunable, frozen = graph.find_prunable_layers(model)
+    channel_graph = graph.channel_groups(model)
+    prunable = channel_graph.prunable
+    frozen = {g.name: g.frozen for g in channel_graph.groups if g.frozen}
     if not prunable:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(frozen.items())[:5])
         raise NothingToPruneError(
-            f"Model {model.name!r} has no layer whose output channels can be "
-            f"pruned. {reasons or 'It has no Conv or Dense layer.'}"
+            f"Model {model.name!r} has no channels that can be pruned. "
+            f"{reasons or 'It has no Conv or Dense layer.'}"
         )
-    by_name = {p.name: p for p in prunable}
+    by_name = {g.name: g for g in prunable}
     filters = {
-        p.name: _checked_filters(p.name, model.get_layer(p.name)) for p in prunable
+        p: _checked_filters(p, model.get_layer(p))
+        for g in prunable
+        for p in g.producers
     }
-    scores = {name: _score(name, f, scorer) for name, f in filters.items()}
+    scores = {
+        g.name: _group_scores(g, channel_graph, filters, scorer, group_reduction)
+        for g in prunable
+    }
+    in_groups = {p for g in prunable for p in g.producers}
     conv_names = [
         layer.name
         for layer in model.layers
-        if kernels.has_filters(layer) and not isinstance(layer, keras.layers.Dense)
+        if kernels.has_filters(layer)
+        and not isinstance(layer, keras.layers.Dense)
+        and layer.name not in in_groups
     ]
 
     def weights(name: str) -> np.ndarray:
-        if name in filters:
-            return filters[name]
+        if name in by_name:
+            return np.concatenate(
+                [filters[p].reshape(-1) for p in by_name[name].producers]
+            )
         return _checked_filters(name, model.get_layer(name))
 
     base_cost = profile(model)
 
-    def overrides(keep: Mapping[str, int]):
-        in_channels, out_channels = {}, {}
-        for name, n_keep in keep.items():
-            layer_plan = by_name[name]
-            out_channels[name] = n_keep
-            for follower in layer_plan.followers:
-                width = n_keep * layer_plan.multipliers.get(follower, 1)
-                in_channels[follower] = width
-                layer = model.get_layer(follower)
-                out_channels[follower] = width * getattr(layer, "depth_multiplier", 1)
-            for consumer in layer_plan.consumers:
-                in_channels[consumer] = n_keep * layer_plan.multipliers.get(consumer, 1)
-        return in_channels, out_channels
+    def kept(counts: Mapping[str, int]) -> dict[str, np.ndarray]:
+        return {n: _kept_indices(scores[n], c) for n, c in counts.items()}
+
+    def cost(counts: Mapping[str, int]) -> dict:
+        removed = [
+            channel_graph.classes[name][np.setdiff1d(np.arange(len(s)), keep)]
+            for name, keep in kept(counts).items()
+            for s in [scores[name]]
+        ]
+        removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+        in_keep, out_keep = channel_graph.kept_positions(removed)
+        in_channels = {k: len(v) for k, v in in_keep.items()}
+        out_channels = {k: len(v) for k, v in out_keep.items()}
+        for name, count in in_channels.items():
+            layer = model.get_layer(name)
+            if not isinstance(layer, graph.PRODUCER_TYPES):
+                multiplier = getattr(layer, "depth_multiplier", 1)
+                out_channels[name] = count * multiplier
+        return profile(model, in_channels, out_channels)
 
     def keep_counts(ratios: Mapping[str, float]) -> dict[str, int]:
         return {
@@ -474,18 +482,15 @@ def plan_pruning(
             for name, ratio in ratios.items()
         }
 
-    def cost(keep: Mapping[str, int]) -> dict:
-        return profile(model, *overrides(keep))
-
-    def macs_reduction(keep: Mapping[str, int]) -> float:
-        return 1.0 - cost(keep)["macs"] / base_cost["macs"]
+    def macs_reduction(counts: Mapping[str, int]) -> float:
+        return 1.0 - cost(counts)["macs"] / base_cost["macs"]
 
     context = allocation_lib.AllocationContext(
         layers=list(by_name),
-        channels={p.name: p.channels for p in prunable},
+        channels={g.name: g.channels for g in prunable},
         scores=scores,
         weights=weights,
-        reference=conv_names or list(by_name),
+        reference=conv_names,
         keep_counts=keep_counts,
         macs_reduction=macs_reduction,
     )
@@ -493,26 +498,25 @@ def plan_pruning(
     counts = keep_counts(allocated.ratios)
     after = cost(counts)
     statistics = allocated.statistics or {}
-    layers = {
-        p.name: LayerPlan(
-            name=p.name,
-            channels=p.channels,
-            keep=_kept_indices(scores[p.name], counts[p.name]),
-            ratio=float(allocated.ratios[p.name]),
-            statistic=statistics.get(p.name),
-            scores=scores[p.name],
-            followers=p.followers,
-            consumers=p.consumers,
-            multipliers=dict(p.multipliers),
+    kept_indices = kept(counts)
+    groups = {
+        g.name: GroupPlan(
+            name=g.name,
+            producers=g.producers,
+            channels=g.channels,
+            keep=kept_indices[g.name],
+            ratio=float(allocated.ratios[g.name]),
+            statistic=statistics.get(g.name),
+            scores=scores[g.name],
         )
-        for p in prunable
+        for g in prunable
     }
     return PruningPlan(
         model_name=model.name,
         criterion=getattr(scorer, "name", getattr(scorer, "__name__", repr(scorer))),
         allocation=allocator.name,
         allocation_config=allocator.get_config(),
-        layers=layers,
+        groups=groups,
         frozen=frozen,
         params_before=base_cost["params"],
         params_after=after["params"],
@@ -520,6 +524,21 @@ def plan_pruning(
         macs_after=after["macs"],
         details={k: _plain(v) for k, v in allocated.details.items()},
     )
+
+
+_REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
+
+
+def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarray:
+    """One score per group channel: the producers' filter scores, combined."""
+    position = {c: k for k, c in enumerate(channel_graph.classes[group.name].tolist())}
+    collected: list[list[float]] = [[] for _ in range(group.channels)]
+    for producer in group.producers:
+        values = _score(producer, filters[producer], scorer)
+        for j, cls in enumerate(channel_graph.outputs[producer].tolist()):
+            collected[position[cls]].append(values[j])
+    combine = _REDUCTIONS[reduction]
+    return np.array([combine(v) for v in collected], dtype=np.float64)
 
 
 def _plain(value):

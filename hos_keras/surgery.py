@@ -19,7 +19,7 @@ import numpy as np
 
 from hos_keras import kernels
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
-from hos_keras.graph import functional_nodes
+from hos_keras.graph import channel_groups, functional_nodes
 from hos_keras.plan import PruningPlan
 
 __all__ = ["mask_model", "slim_model"]
@@ -36,47 +36,45 @@ def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
 
 
 def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
-    """For each affected layer: the kept input and/or output channel indices."""
-    _check_plan(model, plan)
-    specs: dict[str, dict] = {}
-    for entry in plan.layers.values():
-        specs.setdefault(entry.name, {})["out"] = entry.keep
-        for name in (*entry.followers, *entry.consumers):
-            specs.setdefault(name, {})["in"] = entry.indices_for(name)
-    return specs
-
-
-def _check_plan(model: keras.Model, plan: PruningPlan) -> None:
+    """For each affected layer: the kept input and/or output positions."""
     if not isinstance(plan, PruningPlan):
         raise PlanMismatchError(
             f"Expected a PruningPlan; received {type(plan).__name__}. Make one with "
             "hos_keras.plan_pruning(model, ...)."
         )
-    names = {layer.name for layer in model.layers}
-    for entry in plan.layers.values():
-        missing = [
-            n
-            for n in (entry.name, *entry.followers, *entry.consumers)
-            if n not in names
-        ]
-        if missing:
+    channel_graph = channel_groups(model, warn=False)
+    groups = {g.name: g for g in channel_graph.prunable}
+    removed = []
+    for entry in plan.groups.values():
+        group = groups.get(entry.name)
+        if group is None or group.producers != entry.producers:
             raise PlanMismatchError(
-                f"The plan (made for model {plan.model_name!r}) names layers "
-                f"{missing} that model {model.name!r} does not have; make the plan "
-                "for this model."
+                f"The plan (made for model {plan.model_name!r}) has a channel group "
+                f"{entry.name!r} with producers {list(entry.producers)} that model "
+                f"{model.name!r} does not have; make the plan for this model."
             )
-        layer = model.get_layer(entry.name)
-        channels = kernels.filter_matrix(layer).shape[1]
-        if (
-            channels != entry.channels
-            or len(entry.keep) == 0
-            or (np.max(entry.keep) >= channels)
+        if group.channels != entry.channels or (
+            len(entry.keep) and int(np.max(entry.keep)) >= group.channels
         ):
             raise PlanMismatchError(
-                f"Layer {entry.name!r} has {channels} output channels but the plan "
-                f"expects {entry.channels} (keeping {len(entry.keep)}); the plan "
-                f"belongs to another model than {model.name!r}."
+                f"Channel group {entry.name!r} has {group.channels} channels in "
+                f"model {model.name!r} but the plan expects {entry.channels}; the "
+                "plan belongs to another model."
             )
+        classes = channel_graph.classes[entry.name]
+        removed.append(classes[entry.pruned])
+    removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+    in_keep, out_keep = channel_graph.kept_positions(removed)
+    specs: dict[str, dict] = {}
+    for name, classes in channel_graph.reshapes.items():
+        count = int(np.count_nonzero(~np.isin(classes, removed)))
+        if count != len(classes):
+            specs[name] = {"channels": count}
+    for name, keep in in_keep.items():
+        specs.setdefault(name, {})["in"] = keep
+    for name, keep in out_keep.items():
+        specs.setdefault(name, {})["out"] = keep
+    return specs
 
 
 def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
@@ -136,6 +134,11 @@ def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model
         if name in widths:
             key = "units" if "units" in inner else "filters"
             inner[key] = int(widths[name])
+        if "channels" in changed.get(name, {}):
+            inner["target_shape"] = [
+                *inner["target_shape"][:-1],
+                changed[name]["channels"],
+            ]
     if isinstance(model, keras.Sequential):
         return keras.Sequential.from_config(config)
     return keras.Model.from_config(config)
@@ -172,9 +175,9 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     """
     functional_nodes(model)  # raises UnsupportedModelError for subclassed models
     specs = _slice_specs(model, plan)
-    widths = {entry.name: len(entry.keep) for entry in plan.layers.values()}
+    widths = {name: len(spec["out"]) for name, spec in specs.items() if "out" in spec}
     try:
-        slim = _rebuild(model, widths, set(specs))
+        slim = _rebuild(model, widths, specs)
     except ValueError as error:
         raise UnsupportedModelError(
             f"Could not rebuild model {model.name!r} from its config: {error}"

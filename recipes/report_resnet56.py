@@ -82,7 +82,7 @@ def main() -> None:
     print(f"Layer statistics and eq. 9 ratios (c = {args.coefficient}):")
     print(header)
     print("-" * len(header))
-    for name, entry in plans["shapiro"].layers.items():
+    for name, entry in plans["shapiro"].groups.items():
         jb, k34 = plans["jarque_bera"][name], plans["k34"][name]
         print(
             f"{name:<22}{entry.channels:>4}{entry.statistic:>9.5f}"

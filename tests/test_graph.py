@@ -1,17 +1,18 @@
-"""Which layers find_prunable_layers lets go, and why it freezes the others."""
+"""channel_groups: which channels are tied together, and why others are frozen."""
 
 import keras
+import numpy as np
 import pytest
 from keras import layers
 
 import hos_keras
 
 
-def _analyse(build):
-    inputs = keras.Input((8, 8, 4))
+def _analyse(build, shape=(8, 8, 4)):
+    inputs = keras.Input(shape)
     model = keras.Model(inputs, build(inputs))
-    prunable, frozen = hos_keras.find_prunable_layers(model)
-    return {p.name: p for p in prunable}, frozen
+    graph = hos_keras.channel_groups(model, warn=False)
+    return {g.name: g for g in graph.groups}, graph
 
 
 def _head(x, name="head"):
@@ -19,33 +20,70 @@ def _head(x, name="head"):
 
 
 @pytest.mark.parametrize(
-    "merge, reason",
-    [
-        (lambda a, b: layers.Add(name="merge")([a, b]), "'merge' (Add)"),
-        (lambda a, b: layers.Multiply(name="merge")([a, b]), "'merge' (Multiply)"),
-        (
-            lambda a, b: layers.Concatenate(name="merge")([a, b]),
-            "'merge' (Concatenate)",
-        ),
-        (lambda a, b: layers.Maximum(name="merge")([a, b]), "'merge' (Maximum)"),
-    ],
+    "merge",
+    [layers.Add, layers.Subtract, layers.Multiply, layers.Maximum, layers.Average],
 )
-def test_merges_freeze_their_producers(merge, reason):
+def test_elementwise_merges_tie_their_inputs_into_one_group(merge):
     def build(x):
         a = layers.Conv2D(6, 3, padding="same", name="a")(x)
         b = layers.Conv2D(6, 1, name="b")(x)
         b = layers.BatchNormalization(name="b_bn")(b)
-        return _head(merge(a, b))
+        return _head(merge(name="merge")([a, b]))
 
-    prunable, frozen = _analyse(build)
-    assert not prunable
-    assert reason in frozen["a"] and reason in frozen["b"]
+    groups, graph = _analyse(build)
+    (group,) = [g for g in groups.values() if "a" in g.producers]
+    assert set(group.producers) == {"a", "b"}
+    assert set(group.members) == {"a", "b", "b_bn", "head"}
+    assert group.prunable
+    np.testing.assert_array_equal(graph.outputs["a"], graph.outputs["b"])
 
 
-def test_flatten_reshape_lambda_and_layernorm_freeze():
+def test_squeeze_excitation_broadcast_multiply():
     def build(x):
-        a = layers.Conv2D(4, 3, name="to_flatten")(x)
-        a = layers.Dense(2, name="d1")(layers.Flatten()(a))
+        x = layers.Conv2D(8, 3, padding="same", name="body")(x)
+        s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+        s = layers.Conv2D(2, 1, activation="relu", name="se_reduce")(s)
+        s = layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+        x = layers.Multiply(name="excite")([x, s])
+        return _head(x)
+
+    groups, _ = _analyse(build)
+    assert groups["body"].producers == ("body", "se_expand")
+    assert "se_reduce" in groups["body"].members  # reads body's channels
+    assert groups["se_reduce"].members == ("se_reduce", "se_expand")
+    assert groups["body"].prunable and groups["se_reduce"].prunable
+
+
+def test_concatenate_keeps_groups_apart_with_offsets():
+    def build(x):
+        a = layers.Conv2D(3, 3, padding="same", name="a")(x)
+        b = layers.Conv2D(5, 3, padding="same", name="b")(x)
+        c = layers.Concatenate(name="cat")([a, b])
+        return _head(layers.Conv2D(4, 1, name="after")(c))
+
+    groups, graph = _analyse(build)
+    assert groups["a"].producers == ("a",) and groups["b"].producers == ("b",)
+    assert groups["a"].prunable and groups["b"].prunable
+    after = graph.inputs["after"]
+    np.testing.assert_array_equal(after[:3], graph.outputs["a"])
+    np.testing.assert_array_equal(after[3:], graph.outputs["b"])
+
+
+def test_flatten_to_dense_maps_each_channel_to_strided_rows():
+    def build(x):
+        x = layers.Conv2D(3, 3, name="conv")(x)  # 6x6x3
+        x = layers.Flatten()(x)
+        return layers.Dense(2, name="fc")(x)
+
+    groups, graph = _analyse(build)
+    assert groups["conv"].prunable and "fc" in groups["conv"].members
+    rows = graph.inputs["fc"]
+    assert len(rows) == 6 * 6 * 3
+    np.testing.assert_array_equal(rows[:6], np.tile(graph.outputs["conv"], 2))
+
+
+def test_unknown_and_coupling_layers_freeze_with_reasons():
+    def build(x):
         b = layers.Conv2D(4, 3, name="to_lambda")(x)
         b = layers.Lambda(lambda t: t * 2.0, name="double")(b)
         b = layers.Dense(2, name="d2")(layers.GlobalAveragePooling2D()(b))
@@ -56,45 +94,42 @@ def test_flatten_reshape_lambda_and_layernorm_freeze():
         d = layers.Activation("softmax", name="sm")(d)
         d = layers.Conv2D(2, 1, name="after_sm")(d)
         d = layers.Dense(2, name="d4")(layers.GlobalAveragePooling2D()(d))
-        return layers.Concatenate()([a, b, c, d])
+        e = layers.Conv2D(4, 3, name="to_reshape")(x)
+        e = layers.Reshape((24, 6))(e)
+        e = layers.Dense(2, name="d5")(layers.GlobalAveragePooling1D()(e))
+        return layers.Concatenate()([b, c, d, e])
 
-    prunable, frozen = _analyse(build)
-    assert "Flatten" in frozen["to_flatten"]
-    assert "'double' (Lambda)" in frozen["to_lambda"]
-    assert "LayerNormalization" in frozen["to_ln"]
-    assert "softmax" in frozen["to_softmax"]
-    assert set(prunable) == {"after_sm"}
+    groups, _ = _analyse(build)
+    assert "'double' (Lambda)" in groups["to_lambda"].frozen
+    assert "LayerNormalization" in groups["to_ln"].frozen
+    assert "softmax" in groups["to_softmax"].frozen
+    assert "Reshape" in groups["to_reshape"].frozen
+    assert groups["after_sm"].prunable
 
 
-def test_depthwise_and_separable_chain():
+def test_unknown_layer_warns_with_its_name():
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layers.Lambda(lambda t: t + 1.0, name="plus_one")(x)
+    model = keras.Model(inputs, _head(x))
+    with pytest.warns(UserWarning, match="'plus_one'"):
+        hos_keras.channel_groups(model)
+
+
+def test_depthwise_chain_and_multiplier():
     def build(x):
         x = layers.Conv2D(8, 1, name="expand")(x)
         x = layers.BatchNormalization(name="expand_bn")(x)
-        x = layers.ReLU(6.0, name="relu6")(x)
-        x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+        x = layers.ReLU(6.0)(x)
+        x = layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
         x = layers.BatchNormalization(name="dw_bn")(x)
-        x = layers.SeparableConv2D(5, 3, name="sep")(x)
-        return _head(x)
+        return _head(layers.SeparableConv2D(5, 3, name="sep")(x))
 
-    prunable, frozen = _analyse(build)
-    assert prunable["expand"].followers == ("expand_bn", "relu6", "dw", "dw_bn")
-    assert prunable["expand"].consumers == ("sep",)
-    assert "depthwise" in frozen["dw"]
-    assert prunable["sep"].consumers == ("head",)
-
-
-def test_branching_to_several_consumers():
-    def build(x):
-        x = layers.Conv2D(6, 3, padding="same", name="trunk")(x)
-        x = layers.ReLU()(x)
-        a = layers.Conv2D(4, 1, name="left")(x)
-        b = layers.Conv2D(4, 1, name="right")(x)
-        return layers.Concatenate()(
-            [_head(a), layers.Dense(3, name="h2")(layers.GlobalMaxPooling2D()(b))]
-        )
-
-    prunable, _ = _analyse(build)
-    assert set(prunable["trunk"].consumers) == {"left", "right"}
+    groups, graph = _analyse(build)
+    assert groups["expand"].members == ("expand", "expand_bn", "dw", "dw_bn", "sep")
+    np.testing.assert_array_equal(
+        graph.inputs["dw_bn"], np.repeat(graph.outputs["expand"], 2)
+    )
 
 
 def test_grouped_conv_shared_layer_nested_model_and_channels_first():
@@ -117,14 +152,15 @@ def test_grouped_conv_shared_layer_nested_model_and_channels_first():
         f = layers.Dense(3, name="cf_head")(f)
         return layers.Concatenate()([_head(g), _head(s, "h2"), _head(n, "h3"), f])
 
-    prunable, frozen = _analyse(build)
-    assert "grouped convolution" in frozen["before_group"]
-    assert "grouped convolution" in frozen["grouped"]
-    assert "shared" in frozen["before_shared"] and "shared" in frozen["shared"]
-    assert "nested model 'sub'" in frozen["before_nested"]
-    assert prunable["cf1"].followers == ("cf_bn",)
-    assert prunable["cf1"].consumers == ("cf2",)
-    assert prunable["cf2"].consumers == ("cf_head",)
+    groups, _ = _analyse(build)
+    assert "grouped conv" in groups["before_group"].frozen
+    assert "grouped" in groups["grouped"].frozen
+    # A layer called twice ties its input channels across the calls.
+    assert groups["before_shared"].producers == ("before_shared", "shared")
+    assert groups["before_shared"].prunable
+    assert "nested model 'sub'" in groups["before_nested"].frozen
+    assert groups["cf1"].members == ("cf1", "cf_bn", "cf2")
+    assert groups["cf2"].members == ("cf2", "cf_head")
 
 
 def test_channels_first_dense_on_spatial_axis_is_frozen():
@@ -133,32 +169,29 @@ def test_channels_first_dense_on_spatial_axis_is_frozen():
         f = layers.Conv2D(5, 3, data_format="channels_first", name="cf")(f)
         return layers.Dense(2, name="on_width")(f)
 
-    _, frozen = _analyse(build)
-    assert "another axis" in frozen["cf"]
+    groups, _ = _analyse(build)
+    assert "another axis" in groups["cf"].frozen
 
 
-def test_reference_networks_prune_what_the_paper_prunes():
-    """METHOD.md section 3: found automatically, not hand-picked."""
+def test_reference_networks_prune_what_the_paper_prunes_and_more():
+    """METHOD.md section 3, found automatically rather than hand-picked."""
     resnet = hos_keras.models.resnet56()
-    prunable, _ = hos_keras.find_prunable_layers(resnet)
-    assert [p.name for p in prunable] == [
-        f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, 10)
-    ]
-    assert all(p.consumers == (p.name.replace("conv1", "conv2"),) for p in prunable)
-
-    v1 = hos_keras.models.cifar_mobilenet(input_shape=(16, 16, 3), alpha=0.25)
-    prunable = {p.name: p for p in hos_keras.find_prunable_layers(v1)[0]}
-    assert set(prunable) == {"stem_conv"} | {f"block{i}_pw" for i in range(1, 14)}
-    assert "block2_dw" in prunable["block1_pw"].followers
-    assert prunable["block13_pw"].consumers == ("logits",)
+    groups = {g.name: g for g in hos_keras.channel_groups(resnet).prunable}
+    singles = [f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, 10)]
+    for name in singles:
+        assert groups[name].members == (
+            name,
+            name.replace("conv1", "bn1"),
+            name.replace("conv1", "conv2"),
+        )
+    # The residual stream of each stage is one group (stem or shortcut + conv2s).
+    stage1 = groups["stem_conv"]
+    assert stage1.producers == ("stem_conv",) + tuple(
+        f"stage1_block{b}_conv2" for b in range(1, 10)
+    )
+    assert groups["stage3_block1_conv2"].channels == 64
+    assert len(groups) == 27 + 3
 
     v2 = hos_keras.models.cifar_mobilenet_v2(input_shape=(16, 16, 3), alpha=0.5)
-    prunable = {p.name for p in hos_keras.find_prunable_layers(v2)[0]}
-    # Every expansion conv, plus the layers whose outputs feed no residual Add:
-    # the stem, the projections of blocks 1 and 17 (width changes next) and the head.
-    assert prunable == {f"block{i}_expand" for i in range(2, 18)} | {
-        "stem_conv",
-        "block1_project",
-        "block17_project",
-        "head_conv",
-    }
+    names = {g.name for g in hos_keras.channel_groups(v2).prunable}
+    assert {f"block{i}_expand" for i in range(2, 18)} <= names

@@ -88,14 +88,15 @@ def model():
     return _cnn()
 
 
-def test_prunable_layers_followers_and_consumers(model):
-    prunable, frozen = hos_keras.find_prunable_layers(model)
-    assert [(p.name, p.channels, p.followers, p.consumers) for p in prunable] == [
-        ("c1", 8, ("bn1", "r1"), ("c2",)),
-        ("c2", 12, ("bn2", "r2", "pool"), ("c3",)),
-        ("c3", 16, ("gap",), ("logits",)),
+def test_channel_groups_of_a_plain_cnn(model):
+    graph = hos_keras.channel_groups(model)
+    groups = {g.name: g for g in graph.groups}
+    assert [(g.name, g.channels, g.members) for g in graph.prunable] == [
+        ("c1", 8, ("c1", "bn1", "c2")),
+        ("c2", 12, ("c2", "bn2", "c3")),
+        ("c3", 16, ("c3", "logits")),
     ]
-    assert frozen == {"logits": "its channels reach a model output"}
+    assert groups["logits"].frozen == "its channels reach a model output"
 
 
 @pytest.mark.parametrize(
@@ -254,9 +255,13 @@ def test_from_json_rejects_other_data():
         hos_keras.PruningPlan.from_json("{not json")
     with pytest.raises(InvalidArgumentError, match="not a hos_keras pruning plan"):
         hos_keras.PruningPlan.from_json('{"layers": []}')
-    with pytest.raises(InvalidArgumentError, match="Malformed"):
+    with pytest.raises(InvalidArgumentError, match="version 1 is not supported"):
         hos_keras.PruningPlan.from_json(
             '{"format": "hos_keras.PruningPlan", "version": 1}'
+        )
+    with pytest.raises(InvalidArgumentError, match="Malformed"):
+        hos_keras.PruningPlan.from_json(
+            '{"format": "hos_keras.PruningPlan", "version": 2}'
         )
 
 
@@ -370,7 +375,7 @@ def test_sequential_models_work():
         ]
     )
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
-    assert {n: len(p.keep) for n, p in plan.layers.items()} == {"h1": 8, "h2": 4}
+    assert {n: len(p.keep) for n, p in plan.groups.items()} == {"h1": 8, "h2": 4}
     assert plan.params_after == 12 * 8 + 8 + 8 * 4 + 4 + 4 * 3 + 3
 
 

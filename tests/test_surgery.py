@@ -43,7 +43,7 @@ def _check_invariant(model, plan, input_shape, seed=0):
     assert cost["params"] == plan.params_after == slim.count_params()
     assert cost["macs"] == plan.macs_after
     # And pruning did something, unless the plan keeps everything.
-    if any(len(e.keep) < e.channels for e in plan.layers.values()):
+    if any(len(e.keep) < e.channels for e in plan.groups.values()):
         assert slim.count_params() < model.count_params()
     return slim
 
@@ -130,7 +130,7 @@ def test_depthwise_multiplier_separable_transpose_and_dense_chain():
     outputs = layers.Dense(3, name="out")(x)
     model = _randomize_bn(keras.Model(inputs, outputs))
     plan = hos_keras.plan_pruning(model, criterion="l2", allocation="fixed", ratio=0.5)
-    assert set(plan.layers) == {"c", "sep", "up", "after_up", "fc"}
+    assert set(plan.groups) == {"c", "sep", "up", "after_up", "fc"}
     slim = _check_invariant(model, plan, (12, 12, 3))
     assert slim.get_layer("dw").get_weights()[0].shape == (3, 3, 3, 2)
     # sep sees 3 kept x 2 (dw) = 6 channels, times its own multiplier 2.
@@ -181,3 +181,54 @@ def test_plan_for_another_model_is_rejected():
         hos_keras.mask_model(other, plan)
     with pytest.raises(PlanMismatchError, match="PruningPlan"):
         hos_keras.slim_model(a, {"layers": []})
+
+
+def _coupled_model():
+    shared = layers.Conv2D(6, 1, name="shared")
+    inputs = keras.Input((10, 10, 3))
+    stem = layers.Conv2D(6, 3, padding="same", name="stem")(inputs)
+    stem = layers.BatchNormalization(name="stem_bn")(stem)
+    branch = layers.Conv2D(6, 3, padding="same", name="branch")(stem)
+    x = layers.Add(name="add")([stem, branch])  # residual: stem and branch tied
+    x = shared(layers.ReLU()(x))
+    x = shared(x)  # shared layer: its input and output channels tied
+    s = layers.GlobalAveragePooling2D()(x)
+    s = layers.Reshape((1, 1, 6), name="se_reshape")(s)
+    s = layers.Conv2D(3, 1, activation="relu", name="se_reduce")(s)
+    s = layers.Conv2D(6, 1, activation="sigmoid", name="se_expand")(s)
+    x = layers.Multiply(name="excite")([x, s])
+    other = layers.Conv2D(5, 3, padding="same", name="other")(inputs)
+    x = layers.Concatenate(name="cat")([x, other])  # offsets 0..5, 6..10
+    x = layers.Conv2D(4, 3, strides=2, name="mix")(x)
+    x = layers.Flatten()(x)  # 4x4x4: each channel -> 16 strided rows
+    x = layers.Dense(8, activation="relu", name="fc")(x)
+    outputs = layers.Dense(3, name="out")(x)
+    return _randomize_bn(keras.Model(inputs, outputs))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coupled_groups_slim_equals_masked(seed):
+    model = _coupled_model()
+    graph = hos_keras.channel_groups(model)
+    names = {g.name for g in graph.prunable}
+    assert {"other", "mix", "fc", "se_reduce"} <= names
+    (residual,) = [g for g in graph.prunable if "branch" in g.producers]
+    assert set(residual.producers) == {"stem", "branch", "shared", "se_expand"}
+    plan = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=0.5, seed=seed
+    )
+    slim = _check_invariant(model, plan, (10, 10, 3), seed=seed)
+    assert slim.get_layer("se_reshape").target_shape == (1, 1, 3)
+    # mix keeps 2 of 4 channels (16 rows each); fc itself keeps 4 of 8 units.
+    assert slim.get_layer("fc").get_weights()[0].shape == (16 * 2, 4)
+
+
+def test_group_scores_combine_producer_scores():
+    model = _coupled_model()
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    (entry,) = [g for g in plan.groups.values() if "branch" in g.producers]
+    l1 = hos_keras.score_filters(model, criterion="l1")
+    expected = np.mean([l1[p] for p in entry.producers], axis=0)
+    np.testing.assert_allclose(entry.scores, expected, rtol=1e-12)
+    with pytest.raises(hos_keras.errors.InvalidArgumentError, match="group_reduction"):
+        hos_keras.plan_pruning(model, allocation="fixed", group_reduction="median")
