@@ -232,3 +232,81 @@ def test_group_scores_combine_producer_scores():
     np.testing.assert_allclose(entry.scores, expected, rtol=1e-12)
     with pytest.raises(hos_keras.errors.InvalidArgumentError, match="group_reduction"):
         hos_keras.plan_pruning(model, allocation="fixed", group_reduction="median")
+
+
+def test_channels_first_model():
+    inputs = keras.Input((3, 10, 10))
+    x = layers.Conv2D(6, 3, data_format="channels_first", name="a")(inputs)
+    x = layers.BatchNormalization(axis=1, name="a_bn")(x)
+    y = layers.Conv2D(6, 1, data_format="channels_first", name="b")(x)
+    x = layers.Add()([x, y])
+    x = layers.MaxPooling2D(data_format="channels_first")(x)
+    x = layers.Conv2D(4, 3, data_format="channels_first", name="c")(x)
+    x = layers.GlobalAveragePooling2D(data_format="channels_first")(x)
+    outputs = layers.Dense(2, name="out")(x)
+    model = _randomize_bn(keras.Model(inputs, outputs))
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    assert {"a", "c"} <= set(plan.groups)
+    _check_invariant(model, plan, (3, 10, 10))
+
+
+def test_mixed_float16_model():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = hos_keras.models.resnet20(input_shape=(16, 16, 3))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.5)
+    slim = hos_keras.slim_model(model, plan)
+    masked = hos_keras.mask_model(model, plan)
+    assert slim.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(masked(x)).astype("float32")
+    got = keras.ops.convert_to_numpy(slim(x)).astype("float32")
+    np.testing.assert_allclose(
+        got, expected, rtol=2e-2, atol=2e-2 * float(np.max(np.abs(expected)))
+    )
+    assert hos_keras.profile(slim)["macs"] == plan.macs_after
+
+
+@pytest.mark.slow
+def test_savedmodel_export_and_tflite_are_smaller(tmp_path):
+    import tensorflow as tf
+
+    model = _randomize_bn(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
+    plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
+    slim = hos_keras.slim_model(model, plan)
+
+    def tree_size(path):
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+    sizes = {}
+    for name, net in (("big", model), ("slim", slim)):
+        export_dir = tmp_path / f"{name}_savedmodel"
+        net.export(str(export_dir))
+        sizes[name] = tree_size(export_dir)
+        if name == "slim":
+            reloaded = tf.saved_model.load(str(export_dir))
+            x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+            np.testing.assert_allclose(
+                reloaded.serve(x).numpy(),
+                keras.ops.convert_to_numpy(slim(x)),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+    assert sizes["slim"] < sizes["big"]
+    flat = {}
+    for name, net in (("big", model), ("slim", slim)):
+        converter = tf.lite.TFLiteConverter.from_keras_model(net)
+        flat[name] = converter.convert()
+    assert len(flat["slim"]) < 0.75 * len(flat["big"])
+    interpreter = tf.lite.Interpreter(model_content=flat["slim"])
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    x = np.random.default_rng(1).normal(size=detail["shape"]).astype("float32")
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(
+        out, keras.ops.convert_to_numpy(slim(x)), rtol=1e-4, atol=1e-4
+    )
