@@ -46,6 +46,7 @@ __all__ = [
     "ChannelGroup",
     "channel_groups",
     "functional_nodes",
+    "get_layer",
 ]
 
 
@@ -126,6 +127,14 @@ class ChannelGraph:
                     kept[name] = np.flatnonzero(mask)
             result.append(kept)
         return tuple(result)
+
+
+def get_layer(model: keras.Model, name: str) -> keras.layers.Layer:
+    """A layer by name; `"outer/inner"` reaches into nested models."""
+    layer = model
+    for part in name.split("/"):
+        layer = layer.get_layer(part)
+    return layer
 
 
 def functional_nodes(model: keras.Model) -> list:
@@ -291,6 +300,7 @@ class _Tracer:
         self.reshapes: dict[str, np.ndarray] = {}
         self.order: list[str] = []
         self.model = model
+        self.prefix = ""
 
     # Helpers -------------------------------------------------------------
     def _opaque(self, tensor, reason: str) -> None:
@@ -312,40 +322,67 @@ class _Tracer:
 
     def _record_input(self, layer, slots) -> None:
         """A layer whose weights are indexed by input channel; shared calls tie."""
-        if layer.name in self.inputs:
-            previous = self.inputs[layer.name]
+        name = self.prefix + layer.name
+        if name in self.inputs:
+            previous = self.inputs[name]
             if len(previous) != len(slots):
-                self.slots.freeze(slots, f"shared layer {layer.name!r}")
+                self.slots.freeze(slots, f"shared layer {name!r}")
                 return
             self.slots.union(previous, slots)
         else:
-            self.inputs[layer.name] = slots
+            self.inputs[name] = slots
 
     def _pass(self, node, slots, axis) -> None:
         self.tensors[id(node.output_tensors[0])] = (slots, axis)
 
     # The walk ------------------------------------------------------------
     def trace(self) -> None:
-        for node in functional_nodes(self.model):
-            layer = node.operation
-            if isinstance(layer, keras.layers.InputLayer) or node.is_input:
-                for tensor in node.output_tensors:
-                    self._opaque(tensor, "channels of a model input")
-                continue
-            if any(id(t) not in self.tensors for t in node.input_tensors):
-                for tensor in node.input_tensors:
-                    if id(tensor) not in self.tensors:
-                        self._opaque(tensor, "channels from outside the graph")
-            self._visit(node, layer)
-        outputs = _functional(self.model).outputs
-        for tensor in outputs:
+        self._walk(self.model)
+        for tensor in _functional(self.model).outputs:
             slots, _ = self.tensors[id(tensor)]
             self.slots.freeze(slots, "its channels reach a model output")
 
+    def _walk(self, model) -> None:
+        nodes = functional_nodes(model)
+        self.calls = getattr(self, "calls", {})
+        for node in nodes:
+            key = id(node.operation)
+            self.calls[key] = self.calls.get(key, 0) + 1
+        for node in nodes:
+            layer = node.operation
+            if isinstance(layer, keras.layers.InputLayer) or node.is_input:
+                for tensor in node.output_tensors:
+                    if id(tensor) not in self.tensors:
+                        self._opaque(tensor, "channels of a model input")
+                continue
+            for tensor in node.input_tensors:
+                if id(tensor) not in self.tensors:
+                    self._opaque(tensor, "channels from outside the graph")
+            self._visit(node, layer)
+
+    def _nested(self, node, model) -> None:
+        """Traces a model used as a layer, its layers named `outer/inner`."""
+        inner = _functional(model)
+        if self.calls.get(id(model), 0) > 1 or len(inner.inputs) != len(
+            node.input_tensors
+        ):
+            self._opaque_node(
+                node, f"its channels reach nested model {model.name!r} used twice"
+            )
+            return
+        for outer, inner_input in zip(node.input_tensors, inner.inputs, strict=True):
+            self.tensors[id(inner_input)] = self.tensors[id(outer)]
+        saved = self.prefix
+        self.prefix = f"{saved}{model.name}/"
+        self._walk(inner)
+        self.prefix = saved
+        for outer, inner_output in zip(node.output_tensors, inner.outputs, strict=True):
+            self.tensors[id(outer)] = self.tensors[id(inner_output)]
+
     def _visit(self, node, layer) -> None:
-        name, kind = layer.name, type(layer).__name__
+        name, kind = self.prefix + layer.name, type(layer).__name__
         if isinstance(layer, keras.Model):
-            self._opaque_node(node, f"its channels reach nested model {name!r}")
+            self._nested(node, layer)
             return
         if not node.input_tensors:
             for tensor in node.output_tensors:
@@ -411,7 +448,7 @@ class _Tracer:
             )
 
     def _producer(self, node, layer, in_slots, rank) -> None:
-        name = layer.name
+        name = self.prefix + layer.name
         out = node.output_tensors[0]
         out_axis = _channel_axis(layer, len(out.shape))
         grouped = getattr(layer, "groups", 1) != 1
@@ -514,7 +551,7 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
     tracer.trace()
     slots = tracer.slots
     position = {layer.name: i for i, layer in enumerate(model.layers)}
-    tracer.order.sort(key=lambda name: position.get(name, len(position)))
+    tracer.order.sort(key=lambda name: position.get(name.split("/")[0], 0))
 
     # Producers tied by any shared channel class form one group.
     owner_parent = {name: name for name in tracer.order}

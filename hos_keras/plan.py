@@ -430,7 +430,7 @@ def plan_pruning(
         )
     by_name = {g.name: g for g in prunable}
     filters = {
-        p: _checked_filters(p, model.get_layer(p))
+        p: _checked_filters(p, graph.get_layer(model, p))
         for g in prunable
         for p in g.producers
     }
@@ -440,11 +440,9 @@ def plan_pruning(
     }
     in_groups = {p for g in prunable for p in g.producers}
     conv_names = [
-        layer.name
-        for layer in model.layers
-        if kernels.has_filters(layer)
-        and not isinstance(layer, keras.layers.Dense)
-        and layer.name not in in_groups
+        name
+        for name, layer in _iter_filter_layers(model)
+        if not isinstance(layer, keras.layers.Dense) and name not in in_groups
     ]
 
     def weights(name: str) -> np.ndarray:
@@ -452,7 +450,7 @@ def plan_pruning(
             return np.concatenate(
                 [filters[p].reshape(-1) for p in by_name[name].producers]
             )
-        return _checked_filters(name, model.get_layer(name))
+        return _checked_filters(name, graph.get_layer(model, name))
 
     base_cost = profile(model)
 
@@ -470,7 +468,7 @@ def plan_pruning(
         in_channels = {k: len(v) for k, v in in_keep.items()}
         out_channels = {k: len(v) for k, v in out_keep.items()}
         for name, count in in_channels.items():
-            layer = model.get_layer(name)
+            layer = graph.get_layer(model, name)
             if not isinstance(layer, graph.PRODUCER_TYPES):
                 multiplier = getattr(layer, "depth_multiplier", 1)
                 out_channels[name] = count * multiplier

@@ -111,23 +111,29 @@ def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
     return [w if w.shape[-1] == 1 else np.take(w, keep_in, axis=-1) for w in weights]
 
 
-def _copy_weights(source, target, specs, transform) -> None:
+def _copy_weights(source, target, specs, transform, prefix: str = "") -> None:
     """Copies weights layer by layer; planned layers go through `transform`."""
     for layer in target.layers:
         if not layer.weights:
             continue
         original = source.get_layer(layer.name)
-        if layer.name in specs:
-            layer.set_weights(transform(original, specs[layer.name]))
+        name = prefix + layer.name
+        if isinstance(layer, keras.Model):
+            _copy_weights(original, layer, specs, transform, f"{name}/")
+        elif name in specs:
+            layer.set_weights(transform(original, specs[name]))
         else:
             layer.set_weights(original.get_weights())
 
 
-def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model:
-    config = copy.deepcopy(model.get_config())
+def _edit_config(config: dict, prefix: str, widths, changed) -> None:
+    """Applies new widths and target shapes to a (nested) model config in place."""
     for layer_config in config["layers"]:
         inner = layer_config["config"]
-        name = inner.get("name")
+        name = prefix + inner.get("name", "")
+        if isinstance(inner.get("layers"), list):
+            _edit_config(inner, f"{name}/", widths, changed)
+            continue
         if name in changed:
             # The recorded build shape is the old one; let the call build it.
             layer_config.pop("build_config", None)
@@ -139,6 +145,11 @@ def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model
                 *inner["target_shape"][:-1],
                 changed[name]["channels"],
             ]
+
+
+def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model:
+    config = copy.deepcopy(model.get_config())
+    _edit_config(config, "", widths, changed)
     if isinstance(model, keras.Sequential):
         return keras.Sequential.from_config(config)
     return keras.Model.from_config(config)

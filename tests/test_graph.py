@@ -158,7 +158,9 @@ def test_grouped_conv_shared_layer_nested_model_and_channels_first():
     # A layer called twice ties its input channels across the calls.
     assert groups["before_shared"].producers == ("before_shared", "shared")
     assert groups["before_shared"].prunable
-    assert "nested model 'sub'" in groups["before_nested"].frozen
+    # Nested models are traced through; their layers are named "outer/inner".
+    assert groups["before_nested"].members == ("before_nested", "sub/inner")
+    assert groups["before_nested"].prunable
     assert groups["cf1"].members == ("cf1", "cf_bn", "cf2")
     assert groups["cf2"].members == ("cf2", "cf_head")
 

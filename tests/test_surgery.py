@@ -310,3 +310,28 @@ def test_savedmodel_export_and_tflite_are_smaller(tmp_path):
     np.testing.assert_allclose(
         out, keras.ops.convert_to_numpy(slim(x)), rtol=1e-4, atol=1e-4
     )
+
+
+def test_nested_model_transfer_learning_head():
+    keras.utils.set_random_seed(0)
+    base_in = keras.Input((12, 12, 3))
+    b = layers.Conv2D(8, 3, padding="same", name="conv_a")(base_in)
+    b = layers.BatchNormalization(name="bn_a")(b)
+    b = layers.ReLU()(b)
+    r = layers.Conv2D(8, 3, padding="same", name="conv_b")(b)
+    b = layers.Add()([b, r])
+    b = layers.Conv2D(6, 3, name="conv_c")(b)
+    base = _randomize_bn(keras.Model(base_in, b, name="base"))
+    inputs = keras.Input((12, 12, 3))
+    x = base(inputs)
+    x = layers.Conv2D(5, 1, name="adapter")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(2, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    graph = hos_keras.channel_groups(model)
+    names = {g.name for g in graph.prunable}
+    assert {"base/conv_a", "base/conv_c", "adapter"} <= names
+    assert "adapter" in graph.group("base/conv_c").members
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    slim = _check_invariant(model, plan, (12, 12, 3))
+    assert slim.get_layer("base").get_layer("conv_c").filters == 3
