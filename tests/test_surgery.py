@@ -103,12 +103,13 @@ APPLICATIONS = [
 @pytest.mark.parametrize(
     "name, builder, shape", APPLICATIONS, ids=[a[0] for a in APPLICATIONS]
 )
-def test_slim_equals_masked_on_keras_applications(name, builder, shape):
+@pytest.mark.parametrize(("ratio", "seed"), [(0.3, 1), (0.7, 2)])
+def test_slim_equals_masked_on_keras_applications(name, builder, shape, ratio, seed):
     keras.utils.set_random_seed(0)
     model = builder(weights=None, input_shape=shape, classes=10)
     try:
         plan = hos_keras.plan_pruning(
-            model, criterion="random", allocation="fixed", ratio=0.4, seed=1
+            model, criterion="random", allocation="fixed", ratio=ratio, seed=seed
         )
     except hos_keras.errors.NothingToPruneError:
         pytest.fail(f"{name}: no prunable layer found")
