@@ -13,6 +13,8 @@ back to the layer that produced it:
 - element-wise merges (Add, Subtract, Multiply including squeeze-excitation
   broadcasting, Average, Maximum, Minimum) tie channel i of every input together;
 - Concatenate places its inputs' channels side by side;
+- a grouped convolution ties channel j of each of its input groups (all read
+  through the kernel's input index j), and likewise channel j of each output group;
 - layers that read channels as input features (Conv, Dense, SeparableConv,
   ConvTranspose) lose the input rows of removed channels.
 
@@ -20,7 +22,7 @@ Channels tied together form a `ChannelGroup`, the unit of pruning (the "group" o
 Torch-Pruning's DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning",
 CVPR 2023). A group is frozen, with the reason recorded, when any of its channels
 reaches something this analysis does not understand (Lambda, custom layers,
-Reshape, Permute, LayerNormalization over channels, softmax, grouped convolution,
+Reshape, Permute, LayerNormalization over channels, softmax,
 nested models) or a model output: a frozen group is never pruned, so the model is
 never corrupted.
 
@@ -451,19 +453,22 @@ class _Tracer:
         name = self.prefix + layer.name
         out = node.output_tensors[0]
         out_axis = _channel_axis(layer, len(out.shape))
-        grouped = getattr(layer, "groups", 1) != 1
-        if grouped:
-            self.slots.freeze(in_slots, f"its channels reach grouped conv {name!r}")
-        else:
-            self._record_input(layer, in_slots)
+        groups = getattr(layer, "groups", 1)
+        if groups > 1:
+            # Grouped convolution: input channel j of every group is read through
+            # the kernel's input index j, so those channels are tied and every
+            # group keeps the same count; likewise for the output groups below.
+            per_group = in_slots.reshape(groups, -1)
+            for row in per_group[1:]:
+                self.slots.union(per_group[0], row)
+        self._record_input(layer, in_slots)
         if name in self.outputs:
             slots = self.outputs[name]
         else:
-            slots = self.slots.new(int(out.shape[out_axis]), owner=name)
+            count = int(out.shape[out_axis])
+            slots = np.tile(self.slots.new(count // groups, owner=name), groups)
             self.outputs[name] = slots
             self.order.append(name)
-        if grouped:
-            self.slots.freeze(slots, "grouped convolution")
         if _activation_name(layer) in _COUPLING_ACTIVATIONS:
             self.slots.freeze(slots, "its activation is a softmax over channels")
         self.tensors[id(out)] = (slots, out_axis)

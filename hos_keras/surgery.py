@@ -101,6 +101,8 @@ def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
         kernel, *bias = weights
         in_axis, out_axis = (-1, -2) if isinstance(layer, _CONV_T) else (-2, -1)
         if keep_in is not None:
+            # A grouped kernel holds one group's inputs; all groups keep the same.
+            keep_in = keep_in[keep_in < kernel.shape[in_axis]]
             kernel = np.take(kernel, keep_in, axis=in_axis)
         if keep_out is not None:
             kernel = np.take(kernel, keep_out, axis=out_axis)

@@ -153,8 +153,12 @@ def test_grouped_conv_shared_layer_nested_model_and_channels_first():
         return layers.Concatenate()([_head(g), _head(s, "h2"), _head(n, "h3"), f])
 
     groups, _ = _analyse(build)
-    assert "grouped conv" in groups["before_group"].frozen
-    assert "grouped" in groups["grouped"].frozen
+    # Grouped conv (2 groups): channel j of each group is tied, both sides.
+    assert groups["before_group"].channels == 4
+    assert (
+        groups["before_group"].prunable and "grouped" in groups["before_group"].members
+    )
+    assert groups["grouped"].channels == 4
     # A layer called twice ties its input channels across the calls.
     assert groups["before_shared"].producers == ("before_shared", "shared")
     assert groups["before_shared"].prunable

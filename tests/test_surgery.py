@@ -336,3 +336,24 @@ def test_nested_model_transfer_learning_head():
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
     slim = _check_invariant(model, plan, (12, 12, 3))
     assert slim.get_layer("base").get_layer("conv_c").filters == 3
+
+
+def test_grouped_convolution():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(12, 3, padding="same", name="before")(inputs)
+    x = layers.BatchNormalization(name="before_bn")(x)
+    x = layers.Conv2D(8, 3, padding="same", groups=4, name="grouped")(x)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(6, 3, padding="same", groups=2, name="grouped2")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(2, name="out")(x)
+    model = _randomize_bn(keras.Model(inputs, outputs))
+    graph = hos_keras.channel_groups(model)
+    assert graph.group("before").channels == 3  # 12 inputs in 4 groups of 3
+    plan = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=0.5, seed=0
+    )
+    slim = _check_invariant(model, plan, (8, 8, 3))
+    grouped = slim.get_layer("grouped")
+    assert grouped.groups == 4 and grouped.filters % 4 == 0
+    assert slim.get_layer("before").filters % 4 == 0
