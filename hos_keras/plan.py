@@ -49,6 +49,8 @@ class GroupPlan:
         statistic: The layer statistic T of P1-P3 allocations, else `None`.
         scores: Score of every group channel: the producers' filter scores
             combined (mean by default).
+        members: Every layer that loses weight slices when the group is pruned
+            (producers, per-channel layers, consumers).
     """
 
     name: str
@@ -58,6 +60,7 @@ class GroupPlan:
     ratio: float
     statistic: float | None
     scores: np.ndarray
+    members: tuple[str, ...] = ()
 
     @property
     def pruned(self) -> np.ndarray:
@@ -73,6 +76,7 @@ class GroupPlan:
             "ratio": float(self.ratio),
             "statistic": None if self.statistic is None else float(self.statistic),
             "scores": [float(v) for v in self.scores],
+            "members": list(self.members),
         }
 
     @classmethod
@@ -85,6 +89,7 @@ class GroupPlan:
             ratio=float(data["ratio"]),
             statistic=None if data["statistic"] is None else float(data["statistic"]),
             scores=np.asarray(data["scores"], dtype=np.float64),
+            members=tuple(str(m) for m in data.get("members", ())),
         )
 
 
@@ -506,6 +511,7 @@ def plan_pruning(
             ratio=float(allocated.ratios[g.name]),
             statistic=statistics.get(g.name),
             scores=scores[g.name],
+            members=g.members,
         )
         for g in prunable
     }

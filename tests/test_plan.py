@@ -244,6 +244,7 @@ def test_plan_json_round_trip_is_exact(model):
         np.testing.assert_array_equal(restored[name].keep, plan[name].keep)
         assert restored[name].statistic == plan[name].statistic
     assert json.loads(text)["format"] == "hos_keras.PruningPlan"
+    assert restored["c1"].members == ("c1", "bn1", "c2")
     fixed = hos_keras.plan_pruning(
         model, allocation="fixed", ratio={"c*": 0.5}, skip=["c2"]
     )

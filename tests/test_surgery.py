@@ -60,6 +60,11 @@ CIFAR = [
         (16, 16, 3),
     ),
     (
+        "resnet110",
+        lambda: hos_keras.models.resnet110(input_shape=(16, 16, 3)),
+        (16, 16, 3),
+    ),
+    (
         "mobilenet",
         lambda: hos_keras.models.cifar_mobilenet(input_shape=(16, 16, 3), alpha=0.25),
         (16, 16, 3),
