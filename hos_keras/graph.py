@@ -303,6 +303,7 @@ class _Tracer:
         self.order: list[str] = []
         self.model = model
         self.prefix = ""
+        self.calls: dict[int, int] = {}
 
     # Helpers -------------------------------------------------------------
     def _opaque(self, tensor, reason: str) -> None:
@@ -346,7 +347,6 @@ class _Tracer:
 
     def _walk(self, model) -> None:
         nodes = functional_nodes(model)
-        self.calls = getattr(self, "calls", {})
         for node in nodes:
             key = id(node.operation)
             self.calls[key] = self.calls.get(key, 0) + 1
