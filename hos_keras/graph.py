@@ -364,7 +364,13 @@ class _Tracer:
 
     def _nested(self, node, model) -> None:
         """Traces a model used as a layer, its layers named `outer/inner`."""
-        inner = _functional(model)
+        try:
+            inner = _functional(model)
+        except UnsupportedModelError:
+            self._opaque_node(
+                node, f"its channels reach subclassed model {model.name!r}"
+            )
+            return
         if self.calls.get(id(model), 0) > 1 or len(inner.inputs) != len(
             node.input_tensors
         ):
@@ -520,6 +526,14 @@ class _Tracer:
                 node, f"its channels reach {layer.name!r} (Flatten) with unknown size"
             )
             return
+        if layer.data_format == "channels_first" and rank > 2:
+            # Keras moves axis 1 last before flattening such inputs.
+            axis = rank - 1 if axis == 1 else -1
+            if axis < 0:
+                self._opaque_node(
+                    node, f"its channels reach {layer.name!r} (Flatten) reordered"
+                )
+                return
         positions = int(np.prod(spatial, dtype=np.int64)) if spatial else 1
         if axis == rank - 1:
             slots = np.tile(in_slots, positions)

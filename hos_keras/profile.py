@@ -2,7 +2,8 @@
 
 Convention. MACs are the multiply-accumulates of the weight layers for ONE input
 sample: convolutions (incl. grouped, transposed, depthwise and separable) and Dense
-layers; the bias add is not counted. Normalization, activations, pooling and merges
+layers; the bias add is not counted. A subclassed model used as a layer has its
+parameters counted but not its MACs (its graph cannot be read). Normalization, activations, pooling and merges
 are counted as 0 MACs (BatchNormalization folds into the preceding convolution at
 inference). Parameters count every weight, trainable or not (BatchNormalization's
 moving mean and variance included), as `model.count_params()` does. A layer called
@@ -25,6 +26,7 @@ import keras
 import numpy as np
 
 from hos_keras import graph, kernels
+from hos_keras.errors import UnsupportedModelError
 
 __all__ = ["profile"]
 
@@ -125,7 +127,12 @@ def _profile_into(model, prefix, in_channels, out_channels, layers):
         if isinstance(layer, keras.Model):
             if name not in layers:
                 layers[name] = {"type": type(layer).__name__, "params": 0, "macs": 0}
-                _profile_into(layer, name + "/", in_channels, out_channels, layers)
+                try:
+                    _profile_into(layer, name + "/", in_channels, out_channels, layers)
+                except UnsupportedModelError:
+                    # A subclassed model inside: its graph cannot be read, so its
+                    # parameters are counted and its MACs are not.
+                    layers[name]["params"] = int(layer.count_params())
             continue
         entry = layers.get(name)
         first_call = entry is None

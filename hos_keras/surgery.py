@@ -120,7 +120,9 @@ def _copy_weights(source, target, specs, transform, prefix: str = "") -> None:
             continue
         original = source.get_layer(layer.name)
         name = prefix + layer.name
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) and any(
+            key.startswith(f"{name}/") for key in specs
+        ):
             _copy_weights(original, layer, specs, transform, f"{name}/")
         elif name in specs:
             layer.set_weights(transform(original, specs[name]))
@@ -149,12 +151,11 @@ def _edit_config(config: dict, prefix: str, widths, changed) -> None:
             ]
 
 
-def _rebuild(model: keras.Model, widths: dict[str, int], changed) -> keras.Model:
+def _rebuild(model, widths: dict[str, int], changed) -> keras.Model:
     config = copy.deepcopy(model.get_config())
     _edit_config(config, "", widths, changed)
-    if isinstance(model, keras.Sequential):
-        return keras.Sequential.from_config(config)
-    return keras.Model.from_config(config)
+    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
+    return cls.from_config(config)
 
 
 def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
@@ -176,7 +177,8 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     Raises:
         PlanMismatchError: if the plan names layers the model lacks or channel
             counts differ (a plan made for another model).
-        UnsupportedModelError: for a subclassed model.
+        UnsupportedModelError: for a subclassed model, or one whose config cannot
+            be rebuilt (e.g. an unregistered custom layer).
 
     Example:
 
@@ -191,9 +193,11 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     widths = {name: len(spec["out"]) for name, spec in specs.items() if "out" in spec}
     try:
         slim = _rebuild(model, widths, specs)
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise UnsupportedModelError(
-            f"Could not rebuild model {model.name!r} from its config: {error}"
+            f"Could not rebuild model {model.name!r} from its config: {error} If "
+            "the model contains custom layers or models, register them with "
+            "@keras.saving.register_keras_serializable()."
         ) from error
     _copy_weights(model, slim, specs, _sliced_weights)
     return slim

@@ -362,3 +362,28 @@ def test_grouped_convolution():
     grouped = slim.get_layer("grouped")
     assert grouped.groups == 4 and grouped.filters % 4 == 0
     assert slim.get_layer("before").filters % 4 == 0
+
+
+def test_flatten_channels_first_and_subclassed_nested_model():
+    @keras.saving.register_keras_serializable(package="hos_keras_tests")
+    class Scale(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.d = layers.Dense(4)
+
+        def call(self, x):
+            return self.d(x)
+
+    inputs = keras.Input((3, 6, 6))
+    x = layers.Conv2D(4, 3, data_format="channels_first", name="cf")(inputs)
+    x = layers.Flatten(data_format="channels_first")(x)
+    x = layers.Dense(5, name="fc")(x)
+    y = layers.Dense(4, name="to_sub")(x)
+    y = Scale(name="sub")(y)
+    outputs = layers.Concatenate()([layers.Dense(2, name="o1")(x), y])
+    model = keras.Model(inputs, outputs)
+    graph = hos_keras.channel_groups(model)
+    assert "subclassed model 'sub'" in graph.group("to_sub").frozen
+    assert graph.group("cf").prunable and "fc" in graph.group("cf").members
+    plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    _check_invariant(model, plan, (3, 6, 6))
