@@ -27,6 +27,7 @@ from hos_keras.criteria import (
     get_criterion,
     register_criterion,
 )
+from hos_keras.distill import HOSDistiller, auto_pivots, pivot_weights
 from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
 from hos_keras.kernels import filter_matrix
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
@@ -52,6 +53,7 @@ __all__ = [
     "FixedAllocation",
     "GlobalAllocation",
     "GroupPlan",
+    "HOSDistiller",
     "JarqueBeraAllocation",
     "NormCriterion",
     "PowerSums",
@@ -60,6 +62,7 @@ __all__ = [
     "ShapiroWilkAllocation",
     "TargetAllocation",
     "allocation_names",
+    "auto_pivots",
     "channel_groups",
     "criterion_names",
     "errors",
@@ -71,6 +74,7 @@ __all__ = [
     "kurtosis",
     "mask_model",
     "models",
+    "pivot_weights",
     "plan_pruning",
     "profile",
     "register_criterion",

@@ -90,6 +90,8 @@ class ChannelGraph:
         outputs: For each producer, the class id of every output channel.
         reshapes: For each Reshape that keeps the channels last, the class id of
             every channel (its `target_shape` must follow a pruning).
+        tensors: For every layer, the class id of each channel of its (first)
+            output, e.g. to match a teacher's features to a pruned student's.
     """
 
     groups: list[ChannelGroup]
@@ -97,6 +99,7 @@ class ChannelGraph:
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     reshapes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def group(self, name: str) -> ChannelGroup:
         for group in self.groups:
@@ -300,6 +303,7 @@ class _Tracer:
         self.inputs: dict[str, np.ndarray] = {}
         self.outputs: dict[str, np.ndarray] = {}
         self.reshapes: dict[str, np.ndarray] = {}
+        self.layer_outputs: dict[str, np.ndarray] = {}
         self.order: list[str] = []
         self.model = model
         self.prefix = ""
@@ -361,6 +365,11 @@ class _Tracer:
                 if id(tensor) not in self.tensors:
                     self._opaque(tensor, "channels from outside the graph")
             self._visit(node, layer)
+            first = node.output_tensors[0] if node.output_tensors else None
+            if first is not None and id(first) in self.tensors:
+                self.layer_outputs[self.prefix + layer.name] = self.tensors[id(first)][
+                    0
+                ]
 
     def _nested(self, node, model) -> None:
         """Traces a model used as a layer, its layers named `outer/inner`."""
@@ -617,7 +626,8 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
     if warn:
         _warn_unknown(groups)
     reshapes = {k: slots.roots(v) for k, v in tracer.reshapes.items()}
-    return ChannelGraph(groups, classes, inputs, outputs, reshapes)
+    tensors = {k: slots.roots(v) for k, v in tracer.layer_outputs.items()}
+    return ChannelGraph(groups, classes, inputs, outputs, reshapes, tensors)
 
 
 def _warn_unknown(groups) -> None:
