@@ -278,14 +278,21 @@ class HOSDistiller(keras.Model):
         return trackers
 
     def _terms(self, x, y, sample_weight, training):
+        """All loss terms as global-batch means, whatever the number of replicas.
+
+        Keras scales compiled losses by 1 / replicas under tf.distribute (gradients
+        are summed across replicas); the terms here are unscaled for logging and
+        the caller divides the total by the replica count for the gradient.
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         student_out = self._student_features(x, training=training)
         s_pred, s_feats = student_out[0], student_out[1:]
-        task = self._compile_loss(y, s_pred, sample_weight)
+        task = tf.cast(self._compile_loss(y, s_pred, sample_weight), tf.float32)
+        task = task * float(replicas)
         if self.student.losses:
-            task = task + tf.add_n(
-                [tf.cast(v, task.dtype) for v in self.student.losses]
-            )
+            task += tf.add_n([tf.cast(v, tf.float32) for v in self.student.losses])
         terms = {"task_loss": task}
+        total = task
         if self.auxiliary:
             teacher_out = self._teacher_features(x, training=False)
             t_pred = tf.stop_gradient(tf.cast(teacher_out[0], tf.float32))
@@ -293,18 +300,20 @@ class HOSDistiller(keras.Model):
             if self.output_loss == "softmax_mse":
                 s_pred32, t_pred = tf.nn.softmax(s_pred32), tf.nn.softmax(t_pred)
             terms["output_mse"] = tf.reduce_mean(tf.square(s_pred32 - t_pred))
-            for pivot, s_feat, t_feat, gather in zip(
-                self.pivots, s_feats, teacher_out[1:], self._gathers, strict=True
+            total += self.output_weight * terms["output_mse"]
+            for pivot, gamma, s_feat, t_feat, gather in zip(
+                self.pivots,
+                self.gammas,
+                s_feats,
+                teacher_out[1:],
+                self._gathers,
+                strict=True,
             ):
                 t_feat = tf.stop_gradient(tf.cast(t_feat, tf.float32))
                 if gather is not None:
                     t_feat = tf.gather(t_feat, gather, axis=-1)
                 diff = tf.cast(s_feat, tf.float32) - t_feat
                 terms[f"mse_{pivot}"] = tf.reduce_mean(tf.square(diff))
-        total = tf.cast(terms["task_loss"], tf.float32)
-        if self.auxiliary:
-            total += self.output_weight * terms["output_mse"]
-            for pivot, gamma in zip(self.pivots, self.gammas, strict=True):
                 total += gamma * terms[f"mse_{pivot}"]
         return total, terms, s_pred
 
@@ -329,9 +338,10 @@ class HOSDistiller(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.student.trainable_variables
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, terms, s_pred = self._terms(x, y, sample_weight, training=True)
-            scaled = self.optimizer.scale_loss(total)
+            scaled = self.optimizer.scale_loss(total / float(replicas))
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply(gradients, variables)
         return self._update(total, terms, y, s_pred, sample_weight)

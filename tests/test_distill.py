@@ -165,3 +165,28 @@ def test_bad_arguments(pair):
     )
     with pytest.raises(PlanMismatchError, match="pivot 'r'"):
         hos_keras.HOSDistiller(student, teacher, plan=wrong, pivots=["r"])
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_matches_one_device():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "mirrored_step.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    for key in ("loss", "task_loss", "output_mse", "mse_r", "mse_r2"):
+        assert report["mirrored"][key] == pytest.approx(
+            report["single"][key], rel=1e-5
+        ), key
+    assert report["max_weight_gap"] < 1e-5
