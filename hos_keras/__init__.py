@@ -27,7 +27,12 @@ from hos_keras.criteria import (
     get_criterion,
     register_criterion,
 )
-from hos_keras.distill import HOSDistiller, auto_pivots, pivot_weights
+from hos_keras.distill import (
+    HOSDistiller,
+    auto_pivots,
+    fit_distributed,
+    pivot_weights,
+)
 from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
 from hos_keras.kernels import filter_matrix
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
@@ -67,6 +72,7 @@ __all__ = [
     "criterion_names",
     "errors",
     "filter_matrix",
+    "fit_distributed",
     "get_allocation",
     "get_criterion",
     "jarque_bera",

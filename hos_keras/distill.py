@@ -33,7 +33,7 @@ from hos_keras import graph
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan
 
-__all__ = ["HOSDistiller", "auto_pivots", "pivot_weights"]
+__all__ = ["HOSDistiller", "auto_pivots", "fit_distributed", "pivot_weights"]
 
 _OUTPUT_LOSSES = ("softmax_mse", "logits_mse")
 
@@ -350,3 +350,57 @@ class HOSDistiller(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         total, terms, s_pred = self._terms(x, y, sample_weight, training=False)
         return self._update(total, terms, y, s_pred, sample_weight)
+
+
+def fit_distributed(
+    distiller: HOSDistiller, dataset: tf.data.Dataset, epochs: int = 1
+) -> dict[str, list[float]]:
+    """Trains a distiller with a plain `tf.distribute` loop (multi-worker safe).
+
+    Keras 3's `Model.fit` fails under `tf.distribute.MultiWorkerMirroredStrategy`
+    (keras-team/keras issue 20585: its symbolic build reduces the first batch of
+    per-replica values); this loop runs `distiller.train_step` with
+    `strategy.run` instead. Use it on several machines; `distiller.fit` works
+    under `MirroredStrategy` (several GPUs on one machine). Create and compile the
+    distiller inside `strategy.scope()` first.
+
+    Args:
+        distiller: A compiled `HOSDistiller` built in the strategy's scope.
+        dataset: A batched `tf.data.Dataset` of `(x, y)` or `(x, y, weight)` with
+            the GLOBAL batch size; the strategy splits it over the replicas.
+        epochs: Number of passes over `dataset`. Defaults to `1`.
+
+    Returns:
+        `{metric name: [value per epoch]}`, each value averaged over all replicas.
+
+    Raises:
+        InvalidArgumentError: if `epochs < 1` or the distiller is not compiled.
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise InvalidArgumentError(f"Received epochs={epochs!r}; pass an int >= 1.")
+    if distiller.optimizer is None or distiller._compile_loss is None:
+        raise InvalidArgumentError(
+            "Compile the distiller (optimizer and loss) before fit_distributed."
+        )
+    strategy = tf.distribute.get_strategy()
+    with strategy.scope():
+        distiller.optimizer.build(distiller.student.trainable_variables)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(next(iter(dataset)))
+        distiller._compile_loss.build(y, distiller.student(x))
+    distributed = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.function
+    def step(batch):
+        logs = strategy.run(distiller.train_step, args=(batch,))
+        return {k: strategy.reduce("MEAN", v, axis=None) for k, v in logs.items()}
+
+    history: dict[str, list[float]] = {}
+    for _ in range(epochs):
+        for metric in distiller.metrics:
+            metric.reset_state()
+        logs = {}
+        for batch in distributed:
+            logs = step(batch)
+        for key, value in logs.items():
+            history.setdefault(key, []).append(float(value))
+    return history

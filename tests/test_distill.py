@@ -190,3 +190,59 @@ def test_mirrored_strategy_matches_one_device():
             report["single"][key], rel=1e-5
         ), key
     assert report["max_weight_gap"] < 1e-5
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_strategy_two_workers_agree(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "multiworker_fit.py"
+    workers = [f"localhost:{p}" for p in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / f"w{index}.npz")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("multi-worker fit did not finish in 300 s")
+        assert process.returncode == 0, err[-3000:]
+    w0 = np.load(tmp_path / "w0.npz")
+    w1 = np.load(tmp_path / "w1.npz")
+    arrays = [k for k in w0.files if k.startswith("arr_")]
+    assert arrays
+    for key in arrays:
+        np.testing.assert_array_equal(w0[key], w1[key])
+    np.testing.assert_allclose(w0["loss"], w1["loss"], rtol=1e-6)
+    assert np.all(np.isfinite(w0["loss"])) and w0["loss"][1] < w0["loss"][0]
