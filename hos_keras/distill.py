@@ -23,6 +23,7 @@ the teacher runs in inference mode on the same batch at every step.
 
 from __future__ import annotations
 
+import copy
 import difflib
 
 import keras
@@ -210,6 +211,7 @@ class HOSDistiller(keras.Model):
         self.output_weight = float(output_weight)
         self.decay = float(decay)
         self.auxiliary = bool(auxiliary)
+        self._plan = plan
         self._gathers = self._teacher_gathers(plan)
         self._student_features = keras.Model(
             _model_inputs(student),
@@ -260,6 +262,29 @@ class HOSDistiller(keras.Model):
                 )
             gathers.append(None if len(keep) == len(classes) else keep)
         return gathers
+
+    def get_config(self) -> dict:
+        """Architecture and settings (weights travel with the models' own files)."""
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "plan": None if self._plan is None else self._plan.to_json(),
+            "pivots": list(self.pivots),
+            "output_loss": self.output_loss,
+            "output_weight": self.output_weight,
+            "decay": self.decay,
+            "auxiliary": self.auxiliary,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> HOSDistiller:
+        config = copy.deepcopy(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        if config.get("plan") is not None:
+            config["plan"] = PruningPlan.from_json(config["plan"])
+        return cls(**config)
 
     def set_auxiliary(self, enabled: bool) -> None:
         """Turns the output and pivot terms on or off (recompile afterwards)."""

@@ -246,3 +246,46 @@ def test_multi_worker_mirrored_strategy_two_workers_agree(tmp_path):
         np.testing.assert_array_equal(w0[key], w1[key])
     np.testing.assert_allclose(w0["loss"], w1["loss"], rtol=1e-6)
     assert np.all(np.isfinite(w0["loss"])) and w0["loss"][1] < w0["loss"][0]
+
+
+def test_mixed_float16_training_uses_loss_scaling():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        teacher = hos_keras.models.resnet20(input_shape=(8, 8, 3), num_classes=4)
+        plan = hos_keras.plan_pruning(teacher, allocation="fixed", ratio=0.5)
+        student = hos_keras.slim_model(teacher, plan)
+        distiller = hos_keras.HOSDistiller(student, teacher, plan=plan)
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+    before = [w.copy() for w in student.get_weights()]
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    history = distiller.fit(x, np.arange(8) % 4, batch_size=4, epochs=1, verbose=0)
+    assert all(np.isfinite(v[0]) for v in history.history.values())
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(before, student.get_weights(), strict=True)
+    )
+
+
+def test_get_config_round_trip(pair):
+    teacher, plan, student = pair
+    distiller = hos_keras.HOSDistiller(
+        student,
+        teacher,
+        plan=plan,
+        pivots=["r"],
+        output_loss="logits_mse",
+        output_weight=5.0,
+        decay=2.0,
+    )
+    config = distiller.get_config()
+    clone = hos_keras.HOSDistiller.from_config(config)
+    assert clone.get_config() == config
+    assert clone.pivots == ["r"] and clone.output_weight == 5.0
+    assert clone.student.get_layer("h").units == student.get_layer("h").units
+    assert clone.gammas == distiller.gammas
