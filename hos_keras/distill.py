@@ -122,8 +122,11 @@ class HOSDistiller(keras.Model):
     Args:
         student: The slimmed model to train (e.g. `slim_model(teacher, plan)`).
         teacher: The unpruned model (frozen).
-        plan: The `PruningPlan` that made the student from the teacher, or `None`
-            when the pivot shapes already match. Defaults to `None`.
+        plan: The `PruningPlan` that made the student from the teacher: the
+            teacher's pivot features are then gathered at the kept channels. With
+            `None`, pivots whose shapes differ get a small trainable auxiliary head
+            (global average pooling + Dense to the teacher's width), as in the
+            paper's code. Defaults to `None`.
         pivots: `"auto"` (spread over the residual blocks, see `auto_pivots`), a
             list of layer names present in both models, or `None` for no
             intermediate losses. Defaults to `"auto"`.
@@ -212,6 +215,7 @@ class HOSDistiller(keras.Model):
         self.decay = float(decay)
         self.auxiliary = bool(auxiliary)
         self._plan = plan
+        self.aux_heads: list[keras.Model] = []
         self._gathers = self._teacher_gathers(plan)
         self._student_features = keras.Model(
             _model_inputs(student),
@@ -233,13 +237,24 @@ class HOSDistiller(keras.Model):
             for p in self.pivots:
                 s_shape = self.student.get_layer(p).output.shape
                 t_shape = self.teacher.get_layer(p).output.shape
-                if tuple(s_shape) != tuple(t_shape):
-                    raise InvalidArgumentError(
-                        f"Pivot {p!r} has shape {s_shape} in the student but "
-                        f"{t_shape} in the teacher; pass plan= so the teacher's "
-                        "features can be gathered at the kept channels."
+                if tuple(s_shape) == tuple(t_shape):
+                    gathers.append(None)
+                    continue
+                # As the paper's code: an auxiliary head (global average pooling
+                # and a Dense layer to the teacher's width) on the student side,
+                # global average pooling on the teacher side.
+                head = keras.Sequential(
+                    [keras.Input(tuple(s_shape[1:]))]
+                    + (
+                        [keras.layers.GlobalAveragePooling2D()]
+                        if len(s_shape) == 4
+                        else []
                     )
-                gathers.append(None)
+                    + [keras.layers.Dense(int(t_shape[-1]))],
+                    name=f"aux_head_{p}",
+                )
+                self.aux_heads.append(head)
+                gathers.append(head)
             return gathers
         channel_graph = graph.channel_groups(self.teacher, warn=False)
         removed = [
@@ -335,7 +350,11 @@ class HOSDistiller(keras.Model):
                 strict=True,
             ):
                 t_feat = tf.stop_gradient(tf.cast(t_feat, tf.float32))
-                if gather is not None:
+                if isinstance(gather, keras.Model):
+                    s_feat = gather(s_feat, training=training)
+                    if len(t_feat.shape) == 4:
+                        t_feat = tf.reduce_mean(t_feat, axis=[1, 2])
+                elif gather is not None:
                     t_feat = tf.gather(t_feat, gather, axis=-1)
                 diff = tf.cast(s_feat, tf.float32) - t_feat
                 terms[f"mse_{pivot}"] = tf.reduce_mean(tf.square(diff))
@@ -362,7 +381,9 @@ class HOSDistiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.student.trainable_variables
+        # The student's and the auxiliary heads' variables (the teacher is frozen):
+        # the same set Keras builds the optimizer with.
+        variables = self.trainable_variables
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             total, terms, s_pred = self._terms(x, y, sample_weight, training=True)

@@ -154,8 +154,10 @@ def test_bad_arguments(pair):
         hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=["r3"])
     with pytest.raises(InvalidArgumentError, match="output_loss"):
         hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=[], output_loss="kl")
-    with pytest.raises(InvalidArgumentError, match="pass plan="):
-        hos_keras.HOSDistiller(student, teacher, pivots=["r"])
+    other_out = keras.Input((5,))
+    wider = keras.Model(other_out, layers.Dense(4)(other_out))
+    with pytest.raises(InvalidArgumentError, match="output shape"):
+        hos_keras.HOSDistiller(wider, teacher, pivots=[])
     other_in = keras.Input((7,))
     other = keras.Model(other_in, layers.Dense(3)(other_in))
     with pytest.raises(InvalidArgumentError, match="input shape"):
@@ -289,3 +291,27 @@ def test_get_config_round_trip(pair):
     assert clone.pivots == ["r"] and clone.output_weight == 5.0
     assert clone.student.get_layer("h").units == student.get_layer("h").units
     assert clone.gammas == distiller.gammas
+
+
+def test_auxiliary_heads_without_a_plan():
+    teacher = hos_keras.models.resnet20(input_shape=(8, 8, 3), num_classes=4)
+    plan = hos_keras.plan_pruning(teacher, allocation="fixed", ratio=0.5)
+    student = hos_keras.slim_model(teacher, plan)
+    distiller = hos_keras.HOSDistiller(student, teacher)  # no plan: heads
+    assert len(distiller.aux_heads) == 2
+    head = distiller.aux_heads[0]
+    assert (
+        head.output_shape[-1] == teacher.get_layer(distiller.pivots[0]).output.shape[-1]
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    before = [w.copy() for w in head.get_weights()]
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    logs = distiller.train_on_batch(x, np.array([0, 1, 2, 3]), return_dict=True)
+    assert logs[f"mse_{distiller.pivots[0]}"] > 0
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(before, head.get_weights(), strict=True)
+    )
