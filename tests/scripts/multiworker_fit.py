@@ -10,7 +10,7 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
+import tiny_distiller
 
 import hos_keras
 
@@ -18,23 +18,7 @@ strategy = tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def build():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((5,))
-    x = layers.ReLU(name="r")(layers.Dense(6, name="h")(inputs))
-    x = layers.ReLU(name="r2")(layers.Dense(4, name="h2")(x))
-    teacher = keras.Model(inputs, layers.Dense(3, name="out")(x))
-    plan = hos_keras.plan_pruning(
-        teacher, criterion="l1", allocation="fixed", ratio=0.5
-    )
-    student = hos_keras.slim_model(teacher, plan)
-    distiller = hos_keras.HOSDistiller(
-        student, teacher, plan=plan, pivots=["r", "r2"], output_weight=2.0
-    )
-    distiller.compile(
-        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return distiller
+    return tiny_distiller.build(keras.optimizers.SGD(0.1, momentum=0.9))
 
 
 rng = np.random.default_rng(1)
