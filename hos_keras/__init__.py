@@ -19,6 +19,7 @@ from hos_keras.allocation import (
     allocation_names,
     get_allocation,
 )
+from hos_keras.callbacks import HOSPruneCallback
 from hos_keras.criteria import (
     CumulantCriterion,
     NormCriterion,
@@ -45,7 +46,7 @@ from hos_keras.stats import (
     shapiro_wilk,
     skew,
 )
-from hos_keras.surgery import mask_model, slim_model
+from hos_keras.surgery import mask_model, slim_model, weight_masks
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "GlobalAllocation",
     "GroupPlan",
     "HOSDistiller",
+    "HOSPruneCallback",
     "JarqueBeraAllocation",
     "NormCriterion",
     "PowerSums",
@@ -88,4 +90,5 @@ __all__ = [
     "shapiro_wilk",
     "skew",
     "slim_model",
+    "weight_masks",
 ]

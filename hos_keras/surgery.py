@@ -19,10 +19,10 @@ import numpy as np
 
 from hos_keras import kernels
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
-from hos_keras.graph import channel_groups, functional_nodes
+from hos_keras.graph import channel_groups, functional_nodes, get_layer
 from hos_keras.plan import PruningPlan
 
-__all__ = ["mask_model", "slim_model"]
+__all__ = ["mask_model", "slim_model", "weight_masks"]
 
 _CONV_T = kernels.CONV_TRANSPOSE_TYPES
 _SEPARABLE = kernels.SEPARABLE_TYPES
@@ -203,17 +203,48 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     return slim
 
 
+def _weight_mask(layer, spec: dict) -> list[np.ndarray]:
+    """Boolean arrays, one per weight: True where `slim_model` keeps the entry."""
+    shapes = [tuple(w.shape) for w in layer.weights]
+    # Slicing an array of flat indices the same way tells which entries survive.
+    index_weights = [np.arange(int(np.prod(s))).reshape(s) for s in shapes]
+    kept = _sliced_weights(layer, spec, index_weights)
+    masks = []
+    for shape, kept_indices in zip(shapes, kept, strict=True):
+        mask = np.zeros(int(np.prod(shape)), dtype=bool)
+        mask[kept_indices.reshape(-1)] = True
+        masks.append(mask.reshape(shape))
+    return masks
+
+
 def _masked_weights(layer, spec: dict) -> list[np.ndarray]:
     """The layer's weights with exactly the slices `slim_model` removes set to 0."""
-    weights = [np.array(w, copy=True) for w in layer.get_weights()]
-    # Slicing an array of flat indices the same way tells which entries survive.
-    index_weights = [np.arange(w.size).reshape(w.shape) for w in weights]
-    kept = _sliced_weights(layer, spec, index_weights)
-    for w, kept_indices in zip(weights, kept, strict=True):
-        flags = np.ones(w.size, dtype=bool)
-        flags[kept_indices.reshape(-1)] = False
-        w.reshape(-1)[flags] = 0
-    return weights
+    return [
+        np.where(mask, np.asarray(w), 0).astype(np.asarray(w).dtype)
+        for w, mask in zip(layer.get_weights(), _weight_mask(layer, spec), strict=True)
+    ]
+
+
+def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.ndarray]]:
+    """Which weight entries survive the plan, for every layer it touches.
+
+    Args:
+        model: The model the plan was made for.
+        plan: A `PruningPlan`.
+
+    Returns:
+        `{layer_name: [bool array per weight of layer.weights]}` (True = kept);
+        nested layers are named `"outer/inner"`.
+
+    Raises:
+        PlanMismatchError: if the plan does not belong to the model.
+    """
+    specs = _slice_specs(model, plan)
+    return {
+        name: _weight_mask(get_layer(model, name), spec)
+        for name, spec in specs.items()
+        if "channels" not in spec
+    }
 
 
 def mask_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
