@@ -22,7 +22,7 @@ import numpy as np
 
 from hos_keras import graph, surgery
 from hos_keras.errors import InvalidArgumentError
-from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 
 __all__ = ["HOSPruneCallback"]
 
@@ -52,7 +52,11 @@ class HOSPruneCallback(keras.callbacks.Callback):
     Progressive pruning: give several epochs and, for the step sizes, a list for
     the allocation's main option (e.g. `ratio=[0.2, 0.4]` for `"fixed"` or
     `macs_reduction=[0.25, 0.5]` for `"target"`), one cumulative value per epoch.
-    Channels masked once stay masked.
+    Channels masked once stay masked: each plan also removes what earlier plans
+    removed, so `callback.plan` always describes every masked channel.
+
+    Resuming: with `plan_path` set, a fit that starts after a pruning epoch (as
+    with `keras.callbacks.BackupAndRestore`) reloads the plan and its masks.
 
     Args:
         prune_epochs: 1-based epochs (as fit prints them) at whose end to prune,
@@ -131,6 +135,20 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 "of this fit; prune earlier or train longer."
             )
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # A fit that starts after a pruning epoch is a resumed one (e.g. through
+        # keras.callbacks.BackupAndRestore): recover the masks from plan_path.
+        if (
+            self.plan is None
+            and self.plan_path
+            and os.path.exists(self.plan_path)
+            and any(e <= epoch for e in self.prune_epochs)
+        ):
+            with open(self.plan_path, encoding="utf-8") as stream:
+                self.plan = PruningPlan.from_json(stream.read())
+            self._masks = surgery.weight_masks(self.model, self.plan)
+            self._apply_masks()
+
     def _options_for(self, step: int) -> dict:
         return {
             key: value[step] if isinstance(value, list | tuple) else value
@@ -147,13 +165,10 @@ class HOSPruneCallback(keras.callbacks.Callback):
             allocation=self.allocation,
             **self._options_for(step),
         )
-        masks = surgery.weight_masks(self.model, plan)
-        for name, layer_masks in masks.items():
-            if name in self._masks:
-                layer_masks = [
-                    a & b for a, b in zip(self._masks[name], layer_masks, strict=True)
-                ]
-            self._masks[name] = layer_masks
+        if self.plan is not None:
+            # Cumulative: channels masked at earlier steps stay pruned.
+            plan = restrict_plan(self.model, plan, self.plan)
+        self._masks = surgery.weight_masks(self.model, plan)
         self._apply_masks()
         self.plan = plan
         if self.plan_path:

@@ -29,7 +29,13 @@ from hos_keras.errors import (
 )
 from hos_keras.profile import profile
 
-__all__ = ["GroupPlan", "PruningPlan", "plan_pruning", "score_filters"]
+__all__ = [
+    "GroupPlan",
+    "PruningPlan",
+    "plan_pruning",
+    "restrict_plan",
+    "score_filters",
+]
 
 _FORMAT = "hos_keras.PruningPlan"
 _VERSION = 2
@@ -463,21 +469,7 @@ def plan_pruning(
         return {n: _kept_indices(scores[n], c) for n, c in counts.items()}
 
     def cost(counts: Mapping[str, int]) -> dict:
-        removed = [
-            channel_graph.classes[name][np.setdiff1d(np.arange(len(s)), keep)]
-            for name, keep in kept(counts).items()
-            for s in [scores[name]]
-        ]
-        removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
-        in_keep, out_keep = channel_graph.kept_positions(removed)
-        in_channels = {k: len(v) for k, v in in_keep.items()}
-        out_channels = {k: len(v) for k, v in out_keep.items()}
-        for name, count in in_channels.items():
-            layer = graph.get_layer(model, name)
-            if not isinstance(layer, graph.PRODUCER_TYPES):
-                multiplier = getattr(layer, "depth_multiplier", 1)
-                out_channels[name] = count * multiplier
-        return profile(model, in_channels, out_channels)
+        return _cost(model, channel_graph, kept(counts))
 
     def keep_counts(ratios: Mapping[str, float]) -> dict[str, int]:
         return {
@@ -531,6 +523,57 @@ def plan_pruning(
 
 
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
+
+
+def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
+    """profile() of the model with each group reduced to its kept channels."""
+    removed = [
+        channel_graph.classes[name][
+            np.setdiff1d(np.arange(len(channel_graph.classes[name])), keep)
+        ]
+        for name, keep in keeps.items()
+    ]
+    removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+    in_keep, out_keep = channel_graph.kept_positions(removed)
+    in_channels = {k: len(v) for k, v in in_keep.items()}
+    out_channels = {k: len(v) for k, v in out_keep.items()}
+    for name, count in in_channels.items():
+        layer = graph.get_layer(model, name)
+        if not isinstance(layer, graph.PRODUCER_TYPES):
+            out_channels[name] = count * getattr(layer, "depth_multiplier", 1)
+    return profile(model, in_channels, out_channels)
+
+
+def restrict_plan(model: keras.Model, plan: PruningPlan, previous: PruningPlan):
+    """A copy of `plan` that also removes every channel `previous` removed.
+
+    Used by progressive pruning so that the latest plan describes all channels
+    masked so far; the costs after pruning are recomputed.
+
+    Args:
+        model: The model both plans were made for.
+        plan: The newer plan.
+        previous: The earlier plan.
+
+    Returns:
+        A new `PruningPlan`.
+    """
+    groups = {}
+    for name, entry in plan.groups.items():
+        keep = entry.keep
+        if name in previous.groups:
+            keep = np.intersect1d(keep, previous.groups[name].keep)
+            if len(keep) == 0:
+                keep = entry.keep[[int(np.argmax(entry.scores[entry.keep]))]]
+        groups[name] = dataclasses.replace(entry, keep=keep.astype(np.int64))
+    after = _cost(
+        model,
+        graph.channel_groups(model, warn=False),
+        {n: g.keep for n, g in groups.items()},
+    )
+    return dataclasses.replace(
+        plan, groups=groups, params_after=after["params"], macs_after=after["macs"]
+    )
 
 
 def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarray:

@@ -105,3 +105,79 @@ def test_bad_arguments(tmp_path):
         model.fit(x, y, epochs=2, callbacks=[callback], verbose=0)
     with pytest.raises(InvalidArgumentError, match="No pruning step"):
         callback.slim_model()
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("interrupted")
+
+
+def _compiled_cnn():
+    model = _cnn()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_resume_with_backup_and_restore_gives_the_same_plan_and_masks(tmp_path):
+    x, y = _data()
+
+    def prune(path):
+        return hos_keras.HOSPruneCallback(
+            prune_epochs=[1, 3],
+            criterion="l1",
+            allocation="fixed",
+            ratio=[0.25, 0.5],
+            plan_path=str(path),
+            verbose=0,
+        )
+
+    reference = _compiled_cnn()
+    straight = prune(tmp_path / "straight.json")
+    reference.fit(
+        x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[straight]
+    )
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    first = _compiled_cnn()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[prune(tmp_path / "resumed.json"), backup, _Interrupt()],
+        )
+    assert (tmp_path / "resumed.json").exists()  # written at the end of epoch 1
+    resumed_model = _compiled_cnn()
+    resumed = prune(tmp_path / "resumed.json")
+    history = resumed_model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[resumed, keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))],
+    )
+    assert len(history.history["loss"]) == 3  # really resumed after epoch 1
+    assert resumed.plan is not None and straight.plan is not None
+    for name, group in straight.plan.groups.items():
+        np.testing.assert_array_equal(resumed.plan.groups[name].keep, group.keep)
+    masks_a = hos_keras.weight_masks(reference, straight.plan)
+    masks_b = hos_keras.weight_masks(resumed_model, resumed.plan)
+    assert masks_a.keys() == masks_b.keys()
+    for name in masks_a:
+        for a, b, w in zip(
+            masks_a[name],
+            masks_b[name],
+            resumed_model.get_layer(name).get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+            assert np.all(np.asarray(w)[~b] == 0)
