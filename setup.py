@@ -25,6 +25,7 @@ setup(
         "scipy>=1.11",
         "tensorflow-datasets>=4.9",
         "keras-tuner>=1.4",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.5"],

@@ -65,6 +65,10 @@ class HOSPruneCallback(keras.callbacks.Callback):
         allocation: Allocation name. Defaults to `"shapiro"`.
         plan_path: If set, the plan is written there (atomically) at every step.
             Defaults to `None`.
+        log_dir: If set, TensorBoard summaries are written there at every step:
+            scalars `hos/ratio/<group>`, `hos/statistic/<group>`,
+            `hos/macs_reduction`, and histograms `hos/scores/<group>`. Defaults to
+            `None`.
         verbose: Print a line per pruning step. Defaults to `1`.
         **allocation_options: Passed to `plan_pruning`; a list value is read as
             one value per pruning epoch.
@@ -89,6 +93,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
         criterion="k34",
         allocation="shapiro",
         plan_path: str | None = None,
+        log_dir: str | None = None,
         verbose: int = 1,
         **allocation_options,
     ):
@@ -123,6 +128,8 @@ class HOSPruneCallback(keras.callbacks.Callback):
         self.allocation = allocation
         self.allocation_options = allocation_options
         self.plan_path = plan_path
+        self.log_dir = log_dir
+        self._writer = None
         self.verbose = verbose
         self.plan: PruningPlan | None = None
         self._masks: dict[str, list[np.ndarray]] = {}
@@ -173,6 +180,8 @@ class HOSPruneCallback(keras.callbacks.Callback):
         self.plan = plan
         if self.plan_path:
             _write_atomically(self.plan_path, plan.to_json())
+        if self.log_dir:
+            self._summarize(plan, epoch + 1)
         if logs is not None:
             logs["pruned_macs_reduction"] = plan.macs_reduction
             for group in plan.groups.values():
@@ -182,6 +191,25 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 f"\nHOSPruneCallback: epoch {epoch + 1}: {plan.macs_reduction:.1%} "
                 f"fewer MACs ({plan.macs_before:,} -> {plan.macs_after:,})"
             )
+
+    def _summarize(self, plan: PruningPlan, step: int) -> None:
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("hos/macs_reduction", plan.macs_reduction)
+            for group in plan.groups.values():
+                tf.summary.scalar(f"hos/ratio/{group.name}", group.ratio)
+                if group.statistic is not None:
+                    tf.summary.scalar(f"hos/statistic/{group.name}", group.statistic)
+                tf.summary.histogram(f"hos/scores/{group.name}", group.scores)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def on_train_batch_end(self, batch, logs=None):
         if self._masks:

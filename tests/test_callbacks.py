@@ -181,3 +181,29 @@ def test_resume_with_backup_and_restore_gives_the_same_plan_and_masks(tmp_path):
         ):
             np.testing.assert_array_equal(a, b)
             assert np.all(np.asarray(w)[~b] == 0)
+
+
+def test_tensorboard_summaries(tmp_path):
+    import tensorflow as tf
+
+    model = _compiled_cnn()
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1],
+        allocation="shapiro",
+        coefficient=1.5,
+        log_dir=str(tmp_path / "logs"),
+        verbose=0,
+    )
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    tags = set()
+    for path in (tmp_path / "logs").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    group = next(iter(callback.plan.groups))
+    assert {
+        "hos/macs_reduction",
+        f"hos/ratio/{group}",
+        f"hos/statistic/{group}",
+        f"hos/scores/{group}",
+    } <= tags
