@@ -207,3 +207,27 @@ def test_tensorboard_summaries(tmp_path):
         f"hos/statistic/{group}",
         f"hos/scores/{group}",
     } <= tags
+
+
+@pytest.mark.slow
+def test_masks_are_the_same_on_every_replica():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / "mirrored_prune.py"
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert report["layers"]
+    assert any(entry["masked"] > 0 for entry in report["layers"].values())
+    for path, entry in report["layers"].items():
+        assert entry["copies"] == 2, path
+        assert entry["equal"] and entry["masked_zero"], path
