@@ -1,4 +1,13 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration and fixtures."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def pytest_configure(config):
@@ -12,3 +21,25 @@ def pytest_configure(config):
         "ignore:__array__ implementation doesn't accept a copy keyword"
         ":DeprecationWarning",
     )
+
+
+@pytest.fixture
+def script_report():
+    """Runs tests/scripts/NAME in a fresh Python and returns its last JSON line.
+
+    Distribution tests need their own process: logical devices must be set before
+    TensorFlow initialises.
+    """
+
+    def run(name: str, timeout: int = 300) -> dict:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / name)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return run

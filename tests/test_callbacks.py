@@ -210,21 +210,8 @@ def test_tensorboard_summaries(tmp_path):
 
 
 @pytest.mark.slow
-def test_masks_are_the_same_on_every_replica():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parent / "scripts" / "mirrored_prune.py"
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_masks_are_the_same_on_every_replica(script_report):
+    report = script_report("mirrored_prune.py")
     assert report["replicas"] == 2
     assert report["layers"]
     assert any(entry["masked"] > 0 for entry in report["layers"].values())

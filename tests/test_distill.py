@@ -170,22 +170,8 @@ def test_bad_arguments(pair):
 
 
 @pytest.mark.slow
-def test_mirrored_strategy_matches_one_device():
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parent / "scripts" / "mirrored_step.py"
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+def test_mirrored_strategy_matches_one_device(script_report):
+    report = script_report("mirrored_step.py")
     assert report["replicas"] == 2
     for key in ("loss", "task_loss", "output_mse", "mse_r", "mse_r2"):
         assert report["mirrored"][key] == pytest.approx(
