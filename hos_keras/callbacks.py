@@ -27,14 +27,20 @@ from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 __all__ = ["HOSPruneCallback"]
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+def _writable_directory(path: str) -> str:
+    """The directory of `path`, checked to exist and be writable."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise InvalidArgumentError(
             f"Received plan_path={path!r}, but {directory!r} is not a writable "
             "directory; create it or choose another path."
         )
+    return directory
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    directory = _writable_directory(path)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".plan-", suffix=".json")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
@@ -117,12 +123,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
                     f"{len(epochs)} pruning epochs; give one value per epoch."
                 )
         if plan_path is not None:
-            directory = os.path.dirname(os.path.abspath(plan_path))
-            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                raise InvalidArgumentError(
-                    f"Received plan_path={plan_path!r}, but {directory!r} is not a "
-                    "writable directory; create it or choose another path."
-                )
+            _writable_directory(plan_path)
         self.prune_epochs = epochs
         self.criterion = criterion
         self.allocation = allocation

@@ -257,12 +257,13 @@ class HOSDistiller(keras.Model):
                 gathers.append(head)
             return gathers
         channel_graph = graph.channel_groups(self.teacher, warn=False)
-        removed = [
-            channel_graph.classes[g.name][g.pruned]
-            for g in plan.groups.values()
-            if g.name in channel_graph.classes
-        ]
-        removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+        removed = channel_graph.removed_classes(
+            {
+                g.name: g.keep
+                for g in plan.groups.values()
+                if g.name in channel_graph.classes
+            }
+        )
         for p in self.pivots:
             classes = channel_graph.tensors.get(p)
             s_channels = int(self.student.get_layer(p).output.shape[-1])

@@ -112,6 +112,22 @@ class ChannelGraph:
         """The groups that may be pruned."""
         return [g for g in self.groups if g.prunable]
 
+    def removed_classes(self, keeps) -> np.ndarray:
+        """Class ids of the channels a pruning removes.
+
+        Args:
+            keeps: Mapping from group name to the sorted indices of the group
+                channels kept.
+
+        Returns:
+            int64 array of the class ids of every channel not kept.
+        """
+        removed = [
+            self.classes[name][np.setdiff1d(np.arange(len(self.classes[name])), keep)]
+            for name, keep in keeps.items()
+        ]
+        return np.concatenate(removed) if removed else np.zeros(0, np.int64)
+
     def kept_positions(self, removed_classes: np.ndarray):
         """Kept input and output positions of every layer affected by a removal.
 

@@ -527,13 +527,7 @@ _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 
 def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
     """profile() of the model with each group reduced to its kept channels."""
-    removed = [
-        channel_graph.classes[name][
-            np.setdiff1d(np.arange(len(channel_graph.classes[name])), keep)
-        ]
-        for name, keep in keeps.items()
-    ]
-    removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+    removed = channel_graph.removed_classes(keeps)
     in_keep, out_keep = channel_graph.kept_positions(removed)
     in_channels = {k: len(v) for k, v in in_keep.items()}
     out_channels = {k: len(v) for k, v in out_keep.items()}

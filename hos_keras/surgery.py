@@ -44,7 +44,6 @@ def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
         )
     channel_graph = channel_groups(model, warn=False)
     groups = {g.name: g for g in channel_graph.prunable}
-    removed = []
     for entry in plan.groups.values():
         group = groups.get(entry.name)
         if group is None or group.producers != entry.producers:
@@ -61,9 +60,9 @@ def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
                 f"model {model.name!r} but the plan expects {entry.channels}; the "
                 "plan belongs to another model."
             )
-        classes = channel_graph.classes[entry.name]
-        removed.append(classes[entry.pruned])
-    removed = np.concatenate(removed) if removed else np.zeros(0, np.int64)
+    removed = channel_graph.removed_classes(
+        {entry.name: entry.keep for entry in plan.groups.values()}
+    )
     in_keep, out_keep = channel_graph.kept_positions(removed)
     specs: dict[str, dict] = {}
     for name, classes in channel_graph.reshapes.items():
