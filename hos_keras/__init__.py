@@ -20,6 +20,7 @@ from hos_keras.allocation import (
     get_allocation,
 )
 from hos_keras.callbacks import HOSPruneCallback
+from hos_keras.compress import CompressionReport, compress, measure_latency
 from hos_keras.criteria import (
     CumulantCriterion,
     NormCriterion,
@@ -54,6 +55,7 @@ __all__ = [
     "Allocation",
     "ChannelGraph",
     "ChannelGroup",
+    "CompressionReport",
     "CumulantAllocation",
     "CumulantCriterion",
     "FixedAllocation",
@@ -71,6 +73,7 @@ __all__ = [
     "allocation_names",
     "auto_pivots",
     "channel_groups",
+    "compress",
     "criterion_names",
     "errors",
     "filter_matrix",
@@ -81,6 +84,7 @@ __all__ = [
     "kstat",
     "kurtosis",
     "mask_model",
+    "measure_latency",
     "models",
     "pivot_weights",
     "plan_pruning",

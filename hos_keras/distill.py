@@ -326,7 +326,8 @@ class HOSDistiller(keras.Model):
         the caller divides the total by the replica count for the gradient.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        student_out = self._student_features(x, training=training)
+        # A feature model with one output returns a tensor, not a list.
+        student_out = keras.tree.flatten(self._student_features(x, training=training))
         s_pred, s_feats = student_out[0], student_out[1:]
         task = tf.cast(self._compile_loss(y, s_pred, sample_weight), tf.float32)
         task = task * float(replicas)
@@ -335,7 +336,7 @@ class HOSDistiller(keras.Model):
         terms = {"task_loss": task}
         total = task
         if self.auxiliary:
-            teacher_out = self._teacher_features(x, training=False)
+            teacher_out = keras.tree.flatten(self._teacher_features(x, training=False))
             t_pred = tf.stop_gradient(tf.cast(teacher_out[0], tf.float32))
             s_pred32 = tf.cast(s_pred, tf.float32)
             if self.output_loss == "softmax_mse":

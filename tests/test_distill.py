@@ -86,6 +86,27 @@ def test_losses_match_a_hand_computation(pair, output_loss):
     assert distiller.gammas == pytest.approx(gammas)
 
 
+def test_without_pivots_the_loss_is_task_plus_output_term(pair):
+    teacher, plan, student = pair
+    distiller = hos_keras.HOSDistiller(
+        student, teacher, plan=plan, pivots=None, output_weight=2.0
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = _data()
+    logs = distiller.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    s_out = keras.ops.convert_to_numpy(student(x))
+    t_out = keras.ops.convert_to_numpy(teacher(x))
+    task = -np.mean(np.log(_softmax(s_out)[np.arange(len(y)), y]))
+    out_mse = np.mean((_softmax(s_out) - _softmax(t_out)) ** 2)
+    assert logs["task_loss"] == pytest.approx(task, rel=1e-5)
+    assert logs["loss"] == pytest.approx(task + 2.0 * out_mse, rel=1e-5)
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_fit_trains_the_student_only_and_logs_every_term(pair):
     teacher, plan, student = pair
     before_teacher = [w.copy() for w in teacher.get_weights()]

@@ -1,0 +1,624 @@
+"""`compress`: the whole HOS pipeline in one call, with a before/after report.
+
+score -> allocate -> slim -> distill with the auxiliary reconstruction losses ->
+fine-tune without them (Chatzikonstantinou et al., "Neural Network Compression
+Using Higher-Order Statistics and Auxiliary Reconstruction Losses", CVPRW 2020,
+sections 3.1-3.4). This module only orchestrates; each step lives in its own
+module (`plan`, `surgery`, `distill`, `profile`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hos_keras import allocation as allocation_lib
+from hos_keras import distill, graph, surgery
+from hos_keras.errors import InvalidArgumentError
+from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.profile import profile
+
+__all__ = ["CompressionReport", "compress", "measure_latency"]
+
+STAGES = ("original", "pruned", "distilled", "finetuned")
+
+
+@dataclasses.dataclass
+class CompressionReport:
+    """What `compress` did and measured.
+
+    Attributes:
+        model_name: Name of the original model.
+        criterion: Filter criterion used.
+        allocation: Allocation used (its name).
+        metrics: Stage (`"original"`, `"pruned"`, `"distilled"`, `"finetuned"`) ->
+            the `evaluate` results on the validation data (loss and every
+            compiled metric); a stage that did not run is absent.
+        params: `{"original": n, "slim": n}`.
+        macs: `{"original": n, "slim": n}` (per sample, see `hos_keras.profile`).
+        latency_ms: `{"original": {batch: ms}, "slim": {batch: ms}}`, median time of
+            one inference call in the TensorFlow runtime.
+        file_bytes: `{"original": n, "slim": n}`, size of the `.keras` files of the
+            uncompiled models (no optimizer state in either).
+        layers: One dict per pruned channel group: name, channels, kept, ratio,
+            statistic.
+        pivots: Layers whose features were matched during distillation.
+        history: `{"distill": ..., "finetune": ...}`, the `History.history` dicts.
+        details: What the allocation reported (e.g. the coefficient a target
+            search found and the reduction it achieved).
+        plan: The `PruningPlan` (not part of `to_dict`; save it with
+            `plan.to_json()`).
+    """
+
+    model_name: str
+    criterion: str
+    allocation: str
+    metrics: dict[str, dict[str, float]]
+    params: dict[str, int]
+    macs: dict[str, int]
+    latency_ms: dict[str, dict[int, float]]
+    file_bytes: dict[str, int | None]
+    layers: list[dict[str, Any]]
+    pivots: list[str]
+    history: dict[str, dict[str, list[float]]]
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plan: PruningPlan | None = dataclasses.field(default=None, repr=False)
+
+    def accuracy(self, stage: str) -> float | None:
+        """The accuracy metric of a stage, or None if it was not measured.
+
+        Args:
+            stage: One of `"original"`, `"pruned"`, `"distilled"`, `"finetuned"`.
+
+        Returns:
+            The value of the first compiled metric whose name contains
+            "accuracy", or None.
+
+        Raises:
+            InvalidArgumentError: for an unknown stage.
+        """
+        if stage not in STAGES:
+            raise InvalidArgumentError(
+                f"Received stage={stage!r}; pass one of {list(STAGES)}."
+            )
+        for key, value in self.metrics.get(stage, {}).items():
+            if "accuracy" in key:
+                return value
+        return None
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict of everything but the plan."""
+        data = dataclasses.asdict(self)
+        data.pop("plan")
+        data["accuracy"] = {s: self.accuracy(s) for s in STAGES if s in self.metrics}
+        data["latency_ms"] = {
+            name: {str(b): v for b, v in by_batch.items()}
+            for name, by_batch in self.latency_ms.items()
+        }
+        data["macs_reduction"] = 1.0 - self.macs["slim"] / max(self.macs["original"], 1)
+        return data
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON (see `to_dict`)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
+        """Prints the before/after table, the accuracy per stage and the layers.
+
+        Args:
+            print_fn: Function called with each line. Defaults to `print`.
+        """
+        print_fn = print_fn or print
+        rows = [("params", self.params), ("MACs", self.macs)]
+        for batch in sorted(self.latency_ms.get("original", {})):
+            rows.append(
+                (
+                    f"latency b{batch} (ms)",
+                    {k: self.latency_ms[k][batch] for k in ("original", "slim")},
+                )
+            )
+        rows.append((".keras file (bytes)", self.file_bytes))
+        header = f"{'':<22}{'original':>14}{'slim':>14}{'ratio':>9}"
+        print_fn(
+            f"Compression of {self.model_name!r}: criterion={self.criterion}, "
+            f"allocation={self.allocation}"
+        )
+        print_fn("-" * len(header))
+        print_fn(header)
+        print_fn("-" * len(header))
+        for label, values in rows:
+            before, after = values.get("original"), values.get("slim")
+            ratio = f"{before / after:.2f}x" if before and after else "-"
+            print_fn(f"{label:<22}{_fmt(before):>14}{_fmt(after):>14}{ratio:>9}")
+        print_fn("-" * len(header))
+        stages = {
+            "original": "original",
+            "pruned": "right after pruning",
+            "distilled": "after distillation",
+            "finetuned": "after fine-tuning",
+        }
+        for stage, label in stages.items():
+            if stage in self.metrics:
+                value = self.accuracy(stage)
+                shown = "-" if value is None else f"{value:.4f}"
+                loss = self.metrics[stage].get("loss")
+                extra = "" if loss is None else f"  (loss {loss:.4f})"
+                print_fn(f"accuracy {label:<22}{shown:>10}{extra}")
+        print_fn("-" * len(header))
+        width = max([len("layer")] + [len(layer["name"]) for layer in self.layers])
+        print_fn(
+            f"{'layer':<{width + 2}}{'channels':>9}{'kept':>7}{'ratio':>7}{'T':>10}"
+        )
+        for layer in self.layers:
+            statistic = layer["statistic"]
+            shown = "-" if statistic is None else f"{statistic:.4g}"
+            print_fn(
+                f"{layer['name']:<{width + 2}}{layer['channels']:>9}"
+                f"{layer['kept']:>7}{layer['ratio']:>7.2f}{shown:>10}"
+            )
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return f"{value:,}"
+
+
+def _is_arrays(data) -> bool:
+    return isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset)
+
+
+def _data_kwargs(data, batch_size: int) -> dict:
+    """Keyword arguments of fit/evaluate for a dataset or an (x, y[, w]) tuple."""
+    if _is_arrays(data):
+        if len(data) not in (2, 3):
+            raise InvalidArgumentError(
+                f"Received a tuple of {len(data)} items as data; pass (x, y), "
+                "(x, y, sample_weight), a tf.data.Dataset or a keras PyDataset."
+            )
+        kwargs = {"x": data[0], "y": data[1], "batch_size": batch_size}
+        if len(data) == 3:
+            kwargs["sample_weight"] = data[2]
+        return kwargs
+    return {"x": data}
+
+
+def _first_inputs(data):
+    """The inputs of the first batch of `data`, as numpy arrays."""
+    if _is_arrays(data):
+        x = data[0]
+    elif isinstance(data, tf.data.Dataset):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(next(iter(data.take(1))))
+    elif isinstance(data, keras.utils.PyDataset):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data[0])
+    else:
+        raise InvalidArgumentError(
+            f"Received data of type {type(data).__name__}; pass (x, y), a "
+            "tf.data.Dataset or a keras PyDataset."
+        )
+    return keras.tree.map_structure(np.asarray, x)
+
+
+def _check_data(name: str, data) -> None:
+    if data is None:
+        raise InvalidArgumentError(
+            f"Received {name}=None; pass (x, y) arrays, a batched tf.data.Dataset "
+            "or a keras PyDataset."
+        )
+    if _is_arrays(data):
+        _data_kwargs(data, 1)
+    elif not isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)):
+        raise InvalidArgumentError(
+            f"Received {name} of type {type(data).__name__}; pass (x, y) arrays, a "
+            "batched tf.data.Dataset or a keras PyDataset."
+        )
+
+
+def _check_epochs(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidArgumentError(f"Received {name}={value!r}; pass an integer >= 0.")
+    return int(value)
+
+
+def measure_latency(
+    models: Mapping[str, keras.Model],
+    sample,
+    batch_sizes: Sequence[int] = (1, 32),
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, dict[int, float]]:
+    """Median inference time of several models, measured alternately.
+
+    Each model runs as a `tf.function` in inference mode. The models take turns
+    within every batch size, so machine noise affects them alike and their ratio
+    is meaningful even on a busy machine.
+
+    Args:
+        models: Name -> model; all must accept `sample`.
+        sample: One input (nested structure of arrays with a batch axis); its
+            first example is tiled to each batch size.
+        batch_sizes: Batch sizes to time. Defaults to `(1, 32)`.
+        runs: Timed calls per model and batch size. Defaults to `20`.
+        warmup: Untimed calls first (tracing). Defaults to `3`.
+
+    Returns:
+        Name -> {batch size: median milliseconds per call}.
+
+    Raises:
+        InvalidArgumentError: for a non-positive batch size or run count.
+
+    Example:
+
+    ```python
+    times = hos_keras.measure_latency({"big": model, "slim": slim}, x_val[:1])
+    print(times["big"][1] / times["slim"][1])
+    ```
+    """
+    if int(runs) < 1 or any(int(b) < 1 for b in batch_sizes):
+        raise InvalidArgumentError(
+            f"Received runs={runs!r}, batch_sizes={list(batch_sizes)!r}; pass "
+            "positive integers."
+        )
+    functions = {
+        name: tf.function(lambda x, m=model: m(x, training=False))
+        for name, model in models.items()
+    }
+    result: dict[str, dict[int, float]] = {name: {} for name in models}
+    for batch in batch_sizes:
+        x = keras.tree.map_structure(
+            lambda t, b=int(batch): tf.constant(
+                np.repeat(np.asarray(t)[:1], b, axis=0)
+            ),
+            sample,
+        )
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for name, fn in functions.items():
+            for _ in range(warmup):
+                keras.tree.map_structure(np.asarray, fn(x))
+        for _ in range(int(runs)):
+            for name, fn in functions.items():
+                start = time.perf_counter()
+                keras.tree.map_structure(np.asarray, fn(x))
+                times[name].append(time.perf_counter() - start)
+        for name in models:
+            result[name][int(batch)] = 1000.0 * float(np.median(times[name]))
+    return result
+
+
+def _file_bytes(model: keras.Model, path: str) -> int | None:
+    try:
+        model.save(path)
+    except Exception as error:  # noqa: BLE001 - any save failure only loses a figure
+        warnings.warn(
+            f"Could not save {model.name!r} as .keras ({type(error).__name__}: "
+            f"{error}); its file size is not reported.",
+            stacklevel=3,
+        )
+        return None
+    return os.path.getsize(path)
+
+
+def _outputs_probabilities(model: keras.Model) -> bool:
+    """Whether the model's (first) output is already a softmax."""
+    output = model.outputs[0]
+    producers = [
+        node.operation
+        for node in graph.functional_nodes(model)
+        if any(t is output for t in node.output_tensors)
+    ]
+    if not producers:
+        return False
+    layer = producers[0]
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return getattr(layer, "activation", None) is keras.activations.softmax
+
+
+def _fresh_optimizer(identifier, default: Callable[[], keras.optimizers.Optimizer]):
+    """A new optimizer: from a name, a config dict, or a copy of an instance."""
+    if identifier is None:
+        return default()
+    if isinstance(identifier, keras.optimizers.Optimizer):
+        return keras.optimizers.deserialize(keras.optimizers.serialize(identifier))
+    return keras.optimizers.get(identifier)
+
+
+def _resolve_allocation(allocation, target, options):
+    if target is None:
+        return allocation, options
+    if not isinstance(allocation, str) or allocation == "target":
+        raise InvalidArgumentError(
+            f"Received target={target!r} with allocation={allocation!r}; with a "
+            "target pass the base allocation by name (e.g. allocation='shapiro'), "
+            "or pass allocation='target' with macs_reduction= instead of target."
+        )
+    return allocation_lib.TargetAllocation(
+        macs_reduction=target, base=allocation, **options
+    ), {}
+
+
+def compress(
+    model: keras.Model,
+    train_data,
+    val_data,
+    *,
+    target: float | None = None,
+    criterion="k34",
+    allocation="shapiro",
+    distill_epochs: int = 1,
+    finetune_epochs: int = 1,
+    loss=None,
+    metrics: Sequence = ("accuracy",),
+    distill_optimizer=None,
+    finetune_optimizer=None,
+    batch_size: int = 64,
+    pivots="auto",
+    n_pivots: int = 2,
+    output_loss: str = "softmax_mse",
+    output_weight: float = 1.0,
+    decay: float = 3.0,
+    min_channels: int = 1,
+    round_to: int = 1,
+    seed: int | None = 0,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    latency_batch_sizes: Sequence[int] = (1, 32),
+    latency_runs: int = 20,
+    output_dir: str | None = None,
+    verbose: int = 1,
+    **allocation_options,
+) -> tuple[keras.Model, CompressionReport]:
+    """Prunes, slims, distills and fine-tunes a model; reports before and after.
+
+    1. Plans the pruning on the model's weights (`plan_pruning`: criterion,
+       allocation or a MACs `target`) and slims it (`slim_model`).
+    2. Trains the slim student against the unpruned teacher with the task loss,
+       the output MSE and the pivot MSEs (`HOSDistiller`, paper section 3.4) for
+       `distill_epochs`.
+    3. Fine-tunes it with the task loss only for `finetune_epochs`.
+
+    The validation data is evaluated on the original, right after pruning, after
+    distillation and after fine-tuning; params, MACs, inference latency (TensorFlow
+    runtime, original and slim measured alternately) and `.keras` file sizes are
+    measured. The input model is not modified (the teacher is a copy).
+
+    Args:
+        model: A built functional or Sequential classifier.
+        train_data: `(x, y)` arrays, a batched `tf.data.Dataset` or a
+            `keras.utils.PyDataset`.
+        val_data: The same kinds, for the accuracies of the report.
+        target: Fraction of MACs to remove, in (0, 1): the coefficient of
+            `allocation` is searched to reach it (see `TargetAllocation`).
+            Defaults to `None` (use `allocation` with its own options).
+        criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
+        allocation: Allocation name or instance (see `plan_pruning`). Defaults to
+            `"shapiro"`.
+        distill_epochs: Epochs with the auxiliary losses; `0` skips. Defaults to `1`.
+        finetune_epochs: Epochs with the task loss only; `0` skips. Defaults to `1`.
+        loss: Task loss. Defaults to `None`: the model's compiled loss if it has
+            one, else sparse categorical cross-entropy (`from_logits` unless the
+            model ends with a softmax).
+        metrics: Metrics of every evaluation. Defaults to `("accuracy",)`.
+        distill_optimizer: Optimizer name, config or instance (copied) for the
+            distillation. Defaults to `None`: SGD(1e-3, momentum 0.9, Nesterov),
+            the paper's setting.
+        finetune_optimizer: The same for the fine-tuning. Defaults to `None`:
+            SGD(1e-4, momentum 0.9, Nesterov).
+        batch_size: Batch size when the data are arrays. Defaults to `64`.
+        pivots: `"auto"`, layer names or `None` (see `HOSDistiller`). With `"auto"`
+            on a model without enough residual blocks there are no pivot losses
+            (a message says so). Defaults to `"auto"`.
+        n_pivots: Number of automatic pivots. Defaults to `2`.
+        output_loss: `"softmax_mse"` or `"logits_mse"`. When the model already
+            ends with a softmax the output MSE is taken on its probabilities (no
+            second softmax). Defaults to `"softmax_mse"`.
+        output_weight: Weight of the output MSE. Defaults to `1.0`.
+        decay: Exponent of the pivot weights. Defaults to `3.0`.
+        min_channels: Fewest channels any layer keeps. Defaults to `1`.
+        round_to: Kept channels rounded up to a multiple of this. Defaults to `1`.
+        seed: Seed for randomized criteria. Defaults to `0`.
+        callbacks: Extra Keras callbacks for both training stages.
+        latency_batch_sizes: Batch sizes of the latency measurement. Defaults to
+            `(1, 32)`; `()` skips it.
+        latency_runs: Timed calls per model and batch size. Defaults to `20`.
+        output_dir: If given, `slim.keras`, `plan.json` and `report.json` are
+            written there. Defaults to `None`.
+        verbose: `0` silent, `1` progress bars, `2` one line per epoch. Defaults
+            to `1`.
+        **allocation_options: Options of the allocation, e.g. `coefficient=3.7`.
+
+    Returns:
+        `(slim_model, report)`: the trained slim model (not compiled) and a
+        `CompressionReport`.
+
+    Raises:
+        InvalidArgumentError: for missing or malformed data, negative epochs, a
+            target together with an allocation instance, or bad allocation
+            options.
+        NothingToPruneError: if the model has no prunable channels.
+        UnsupportedModelError: for subclassed or unbuilt models.
+
+    Example:
+
+    ```python
+    slim, report = hos_keras.compress(model, (x_train, y_train), (x_test, y_test),
+                                      target=0.5, distill_epochs=10,
+                                      finetune_epochs=2)
+    report.summary()
+    slim.save("slim.keras")
+    ```
+    """
+    _check_data("train_data", train_data)
+    _check_data("val_data", val_data)
+    distill_epochs = _check_epochs("distill_epochs", distill_epochs)
+    finetune_epochs = _check_epochs("finetune_epochs", finetune_epochs)
+    if output_dir is not None and not os.path.isdir(output_dir):
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+        except OSError as error:
+            raise InvalidArgumentError(
+                f"Received output_dir={output_dir!r}, which cannot be created "
+                f"({error.strerror}); choose a writable directory."
+            ) from error
+    say = print if verbose else (lambda *_: None)
+    allocator, options = _resolve_allocation(allocation, target, allocation_options)
+
+    plan = plan_pruning(
+        model,
+        criterion,
+        allocator,
+        min_channels=min_channels,
+        round_to=round_to,
+        seed=seed,
+        **options,
+    )
+    say(
+        f"[hos_keras] plan: {len(plan.groups)} channel groups, MACs "
+        f"{plan.macs_before:,} -> {plan.macs_after:,} "
+        f"({plan.macs_reduction:.1%} fewer)"
+    )
+    if loss is None:
+        loss = getattr(
+            model, "loss", None
+        ) or keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not _outputs_probabilities(model)
+        )
+    if _outputs_probabilities(model) and output_loss == "softmax_mse":
+        output_loss = "logits_mse"  # the outputs are probabilities already
+    metrics = list(metrics)
+
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    student = surgery.slim_model(model, plan)
+
+    def evaluate(net, stage):
+        # A functional view sharing the layers: `net` itself stays uncompiled, so
+        # its .keras file holds no optimizer and the file sizes compare fairly.
+        net = keras.Model(net.inputs, net.outputs, name=net.name)
+        net.compile(loss=loss, metrics=metrics)
+        say(f"[hos_keras] evaluating: {stage}")
+        values = net.evaluate(
+            **_data_kwargs(val_data, batch_size), return_dict=True, verbose=verbose
+        )
+        return {k: float(v) for k, v in values.items()}
+
+    results = {"original": evaluate(teacher, "original")}
+    results["pruned"] = evaluate(student, "right after pruning")
+
+    if pivots == "auto":
+        try:
+            pivots = distill.auto_pivots(student, n_pivots)
+        except InvalidArgumentError:
+            say(
+                f"[hos_keras] {model.name!r} has fewer than {n_pivots + 1} residual "
+                "blocks: distilling with the output loss only (pass pivots=[...] "
+                "to match intermediate layers)."
+            )
+            pivots = []
+    distiller = distill.HOSDistiller(
+        student,
+        teacher,
+        plan=plan,
+        pivots=pivots,
+        output_loss=output_loss,
+        output_weight=output_weight,
+        decay=decay,
+    )
+    history = {}
+    fit_kwargs = _data_kwargs(train_data, batch_size)
+    for stage, epochs, optimizer, default in (
+        ("distill", distill_epochs, distill_optimizer, 1e-3),
+        ("finetune", finetune_epochs, finetune_optimizer, 1e-4),
+    ):
+        if not epochs:
+            continue
+        distiller.set_auxiliary(stage == "distill")
+        distiller.compile(
+            optimizer=_fresh_optimizer(
+                optimizer,
+                lambda lr=default: keras.optimizers.SGD(
+                    lr, momentum=0.9, nesterov=True
+                ),
+            ),
+            loss=loss,
+            metrics=metrics,
+        )
+        say(
+            f"[hos_keras] {stage}: {epochs} epochs "
+            + ("with" if stage == "distill" else "without")
+            + " the auxiliary losses"
+        )
+        run = distiller.fit(
+            **fit_kwargs,
+            validation_data=val_data,
+            epochs=epochs,
+            callbacks=list(callbacks or []),
+            verbose=verbose,
+        )
+        history[stage] = {k: [float(v) for v in vs] for k, vs in run.history.items()}
+        key = "distilled" if stage == "distill" else "finetuned"
+        results[key] = evaluate(
+            student, "after distillation" if stage == "distill" else "after fine-tuning"
+        )
+
+    before, after = profile(model), profile(student)
+    latency = {}
+    if latency_batch_sizes:
+        say("[hos_keras] measuring latency")
+        latency = measure_latency(
+            {"original": model, "slim": student},
+            _first_inputs(val_data),
+            latency_batch_sizes,
+            runs=latency_runs,
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        sizes = {
+            "original": _file_bytes(teacher, os.path.join(scratch, "original.keras")),
+            "slim": _file_bytes(
+                student,
+                os.path.join(output_dir or scratch, "slim.keras"),
+            ),
+        }
+    report = CompressionReport(
+        model_name=model.name,
+        criterion=plan.criterion,
+        allocation=plan.allocation,
+        metrics=results,
+        params={"original": before["params"], "slim": after["params"]},
+        macs={"original": before["macs"], "slim": after["macs"]},
+        latency_ms=latency,
+        file_bytes=sizes,
+        layers=[
+            {
+                "name": g.name,
+                "channels": g.channels,
+                "kept": len(g.keep),
+                "ratio": float(g.ratio),
+                "statistic": None if g.statistic is None else float(g.statistic),
+            }
+            for g in plan.groups.values()
+        ],
+        pivots=list(pivots or []),
+        history=history,
+        details=dict(plan.details),
+        plan=plan,
+    )
+    if output_dir is not None:
+        with open(os.path.join(output_dir, "plan.json"), "w", encoding="utf-8") as f:
+            f.write(plan.to_json())
+        with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
+            f.write(report.to_json())
+    if verbose:
+        report.summary()
+    return student, report

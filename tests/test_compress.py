@@ -1,0 +1,221 @@
+"""compress(): the pipeline on tiny data, checked against independent references."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+import hos_keras
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError
+
+
+def _data(n, seed, shape=(16, 16, 3), classes=3):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n,) + shape).astype("float32")
+    # A learnable label: which third of the image is brightest.
+    thirds = np.stack(
+        [x[:, :, i * 5 : i * 5 + 5].mean(axis=(1, 2, 3)) for i in range(3)]
+    )
+    return x, (np.argmax(thirds, axis=0) % classes).astype("int32")
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(keras.ops.convert_to_numpy(model(x)), 1) == y))
+
+
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    weights = [w.copy() for w in model.get_weights()]
+    train, val = _data(96, 0), _data(48, 1)
+    out = tmp_path_factory.mktemp("compress")
+    slim, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        target=0.4,
+        distill_epochs=1,
+        finetune_epochs=1,
+        distill_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        batch_size=32,
+        latency_batch_sizes=(1, 4),
+        latency_runs=3,
+        output_dir=str(out),
+        verbose=0,
+    )
+    return model, weights, train, val, out, slim, report
+
+
+def test_report_accuracies_match_independent_evaluations(resnet_run):
+    model, _, _, (x, y), _, slim, report = resnet_run
+    assert report.accuracy("original") == pytest.approx(_accuracy(model, x, y))
+    # Right after pruning the slim model computes what the masked model computes.
+    masked = hos_keras.mask_model(model, report.plan)
+    assert report.accuracy("pruned") == pytest.approx(_accuracy(masked, x, y))
+    assert report.accuracy("finetuned") == pytest.approx(_accuracy(slim, x, y))
+    assert set(report.metrics) == {"original", "pruned", "distilled", "finetuned"}
+    assert all(np.isfinite(v["loss"]) for v in report.metrics.values())
+
+
+def test_report_costs_and_plan(resnet_run):
+    model, _, _, _, _, slim, report = resnet_run
+    before, after = hos_keras.profile(model), hos_keras.profile(slim)
+    assert report.params == {"original": before["params"], "slim": after["params"]}
+    assert report.macs == {"original": before["macs"], "slim": after["macs"]}
+    assert 1 - after["macs"] / before["macs"] >= 0.4
+    assert report.details["achieved_macs_reduction"] == pytest.approx(
+        report.plan.macs_reduction
+    )
+    assert {layer["name"] for layer in report.layers} == set(report.plan.groups)
+    for layer in report.layers:
+        group = report.plan[layer["name"]]
+        assert layer["kept"] == len(group.keep)
+        assert layer["ratio"] == pytest.approx(group.ratio)
+    assert report.file_bytes["slim"] < report.file_bytes["original"]
+    for name in ("original", "slim"):
+        assert set(report.latency_ms[name]) == {1, 4}
+        assert all(v > 0 for v in report.latency_ms[name].values())
+
+
+def test_distillation_used_pivots_and_finetuning_did_not(resnet_run):
+    _, _, _, _, _, _, report = resnet_run
+    assert report.pivots == hos_keras.auto_pivots(
+        hos_keras.slim_model(resnet_run[0], report.plan), 2
+    )
+    distill = report.history["distill"]
+    for pivot in report.pivots:
+        assert np.isfinite(distill[f"mse_{pivot}"][0])
+        assert distill[f"mse_{pivot}"][0] > 0
+    assert distill["output_mse"][0] > 0
+    assert not any(k.startswith("mse_") for k in report.history["finetune"])
+    assert "output_mse" not in report.history["finetune"]
+
+
+def test_input_model_is_untouched(resnet_run):
+    model, weights, *_ = resnet_run
+    for before, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert model.trainable
+    assert all(layer.trainable for layer in model.layers)
+
+
+def test_output_dir_holds_a_loadable_model_plan_and_report(resnet_run):
+    _, _, _, (x, _), out, slim, report = resnet_run
+    loaded = keras.models.load_model(out / "slim.keras")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x[:8])),
+        keras.ops.convert_to_numpy(slim(x[:8])),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    plan = hos_keras.PruningPlan.from_json((out / "plan.json").read_text())
+    assert plan == report.plan
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["accuracy"]["finetuned"] == pytest.approx(report.accuracy("finetuned"))
+    assert saved["macs"] == report.macs
+
+
+def test_summary_prints_the_before_after_table(resnet_run, capsys):
+    report = resnet_run[-1]
+    report.summary()
+    text = capsys.readouterr().out
+    for label in ("params", "MACs", "latency b1", ".keras file", "after fine-tuning"):
+        assert label in text
+    assert f"{report.params['original']:,}" in text
+
+
+def test_softmax_model_with_datasets_and_no_training():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((16, 16, 3))
+    h = layers.Conv2D(8, 3, activation="relu", name="c1")(inputs)
+    h = layers.Conv2D(8, 3, activation="relu", name="c2")(h)
+    h = layers.GlobalAveragePooling2D()(h)
+    outputs = layers.Dense(3, activation="softmax", name="probs")(h)
+    model = keras.Model(inputs, outputs)
+    (x, y), (xv, yv) = _data(32, 2), _data(16, 3)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    val = tf.data.Dataset.from_tensor_slices((xv, yv)).batch(8)
+    slim, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        allocation="fixed",
+        ratio=0.5,
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        verbose=0,
+    )
+    assert set(report.metrics) == {"original", "pruned"}
+    assert report.history == {} and report.latency_ms == {}
+    # Probabilities out: cross-entropy without from_logits, by hand.
+    p = keras.ops.convert_to_numpy(model(xv))
+    expected = -np.mean(np.log(p[np.arange(len(yv)), yv]))
+    assert report.metrics["original"]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert [layer["kept"] for layer in report.layers] == [4, 4]
+    assert slim.get_layer("c1").filters == 4
+
+
+def test_model_without_softmax_trains_with_output_loss_only():
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            layers.Conv2D(8, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(3),
+        ]
+    )
+    slim, report = hos_keras.compress(
+        model,
+        _data(32, 4),
+        _data(16, 5),
+        allocation="fixed",
+        ratio=0.5,
+        distill_epochs=1,
+        finetune_epochs=0,
+        batch_size=16,
+        latency_batch_sizes=(1,),
+        latency_runs=2,
+        verbose=0,
+    )
+    assert report.pivots == []
+    assert report.history["distill"]["output_mse"][0] > 0
+    assert report.accuracy("distilled") == pytest.approx(_accuracy(slim, *_data(16, 5)))
+
+
+def test_bad_input():
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3)])
+    data = (np.zeros((8, 4), "float32"), np.zeros(8, "int32"))
+    with pytest.raises(NothingToPruneError, match="no channels"):
+        hos_keras.compress(model, data, data, verbose=0)
+    cnn = keras.Sequential(
+        [keras.Input((8, 8, 1)), layers.Conv2D(4, 3), layers.Flatten(), layers.Dense(2)]
+    )
+    images = (np.zeros((8, 8, 8, 1), "float32"), np.zeros(8, "int32"))
+    with pytest.raises(InvalidArgumentError, match="val_data=None"):
+        hos_keras.compress(cnn, images, None)
+    with pytest.raises(InvalidArgumentError, match="tuple of 4 items"):
+        hos_keras.compress(cnn, images + images, images)
+    with pytest.raises(InvalidArgumentError, match="of type list"):
+        hos_keras.compress(cnn, [1, 2], images)
+    with pytest.raises(InvalidArgumentError, match="distill_epochs=-1"):
+        hos_keras.compress(cnn, images, images, distill_epochs=-1)
+    with pytest.raises(InvalidArgumentError, match="finetune_epochs=1.5"):
+        hos_keras.compress(cnn, images, images, finetune_epochs=1.5)
+    with pytest.raises(InvalidArgumentError, match="target=0.5 with allocation"):
+        hos_keras.compress(
+            cnn, images, images, target=0.5, allocation=hos_keras.GlobalAllocation()
+        )
+    with pytest.raises(InvalidArgumentError, match="macs_reduction=1.5"):
+        hos_keras.compress(cnn, images, images, target=1.5)
+    with pytest.raises(InvalidArgumentError, match="stage='best'"):
+        hos_keras.CompressionReport(
+            "m", "k34", "fixed", {}, {}, {}, {}, {}, [], [], {}
+        ).accuracy("best")
