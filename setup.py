@@ -27,6 +27,7 @@ setup(
         "keras-tuner>=1.4",
         "tensorboard>=2.16",
     ],
+    entry_points={"console_scripts": ["hos-keras = hos_keras.cli:main"]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.5"],
     },

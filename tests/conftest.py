@@ -21,6 +21,10 @@ def pytest_configure(config):
         "ignore:__array__ implementation doesn't accept a copy keyword"
         ":DeprecationWarning",
     )
+    # TensorFlow's own notice that tf.lite.Interpreter moves to another package.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:.*tf.lite.Interpreter is deprecated:UserWarning"
+    )
 
 
 @pytest.fixture

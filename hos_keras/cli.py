@@ -1,0 +1,450 @@
+"""The `hos-keras` command: report, profile, prune and export saved models.
+
+    hos-keras report  MODEL.keras [--criterion k34] [-c 3.7] [--target 0.5]
+    hos-keras profile MODEL.keras [--layers]
+    hos-keras prune   MODEL.keras --out SLIM.keras [--criterion k34]
+                      [--allocation shapiro] [-c 3.7] [--target 0.5] [--plan PLAN.json]
+    hos-keras export  SLIM.keras --tflite OUT.tflite [--saved-model DIR]
+
+Models are loaded with `safe_mode=True`: a file whose config would run arbitrary
+code (a Lambda layer, for instance) is refused. Bad input ends the command with a
+one-line message on stderr and exit status 1 (2 for malformed arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from hos_keras import allocation as allocation_lib
+from hos_keras import criteria
+from hos_keras.errors import HOSKerasError
+from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.profile import profile
+from hos_keras.surgery import slim_model
+
+__all__ = ["main"]
+
+_STATISTIC_ALLOCATIONS = ("shapiro", "jarque_bera", "k34")
+
+
+class CommandError(HOSKerasError):
+    """Bad input to the command line tool; its message is printed as is."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _load(path: str) -> keras.Model:
+    if not os.path.exists(path):
+        raise CommandError(f"{path}: no such file.")
+    if os.path.isdir(path) or not path.endswith(".keras"):
+        raise CommandError(
+            f"{path}: expected a .keras file (saved with model.save('name.keras'))."
+        )
+    if not zipfile.is_zipfile(path):
+        raise CommandError(
+            f"{path}: not a .keras archive (not a zip file); it may be truncated "
+            "or corrupt."
+        )
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # every failure becomes one line
+        if "arbitrary code" in str(error) or "safe_mode" in str(error):
+            raise CommandError(
+                f"{path}: refused in safe mode: loading it would run Python code "
+                "stored in the file (e.g. a Lambda layer). hos-keras never does; "
+                "if you trust the file, load it in Python with safe_mode=False."
+            ) from error
+        raise CommandError(
+            f"{path}: cannot be loaded as a Keras model "
+            f"({type(error).__name__}: {_one_line(error)})"
+        ) from error
+
+
+def _check_output(path: str, suffix: str, flag: str) -> None:
+    if not path.endswith(suffix):
+        raise CommandError(f"{flag} {path}: the file name must end with {suffix}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise CommandError(f"{flag} {path}: {directory} is not a writable directory.")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    """Lines of a table: first column left-aligned, the others right-aligned."""
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, (int, np.integer)):
+            return f"{value:,}"
+        return str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [
+        max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)
+    ]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+        )
+    ]
+    lines.append("-" * len(lines[0]))
+    for row in cells:
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return lines
+
+
+def _allocation(args, strict: bool = True) -> tuple[str, dict]:
+    """The allocation name and options the flags ask for.
+
+    With `strict`, a flag that does not apply to the allocation is an error;
+    otherwise it is left out (the report uses -c for its own table).
+    """
+    name, target = args.allocation, args.target
+    base = "shapiro" if name == "target" else name
+    flags = {
+        "coefficient": ("-c/--coefficient", _STATISTIC_ALLOCATIONS),
+        "fraction": ("--fraction", ("global",)),
+        "ratio": ("--ratio", ("fixed",)),
+    }
+    options = {}
+    for key, (flag, applies) in flags.items():
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if base not in applies:
+            if strict:
+                raise CommandError(
+                    f"{flag} applies to --allocation {' or '.join(applies)}, not "
+                    f"{name}."
+                )
+            continue
+        if target is not None or name == "target":
+            if strict:
+                raise CommandError(
+                    f"{flag} and --target exclude each other: the target search "
+                    f"chooses the {key}."
+                )
+            continue
+        options[key] = value
+    if target is not None or name == "target":
+        options = {"base": base}
+        if target is not None:
+            options["macs_reduction"] = target
+        return "target", options
+    return name, options
+
+
+def _plan(model, args, strict: bool = True) -> PruningPlan:
+    allocation, options = _allocation(args, strict)
+    return plan_pruning(
+        model,
+        args.criterion,
+        allocation,
+        min_channels=args.min_channels,
+        round_to=args.round_to,
+        **options,
+    )
+
+
+def _cmd_report(args) -> None:
+    model = _load(args.model)
+    cost = profile(model)
+    print(f"{model.name}: {cost['params']:,} parameters, {cost['macs']:,} MACs")
+    coefficient = args.coefficient if args.coefficient is not None else 3.7
+    plans = {
+        name: plan_pruning(
+            model,
+            args.criterion,
+            name,
+            coefficient=coefficient,
+            min_channels=args.min_channels,
+            round_to=args.round_to,
+        )
+        for name in _STATISTIC_ALLOCATIONS
+    }
+    chosen = _plan(model, args, strict=False)
+    rows = []
+    for name, group in plans["shapiro"].groups.items():
+        jb, k34 = plans["jarque_bera"][name], plans["k34"][name]
+        rows.append(
+            (
+                name,
+                group.channels,
+                group.statistic,
+                group.ratio,
+                jb.statistic,
+                jb.ratio,
+                k34.statistic,
+                k34.ratio,
+                chosen[name].ratio,
+                len(chosen[name].keep),
+            )
+        )
+    print()
+    print(
+        f"Layer statistics (criterion {args.criterion}), eq. 9 ratios at "
+        f"c = {coefficient:g}, and the plan of --allocation {chosen.allocation}:"
+    )
+    headers = (
+        "group",
+        "channels",
+        "W",
+        "r_W",
+        "-log10 JB",
+        "r_JB",
+        "-log10|k34|",
+        "r_k34",
+        "planned",
+        "kept",
+    )
+    for line in _table(headers, rows):
+        print(line)
+    print()
+    totals = [
+        (name, f"-{p.macs_reduction:.1%}", f"-{p.params_reduction:.1%}")
+        for name, p in (*plans.items(), (f"planned ({chosen.allocation})", chosen))
+    ]
+    for line in _table(("allocation", "MACs", "params"), totals):
+        print(line)
+    if chosen.details.get("coefficient") is not None and args.target is not None:
+        print(f"target search: coefficient {chosen.details['coefficient']:.4g}")
+    if chosen.frozen:
+        print()
+        print(f"not pruned ({len(chosen.frozen)} channel groups):")
+        for name, reason in chosen.frozen.items():
+            print(f"  {name}: {reason}")
+
+
+def _cmd_profile(args) -> None:
+    model = _load(args.model)
+    cost = profile(model)
+    if args.layers:
+        rows = [
+            (name, entry["type"], entry["params"], entry["macs"])
+            for name, entry in cost["layers"].items()
+        ]
+        for line in _table(("layer", "type", "params", "MACs"), rows):
+            print(line)
+        print()
+    print(f"model:  {model.name}")
+    print(f"params: {cost['params']:,}")
+    print(f"MACs:   {cost['macs']:,} per sample")
+
+
+def _cmd_prune(args) -> None:
+    _check_output(args.out, ".keras", "--out")
+    if args.plan:
+        _check_output(args.plan, ".json", "--plan")
+    model = _load(args.model)
+    if args.from_plan:
+        try:
+            with open(args.from_plan, encoding="utf-8") as stream:
+                plan = PruningPlan.from_json(stream.read())
+        except OSError as error:
+            raise CommandError(
+                f"--from-plan {args.from_plan}: {error.strerror}."
+            ) from error
+    else:
+        plan = _plan(model, args)
+    slim = slim_model(model, plan)
+    plan.summary()
+    slim.save(args.out)
+    print(f"slim model written to {args.out} ({os.path.getsize(args.out):,} bytes)")
+    if args.plan:
+        with open(args.plan, "w", encoding="utf-8") as stream:
+            stream.write(plan.to_json(indent=1))
+        print(f"plan written to {args.plan}")
+
+
+def _cmd_export(args) -> None:
+    import tensorflow as tf
+
+    if not args.tflite and not args.saved_model:
+        raise CommandError(
+            "Nothing to export: pass --tflite OUT.tflite and/or --saved-model DIR."
+        )
+    if args.tflite:
+        _check_output(args.tflite, ".tflite", "--tflite")
+    model = _load(args.model)
+    if args.saved_model:
+        model.export(args.saved_model, format="tf_saved_model", verbose=False)
+        print(f"SavedModel written to {args.saved_model}")
+    if args.tflite:
+        with tempfile.TemporaryDirectory() as scratch:
+            saved = args.saved_model or os.path.join(scratch, "saved_model")
+            if not args.saved_model:
+                model.export(saved, format="tf_saved_model", verbose=False)
+            flat = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+        with open(args.tflite, "wb") as stream:
+            stream.write(flat)
+        gap = _tflite_gap(flat, model)
+        print(
+            f"TFLite model written to {args.tflite} ({len(flat):,} bytes); "
+            f"max |TFLite - Keras| on a random input: {gap:.2e}"
+        )
+
+
+def _tflite_gap(flat: bytes, model: keras.Model) -> float:
+    """Largest difference between the TFLite and Keras outputs on random input."""
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_content=flat)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    shape = [1 if d < 1 else int(d) for d in detail["shape"]]
+    x = np.random.default_rng(0).normal(size=shape).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    reference = keras.ops.convert_to_numpy(keras.tree.flatten(model(x))[0])
+    return float(np.max(np.abs(out - reference)))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `hos-keras` (also used for its help text)."""
+    parser = argparse.ArgumentParser(
+        prog="hos-keras",
+        description="Structured pruning of Keras models with higher-order "
+        "statistics (Chatzikonstantinou et al., CVPRW 2020).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def planning(sub) -> None:
+        sub.add_argument("model", metavar="MODEL.keras", help="a saved .keras model")
+        sub.add_argument(
+            "--criterion",
+            default="k34",
+            choices=criteria.criterion_names(),
+            help="filter criterion (default: k34)",
+        )
+        sub.add_argument(
+            "--allocation",
+            default="shapiro",
+            choices=allocation_lib.allocation_names(),
+            help="per-layer ratio allocation (default: shapiro)",
+        )
+        sub.add_argument(
+            "-c",
+            "--coefficient",
+            type=float,
+            help="eq. 9 coefficient c of shapiro/jarque_bera/k34 (default: 3.7)",
+        )
+        sub.add_argument(
+            "--target",
+            type=_fraction,
+            help="fraction of MACs to remove; searches the allocation's knob",
+        )
+        sub.add_argument(
+            "--fraction", type=_fraction, help="share of filters removed (global)"
+        )
+        sub.add_argument("--ratio", type=_fraction, help="uniform ratio (fixed)")
+        sub.add_argument(
+            "--min-channels",
+            type=_positive_int,
+            default=1,
+            help="fewest channels a layer keeps (default: 1)",
+        )
+        sub.add_argument(
+            "--round-to",
+            type=_positive_int,
+            default=1,
+            help="round kept channels up to a multiple of this (default: 1)",
+        )
+
+    report = commands.add_parser(
+        "report", help="per-layer statistics and planned ratios"
+    )
+    planning(report)
+    report.set_defaults(func=_cmd_report)
+
+    prof = commands.add_parser("profile", help="parameters and MACs")
+    prof.add_argument("model", metavar="MODEL.keras", help="a saved .keras model")
+    prof.add_argument("--layers", action="store_true", help="one row per layer")
+    prof.set_defaults(func=_cmd_profile)
+
+    prune = commands.add_parser("prune", help="plan, slim and save a smaller model")
+    planning(prune)
+    prune.add_argument(
+        "--out", required=True, metavar="SLIM.keras", help="where to save the result"
+    )
+    prune.add_argument("--plan", metavar="PLAN.json", help="also write the plan here")
+    prune.add_argument(
+        "--from-plan",
+        metavar="PLAN.json",
+        help="apply this saved plan (e.g. from HOSPruneCallback) instead of planning",
+    )
+    prune.set_defaults(func=_cmd_prune)
+
+    export = commands.add_parser("export", help="convert for deployment")
+    export.add_argument("model", metavar="SLIM.keras", help="a saved .keras model")
+    export.add_argument("--tflite", metavar="OUT.tflite", help="TFLite flatbuffer")
+    export.add_argument("--saved-model", metavar="DIR", help="TF SavedModel directory")
+    export.set_defaults(func=_cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `hos-keras` with `argv` (default: the process arguments).
+
+    Returns:
+        The exit status: 0 on success, 1 on bad input (a one-line message on
+        stderr). Malformed arguments exit with status 2 through argparse.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (HOSKerasError, ValueError, TypeError, OSError) as error:
+        message = (
+            _one_line(error)
+            if isinstance(error, CommandError)
+            else f"{type(error).__name__}: {_one_line(error)}"
+        )
+        print(f"hos-keras {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
