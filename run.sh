@@ -46,15 +46,26 @@ ensure_venv() {
   fi
 }
 
+# Fashion-MNIST from Debian's package when we can install it; otherwise
+# hos_keras.data falls back to the Keras download.
+ensure_fashion_mnist() {
+  if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    apt_install dataset-fashion-mnist ||
+      echo "run.sh: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded" >&2
+  fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
   demo)
     ensure_venv
+    ensure_fashion_mnist
     exec "$VENV/bin/python" recipes/report_resnet56.py "$@"
     ;;
   test)
     ensure_venv
+    ensure_fashion_mnist
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
   *)

@@ -26,6 +26,11 @@ setup(
         "tensorflow-datasets>=4.9",
         "keras-tuner>=1.4",
         "tensorboard>=2.16",
+        # tensorflow-datasets imports it to prepare any dataset but does not
+        # declare it (download_and_prepare fails with ModuleNotFoundError).
+        "importlib_resources>=6",
+        # The demo's PNG plot of per-layer ratios and statistics.
+        "matplotlib>=3.8",
     ],
     entry_points={"console_scripts": ["hos-keras = hos_keras.cli:main"]},
     extras_require={

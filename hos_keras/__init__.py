@@ -7,7 +7,7 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
-from hos_keras import errors, models
+from hos_keras import data, errors, models
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -75,6 +75,7 @@ __all__ = [
     "channel_groups",
     "compress",
     "criterion_names",
+    "data",
     "errors",
     "filter_matrix",
     "fit_distributed",

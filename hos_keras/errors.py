@@ -37,3 +37,7 @@ class UnsupportedModelError(HOSKerasError, TypeError):
 
 class PlanMismatchError(HOSKerasError, ValueError):
     """A pruning plan does not belong to the model it is applied to."""
+
+
+class DatasetNotFoundError(HOSKerasError, FileNotFoundError):
+    """A dataset is neither on disk nor downloadable; the message says how to get it."""
