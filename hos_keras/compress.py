@@ -112,6 +112,57 @@ class CompressionReport:
         """The report as JSON (see `to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def plot(self, path: str) -> None:
+        """Saves a PNG of the per-layer pruning ratios and layer statistics.
+
+        Top: the ratio of every pruned channel group (bars, in network order).
+        Bottom: the layer statistic T the allocation used (e.g. Shapiro-Wilk W),
+        where the allocation has one.
+
+        Args:
+            path: Output file, e.g. `"layers.png"`.
+
+        Raises:
+            InvalidArgumentError: if the report has no layers.
+        """
+        if not self.layers:
+            raise InvalidArgumentError("The report has no pruned layers to plot.")
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib import pyplot
+
+        names = [layer["name"] for layer in self.layers]
+        positions = np.arange(len(names))
+        statistics = [layer["statistic"] for layer in self.layers]
+        has_statistic = any(s is not None for s in statistics)
+        rows = 2 if has_statistic else 1
+        figure, axes = pyplot.subplots(
+            rows,
+            1,
+            figsize=(max(6.0, 0.28 * len(names) + 2), 2.6 * rows + 1.4),
+            sharex=True,
+            squeeze=False,
+        )
+        axes = axes[:, 0]
+        axes[0].bar(positions, [layer["ratio"] for layer in self.layers], color="C3")
+        axes[0].set_ylabel("pruning ratio")
+        axes[0].set_ylim(0, 1)
+        reduction = 1.0 - self.macs["slim"] / max(self.macs["original"], 1)
+        axes[0].set_title(
+            f"{self.model_name}: criterion {self.criterion}, allocation "
+            f"{self.allocation}, {reduction:.0%} fewer MACs"
+        )
+        if has_statistic:
+            values = [np.nan if s is None else s for s in statistics]
+            axes[1].plot(positions, values, "o-", color="C0")
+            axes[1].set_ylabel("layer statistic T")
+        axes[-1].set_xticks(positions)
+        axes[-1].set_xticklabels(names, rotation=90, fontsize=7)
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        pyplot.close(figure)
+
     def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
         """Prints the before/after table, the accuracy per stage and the layers.
 
@@ -498,7 +549,9 @@ def compress(
         output_loss = "logits_mse"  # the outputs are probabilities already
     metrics = list(metrics)
 
-    teacher = keras.models.clone_model(model)
+    # A copy rebuilt from the config: unlike clone_model it carries no compile
+    # state, so its .keras file holds no optimizer slots.
+    teacher = type(model).from_config(model.get_config())
     teacher.set_weights(model.get_weights())
     student = surgery.slim_model(model, plan)
 

@@ -32,9 +32,16 @@ def resnet_run(tmp_path_factory):
     model = hos_keras.models.cifar_resnet(
         depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
     )
-    weights = [w.copy() for w in model.get_weights()]
     train, val = _data(96, 0), _data(48, 1)
+    # A trained, compiled model: its own .keras file carries Adam's slots.
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(*train, batch_size=32, epochs=1, verbose=0)
     out = tmp_path_factory.mktemp("compress")
+    model.save(out / "with_optimizer.keras")
+    weights = [w.copy() for w in model.get_weights()]
     slim, report = hos_keras.compress(
         model,
         train,
@@ -78,6 +85,9 @@ def test_report_costs_and_plan(resnet_run):
         assert layer["kept"] == len(group.keep)
         assert layer["ratio"] == pytest.approx(group.ratio)
     assert report.file_bytes["slim"] < report.file_bytes["original"]
+    # Sizes compare the models, not their optimizers.
+    with_optimizer = (resnet_run[4] / "with_optimizer.keras").stat().st_size
+    assert report.file_bytes["original"] < 0.8 * with_optimizer
     for name in ("original", "slim"):
         assert set(report.latency_ms[name]) == {1, 4}
         assert all(v > 0 for v in report.latency_ms[name].values())
@@ -219,3 +229,16 @@ def test_bad_input():
         hos_keras.CompressionReport(
             "m", "k34", "fixed", {}, {}, {}, {}, {}, [], [], {}
         ).accuracy("best")
+
+
+def test_plot_writes_a_png(resnet_run, tmp_path):
+    report = resnet_run[-1]
+    path = tmp_path / "layers.png"
+    report.plot(str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5000
+    empty = hos_keras.CompressionReport(
+        "m", "k34", "fixed", {}, {}, {"original": 1, "slim": 1}, {}, {}, [], [], {}
+    )
+    with pytest.raises(InvalidArgumentError, match="no pruned layers"):
+        empty.plot(str(tmp_path / "none.png"))
