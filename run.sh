@@ -61,7 +61,7 @@ case "$cmd" in
   demo)
     ensure_venv
     ensure_fashion_mnist
-    exec "$VENV/bin/python" recipes/report_resnet56.py "$@"
+    exec "$VENV/bin/python" recipes/fashion_mnist_resnet20.py "$@"
     ;;
   test)
     ensure_venv

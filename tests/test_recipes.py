@@ -1,38 +1,94 @@
-"""The demo recipe runs end to end (on ResNet-20 to stay fast)."""
+"""The recipes run end to end: Fashion-MNIST on the real files, tfds ones on mock data."""
 
+import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import keras
+import pytest
+import tensorflow_datasets as tfds
+
 import hos_keras
 
-ROOT = Path(__file__).resolve().parents[1]
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+QUICK = [
+    "--epochs",
+    "1",
+    "--distill-epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+    "--steps",
+    "2",
+    "--latency-runs",
+    "1",
+]
 
 
-def test_report_recipe(tmp_path):
-    plan_path = tmp_path / "plan.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "recipes" / "report_resnet56.py"),
-            "--depth",
-            "20",
-            "--target",
-            "0.4",
-            "--plan-out",
-            str(plan_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
-    assert "stage3_block3_conv1" in out and "Target: 40% fewer MACs" in out
-    plan = hos_keras.PruningPlan.from_json(plan_path.read_text())
-    assert plan.model_name == "resnet20"
-    assert plan.macs_reduction >= 0.4
-    assert "slim model:" in out
-    assert json.loads(plan_path.read_text())["allocation"] == "target"
+def _recipe(name):
+    if str(RECIPES) not in sys.path:
+        sys.path.insert(0, str(RECIPES))
+    return importlib.import_module(name)
+
+
+def _check_outputs(out, slim, report):
+    for name in ("baseline.keras", "slim.keras", "plan.json", "report.json"):
+        assert (out / name).exists(), name
+    assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["accuracy"]) == {"original", "pruned", "distilled", "finetuned"}
+    loaded = keras.models.load_model(out / "slim.keras")
+    assert loaded.count_params() == slim.count_params() == report.params["slim"]
+    plan = hos_keras.PruningPlan.from_json((out / "plan.json").read_text())
+    assert plan == report.plan
+
+
+@pytest.mark.slow
+def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
+    recipe = _recipe("fashion_mnist_resnet20")
+    out = tmp_path / "fm"
+    args = [*QUICK, "--batch-size", "16", "--output-dir", str(out)]
+    slim, report = recipe.main(args)
+    _check_outputs(out, slim, report)
+    assert report.macs["slim"] <= 0.5 * report.macs["original"]
+    assert report.pivots == ["stage1_block3_out", "stage2_block3_out"]
+    text = capsys.readouterr().out
+    assert "accuracy right after pruning" in text and "latency b1" in text
+    baseline = (out / "baseline.keras").stat().st_mtime_ns
+    recipe.main(args + ["--distill-epochs", "0", "--finetune-epochs", "0"])
+    assert "reusing the baseline" in capsys.readouterr().out
+    assert (out / "baseline.keras").stat().st_mtime_ns == baseline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, extra, pivots",
+    [
+        ("cifar10_resnet56", [], ["stage1_block9_out", "stage2_block9_out"]),
+        ("cifar100_resnet56", ["--target", "0.3"], None),
+        ("cifar10_mobilenetv2", [], None),
+        ("imagenet_mobilenetv2", ["--image-size", "64"], None),
+    ],
+)
+def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
+    recipe = _recipe(name)
+    out = tmp_path / "out"
+    argv = [
+        *QUICK,
+        "--batch-size",
+        "4",
+        "--data-dir",
+        str(tmp_path / "tfds"),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+    with tfds.testing.mock_data(num_examples=8):
+        slim, report = recipe.main(argv)
+    _check_outputs(out, slim, report)
+    assert report.macs["slim"] < report.macs["original"]
+    if pivots is not None:
+        assert report.pivots == pivots
+    if "--target" in extra:
+        assert report.details["achieved_macs_reduction"] >= 0.3

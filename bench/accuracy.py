@@ -1,0 +1,231 @@
+"""Accuracy kept at the same MACs: HOS criteria against l1 and random, with and
+without the auxiliary reconstruction losses, on Fashion-MNIST.
+
+One baseline ResNet-20 (widths 16-32-64, 28x28x1 inputs) is trained on the full
+60,000 training images. One allocation - Shapiro-Wilk, coefficient searched for
+50% fewer MACs - fixes how many channels every layer keeps; it does not depend on
+the criterion, so every criterion prunes to exactly the same widths and MACs and
+differs only in WHICH channels go. Each criterion's student is then fine-tuned for
+the same number of epochs with the same optimizer, once with the output and pivot
+losses against the teacher (HOSDistiller, auxiliary=True) and once with the task
+loss only, for several seeds (data order; also the random criterion's draw).
+Test accuracy on the 10,000 test images: mean and standard deviation.
+
+Run: .venv/bin/python bench/accuracy.py   (about 50 minutes on 2 CPU cores)
+Writes bench/results/accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import hos_keras
+from hos_keras import data, models
+
+CRITERIA = ("k34", "abs_k34", "l1", "random")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=8, help="baseline epochs")
+    p.add_argument("--finetune-epochs", type=int, default=2)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--target", type=float, default=0.5, help="MACs reduction")
+    p.add_argument("--lr", type=float, default=0.05, help="baseline peak lr")
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=int, help="training images (quick checks)")
+    p.add_argument("--cache-dir", default="runs/bench_accuracy")
+    p.add_argument("--out", default=os.path.join(RESULTS, "accuracy.json"))
+    return p.parse_args()
+
+
+def sgd(lr, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
+    return keras.optimizers.SGD(
+        schedule, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+
+
+def accuracy(model, test) -> float:
+    correct = total = 0
+    for x, y in test:
+        logits = model(x, training=False)
+        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32)))
+        total += int(y.shape[0])
+    return correct / total
+
+
+def train_baseline(args, train, test):
+    os.makedirs(args.cache_dir, exist_ok=True)
+    path = os.path.join(args.cache_dir, f"baseline_e{args.epochs}.keras")
+    if os.path.exists(path):
+        print(f"reusing {path}")
+        return keras.models.load_model(path), 0.0
+    keras.utils.set_random_seed(0)
+    model = models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1))
+    model.compile(
+        optimizer=sgd(args.lr, int(train.cardinality()) * args.epochs),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    start = time.perf_counter()
+    model.fit(train, validation_data=test, epochs=args.epochs, verbose=2)
+    elapsed = time.perf_counter() - start
+    model.save(path)
+    return model, elapsed
+
+
+def main():
+    args = parse_args()
+    began = time.perf_counter()
+    train = data.fashion_mnist("train", batch_size=args.batch_size, limit=args.limit)
+    test = data.fashion_mnist("test", batch_size=1000)
+    teacher, baseline_seconds = train_baseline(args, train, test)
+    base_accuracy = accuracy(teacher, test)
+    print(f"baseline test accuracy {base_accuracy:.4f}")
+
+    plans = {
+        c: hos_keras.plan_pruning(
+            teacher,
+            criterion=c,
+            allocation="target",
+            macs_reduction=args.target,
+            base="shapiro",
+            seed=0,
+        )
+        for c in CRITERIA
+    }
+    widths = {
+        c: {g: len(p.keep) for g, p in plan.groups.items()} for c, plan in plans.items()
+    }
+    assert all(w == widths["k34"] for w in widths.values()), "widths differ"
+    macs = {c: plan.macs_after for c, plan in plans.items()}
+    assert len(set(macs.values())) == 1, macs
+
+    runs = []
+    steps = int(train.cardinality()) * args.finetune_epochs
+    for seed in range(args.seeds):
+        for criterion in CRITERIA:
+            plan = plans[criterion]
+            if criterion == "random":
+                plan = hos_keras.plan_pruning(
+                    teacher,
+                    criterion="random",
+                    allocation="target",
+                    macs_reduction=args.target,
+                    base="shapiro",
+                    seed=seed,
+                )
+            for auxiliary in (True, False):
+                keras.utils.set_random_seed(seed)
+                student = hos_keras.slim_model(teacher, plan)
+                pruned = accuracy(student, test)
+                distiller = hos_keras.HOSDistiller(
+                    student, teacher, plan=plan, auxiliary=auxiliary
+                )
+                distiller.compile(
+                    optimizer=sgd(args.finetune_lr, steps),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                )
+                start = time.perf_counter()
+                distiller.fit(
+                    train.shuffle(64, seed=seed),
+                    epochs=args.finetune_epochs,
+                    verbose=0,
+                )
+                seconds = time.perf_counter() - start
+                final = accuracy(student, test)
+                runs.append(
+                    {
+                        "seed": seed,
+                        "criterion": criterion,
+                        "auxiliary": auxiliary,
+                        "pruned_accuracy": pruned,
+                        "accuracy": final,
+                        "seconds": seconds,
+                    }
+                )
+                print(
+                    f"seed {seed} {criterion:<8} aux={auxiliary!s:<5} "
+                    f"pruned {pruned:.4f} -> fine-tuned {final:.4f} ({seconds:.0f} s)",
+                    flush=True,
+                )
+
+    table = []
+    for criterion in CRITERIA:
+        for auxiliary in (True, False):
+            chosen = [
+                r
+                for r in runs
+                if r["criterion"] == criterion and r["auxiliary"] == auxiliary
+            ]
+            values = np.array([r["accuracy"] for r in chosen])
+            pruned = np.array([r["pruned_accuracy"] for r in chosen])
+            table.append(
+                {
+                    "criterion": criterion,
+                    "auxiliary": auxiliary,
+                    "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    "pruned_mean": float(pruned.mean()),
+                    "n": len(values),
+                }
+            )
+    result = {
+        "config": {
+            "network": "cifar_resnet(20) widths 16-32-64, 28x28x1",
+            "baseline_epochs": args.epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "seeds": args.seeds,
+            "target_macs_reduction": args.target,
+            "allocation": "target (shapiro base), same widths for every criterion",
+            "baseline_lr": args.lr,
+            "finetune_lr": args.finetune_lr,
+            "batch_size": args.batch_size,
+            "training_images": args.limit or 60000,
+            "optimizer": "SGD momentum 0.9 Nesterov, weight decay 5e-4, cosine",
+        },
+        "baseline_accuracy": base_accuracy,
+        "baseline_seconds": baseline_seconds,
+        "params": {
+            "original": plans["k34"].params_before,
+            "slim": plans["k34"].params_after,
+        },
+        "macs": {"original": plans["k34"].macs_before, "slim": plans["k34"].macs_after},
+        "achieved_macs_reduction": plans["k34"].macs_reduction,
+        "table": table,
+        "runs": runs,
+        "total_minutes": (time.perf_counter() - began) / 60,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as stream:
+        json.dump(result, stream, indent=1)
+    print()
+    print(f"baseline {base_accuracy:.4f}; {plans['k34'].macs_reduction:.1%} fewer MACs")
+    print(f"{'criterion':<10}{'aux':>6}{'pruned':>9}{'fine-tuned (mean +- std)':>28}")
+    for row in table:
+        print(
+            f"{row['criterion']:<10}{'yes' if row['auxiliary'] else 'no':>6}"
+            f"{row['pruned_mean']:>9.4f}{row['mean']:>18.4f} +- {row['std']:.4f}"
+        )
+    print(f"total {result['total_minutes']:.1f} min; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

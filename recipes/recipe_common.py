@@ -1,0 +1,111 @@
+"""What every recipe shares: its flags, the baseline, and the compress-and-report step.
+
+A recipe names its dataset, network and the paper's settings; this module trains
+(or reloads) the baseline and runs `hos_keras.compress` with those settings, then
+saves the slim model, plan, report and a PNG of the per-layer ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import keras
+
+import hos_keras
+
+
+def parser(description: str, **defaults) -> argparse.ArgumentParser:
+    """The recipe flags; `defaults` sets the recipe's own values."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data-dir", help="dataset directory (tfds data_dir / IDX files)")
+    p.add_argument("--output-dir", help="where the models and the report go")
+    p.add_argument("--epochs", type=int, help="baseline training epochs")
+    p.add_argument("--lr", type=float, help="baseline peak learning rate")
+    p.add_argument("--distill-epochs", type=int, help="epochs with auxiliary losses")
+    p.add_argument("--finetune-epochs", type=int, help="epochs without them")
+    p.add_argument("--distill-lr", type=float, help="distillation learning rate")
+    p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--target", type=float, help="fraction of MACs to remove")
+    p.add_argument("--coefficient", type=float, help="eq. 9 coefficient c")
+    p.add_argument("--criterion", help="filter criterion (default k34)")
+    p.add_argument("--steps", type=int, help="batches per epoch (quick runs)")
+    p.add_argument("--latency-runs", type=int, help="timed calls per model")
+    p.add_argument("--baseline", help="a trained .keras model to compress instead")
+    p.add_argument("--retrain", action="store_true", help="ignore a saved baseline")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(**{"criterion": "k34", "latency_runs": 20, **defaults})
+    return p
+
+
+def limited(dataset, steps):
+    """The first `steps` batches of a dataset (all of it when steps is None)."""
+    return dataset.take(steps) if steps else dataset
+
+
+def _optimizer(lr, steps_per_epoch, epochs):
+    schedule = lr
+    if steps_per_epoch > 0 and epochs > 0:
+        schedule = keras.optimizers.schedules.CosineDecay(lr, steps_per_epoch * epochs)
+    return keras.optimizers.SGD(
+        schedule, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+
+
+def baseline(build, train, val, args) -> keras.Model:
+    """Loads output_dir/baseline.keras, or trains the network and saves it there."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.baseline:
+        print(f"[recipe] compressing {args.baseline}")
+        return keras.models.load_model(args.baseline)
+    path = os.path.join(args.output_dir, "baseline.keras")
+    if os.path.exists(path) and not args.retrain:
+        print(f"[recipe] reusing the baseline in {path} (--retrain to train anew)")
+        return keras.models.load_model(path)
+    keras.utils.set_random_seed(args.seed)
+    model = build()
+    steps = int(train.cardinality())
+    model.compile(
+        optimizer=_optimizer(args.lr, steps, args.epochs),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    print(f"[recipe] training the baseline {model.name} for {args.epochs} epochs")
+    model.fit(train, validation_data=val, epochs=args.epochs, verbose=2)
+    model.save(path)
+    return model
+
+
+def compress_and_report(model, train, val, args, **settings):
+    """Runs hos_keras.compress with the recipe's settings; saves and prints."""
+    keras.utils.set_random_seed(args.seed)
+    if args.target is not None:
+        settings["target"] = args.target
+    elif args.coefficient is not None:
+        settings["coefficient"] = args.coefficient
+    slim, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        criterion=args.criterion,
+        distill_epochs=args.distill_epochs,
+        finetune_epochs=args.finetune_epochs,
+        distill_optimizer=keras.optimizers.SGD(
+            args.distill_lr, momentum=0.9, nesterov=True
+        ),
+        finetune_optimizer=keras.optimizers.SGD(
+            args.finetune_lr, momentum=0.9, nesterov=True
+        ),
+        latency_runs=args.latency_runs,
+        output_dir=args.output_dir,
+        verbose=2,
+        **settings,
+    )
+    plot = os.path.join(args.output_dir, "layers.png")
+    report.plot(plot)
+    print(
+        f"[recipe] saved {os.path.join(args.output_dir, 'slim.keras')}, plan.json, "
+        f"report.json and {plot}"
+    )
+    return slim, report
