@@ -24,7 +24,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "tensorflow-datasets>=4.9",
-        "keras-tuner>=1.4",
+        "keras-tuner[bayesian]>=1.4",  # the extra brings scikit-learn for BayesianOptimization
         "tensorboard>=2.16",
         # tensorflow-datasets imports it to prepare any dataset but does not
         # declare it (download_and_prepare fails with ModuleNotFoundError).

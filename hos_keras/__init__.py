@@ -7,7 +7,7 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
-from hos_keras import data, errors, models
+from hos_keras import data, errors, models, tuner
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -95,5 +95,6 @@ __all__ = [
     "shapiro_wilk",
     "skew",
     "slim_model",
+    "tuner",
     "weight_masks",
 ]

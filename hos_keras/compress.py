@@ -246,6 +246,13 @@ def _data_kwargs(data, batch_size: int) -> dict:
     return {"x": data}
 
 
+def _train_kwargs(data, batch_size: int) -> dict:
+    """`_data_kwargs` for fit: datasets are shuffled by their own pipeline."""
+    kwargs = _data_kwargs(data, batch_size)
+    kwargs["shuffle"] = _is_arrays(data)
+    return kwargs
+
+
 def _first_inputs(data):
     """The inputs of the first batch of `data`, as numpy arrays."""
     if _is_arrays(data):
@@ -589,7 +596,7 @@ def compress(
         decay=decay,
     )
     history = {}
-    fit_kwargs = _data_kwargs(train_data, batch_size)
+    fit_kwargs = _train_kwargs(train_data, batch_size)
     for stage, epochs, optimizer, default in (
         ("distill", distill_epochs, distill_optimizer, 1e-3),
         ("finetune", finetune_epochs, finetune_optimizer, 1e-4),

@@ -229,6 +229,9 @@ class HOSDistiller(keras.Model):
         self.task_tracker = keras.metrics.Mean(name="task_loss")
         self.output_tracker = keras.metrics.Mean(name="output_mse")
         self.pivot_trackers = [keras.metrics.Mean(name=f"mse_{p}") for p in pivots]
+        # Every variable exists now (student, teacher, heads): weights can be saved
+        # and loaded before the first call (e.g. by KerasTuner's checkpoints).
+        self.built = True
 
     def _teacher_gathers(self, plan):
         """For each pivot, the teacher channels matching the student's, or None."""

@@ -1,0 +1,372 @@
+"""KerasTuner search over the pruning thresholds under a MACs budget.
+
+The paper hand-tunes the eq. 9 coefficient per network (3.7 for ResNet-56, 3.159
+for ResNet-110, ...). `HOSHyperModel` lets a KerasTuner tuner find it, together
+with the criterion, the weights of the auxiliary losses and the fine-tuning
+learning rate: each trial plans and slims the base model, distills the student
+with the auxiliary losses, fine-tunes it without them, and reports its validation
+accuracy, its MACs reduction and a combined objective that ranks every trial
+within the budget above every trial over it.
+
+Chatzikonstantinou et al., "Neural Network Compression Using Higher-Order
+Statistics and Auxiliary Reconstruction Losses", CVPRW 2020, sections 3.2-3.4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+import keras_tuner
+
+from hos_keras import distill, graph
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError
+from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.surgery import slim_model
+
+__all__ = ["OBJECTIVE", "HOSHyperModel"]
+
+OBJECTIVE = "hos_score"
+
+# Which allocation knob each allocation name searches.
+_KNOBS = {
+    "shapiro": "coefficient",
+    "jarque_bera": "coefficient",
+    "k34": "coefficient",
+    "global": "fraction",
+}
+
+
+def _space(name: str, value, *, log: bool):
+    """Checks one search-space entry: a (low, high) tuple, a list, or a scalar."""
+    if isinstance(value, tuple):
+        if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+            raise InvalidArgumentError(
+                f"Received {name}={value!r}; a range is a (low, high) tuple of numbers."
+            )
+        low, high = float(value[0]), float(value[1])
+        if not low < high or (log and low <= 0):
+            raise InvalidArgumentError(
+                f"Received {name}={value!r}; pass low < high"
+                + (" and low > 0 (searched on a log scale)." if log else ".")
+            )
+        return ("range", low, high)
+    if isinstance(value, list):
+        if not value:
+            raise InvalidArgumentError(
+                f"Received {name}=[]; an empty list leaves nothing to choose from. "
+                "Pass a non-empty list, a (low, high) range or one value."
+            )
+        return ("choice", list(value))
+    return ("fixed", value)
+
+
+class HOSHyperModel(keras_tuner.HyperModel):
+    """A KerasTuner hypermodel whose trials are HOS-compressed students.
+
+    `build(hp)` chooses the allocation's knob (the eq. 9 coefficient c, or the
+    global fraction), the criterion, the output-loss weight and pivot decay of
+    the auxiliary losses and the learning rate, plans and slims the base model,
+    and returns a compiled `HOSDistiller`. `fit(hp, model, ...)` first checks the
+    MACs budget (with `over_budget="reject"` a trial over it is not trained),
+    then distills and fine-tunes, and returns `val_accuracy`, `macs_reduction`
+    and the objective `hos_score`: the validation accuracy when the student is
+    within the budget, else minus the relative excess of MACs (always below any
+    trial within the budget, and closer to zero the closer it came).
+
+    Each search-space argument takes a `(low, high)` tuple (a range; coefficient,
+    learning rate and output weight are searched on a log scale), a list (a
+    choice), or a single value (fixed).
+
+    Args:
+        base_model: The trained functional/Sequential model to compress (not
+            modified; the teacher is a copy).
+        macs_budget: Largest number of MACs a student may have.
+        target_reduction: Or: smallest fraction of MACs it must remove, in (0, 1).
+            Pass exactly one of the two.
+        allocation: Allocation name(s): `"shapiro"`, `"jarque_bera"`, `"k34"`
+            (their knob is `coefficient`) or `"global"` (knob `fraction`).
+            Defaults to `"shapiro"`.
+        coefficient: Search space of c. Defaults to `(1.5, 8.0)`.
+        fraction: Search space of the global fraction. Defaults to `(0.1, 0.7)`.
+        criterion: Criterion name(s). Defaults to `["k34", "abs_k34"]`.
+        output_weight: Defaults to `(0.3, 3.0)`.
+        decay: Pivot-weight exponent. Defaults to `(1.0, 3.0)`.
+        learning_rate: Of SGD with Nesterov momentum 0.9. Defaults to
+            `(1e-3, 3e-2)`.
+        distill_epochs: Epochs with the auxiliary losses. Defaults to `1`.
+        finetune_epochs: Epochs without them, at a tenth of the learning rate.
+            Defaults to `1`. With Hyperband, which sets the total epochs, the
+            last `finetune_epochs` of each trial's budget are fine-tuning.
+        loss: Task loss. Defaults to sparse categorical cross-entropy on logits.
+        metrics: Defaults to `["accuracy"]`.
+        over_budget: `"reject"` (do not train such trials) or `"penalize"` (train
+            them, score them by their excess). Defaults to `"reject"`.
+        min_channels: Fewest channels any layer keeps. Defaults to `1`.
+
+    Raises:
+        InvalidArgumentError: for an empty search space (every entry fixed),
+            an empty list, a bad range, both or neither budget, an unknown
+            allocation.
+        NothingToPruneError: if the base model has no prunable channels.
+
+    Example:
+
+    ```python
+    hypermodel = hos_keras.tuner.HOSHyperModel(model, target_reduction=0.5)
+    tuner = keras_tuner.RandomSearch(hypermodel, objective=hypermodel.objective,
+                                     max_trials=10, directory="tuning",
+                                     project_name="fmnist", overwrite=False)
+    tuner.search(train_ds, validation_data=val_ds)
+    student = hypermodel.best_student(tuner)
+    student.save("student.keras")
+    ```
+    """
+
+    def __init__(
+        self,
+        base_model: keras.Model,
+        *,
+        macs_budget: int | None = None,
+        target_reduction: float | None = None,
+        allocation="shapiro",
+        coefficient=(1.5, 8.0),
+        fraction=(0.1, 0.7),
+        criterion=("k34", "abs_k34"),
+        output_weight=(0.3, 3.0),
+        decay=(1.0, 3.0),
+        learning_rate=(1e-3, 3e-2),
+        distill_epochs: int = 1,
+        finetune_epochs: int = 1,
+        loss=None,
+        metrics: Sequence = ("accuracy",),
+        over_budget: str = "reject",
+        min_channels: int = 1,
+        name: str | None = "hos_hypermodel",
+    ):
+        super().__init__(name=name, tunable=True)
+        if not graph.channel_groups(base_model, warn=False).prunable:
+            raise NothingToPruneError(
+                f"Model {base_model.name!r} has no channels that can be pruned, so "
+                "there is nothing to search."
+            )
+        self.macs_original = _macs(base_model)
+        if (macs_budget is None) == (target_reduction is None):
+            raise InvalidArgumentError(
+                f"Received macs_budget={macs_budget!r} and target_reduction="
+                f"{target_reduction!r}; pass exactly one of them."
+            )
+        if target_reduction is not None:
+            if not 0.0 < float(target_reduction) < 1.0:
+                raise InvalidArgumentError(
+                    f"Received target_reduction={target_reduction!r}; pass a "
+                    "fraction in (0, 1)."
+                )
+            macs_budget = math.floor(self.macs_original * (1 - target_reduction))
+        if not 0 < int(macs_budget):
+            raise InvalidArgumentError(
+                f"Received macs_budget={macs_budget!r}; pass a positive number."
+            )
+        if over_budget not in ("reject", "penalize"):
+            raise InvalidArgumentError(
+                f"Received over_budget={over_budget!r}; pass 'reject' or 'penalize'."
+            )
+        allocations = allocation if isinstance(allocation, list) else [allocation]
+        for name_ in allocations:
+            if name_ not in _KNOBS:
+                raise InvalidArgumentError(
+                    f"Received allocation={name_!r}; pass one of {sorted(_KNOBS)} "
+                    "(or a list of them)."
+                )
+        criteria = list(criterion) if isinstance(criterion, tuple) else criterion
+        self.space = {
+            "allocation": _space("allocation", allocation, log=False),
+            "coefficient": _space("coefficient", coefficient, log=True),
+            "fraction": _space("fraction", fraction, log=False),
+            "criterion": _space("criterion", criteria, log=False),
+            "output_weight": _space("output_weight", output_weight, log=True),
+            "decay": _space("decay", decay, log=False),
+            "learning_rate": _space("learning_rate", learning_rate, log=True),
+        }
+        knobs = {_KNOBS[a] for a in allocations}
+        used = {"allocation", "criterion", "output_weight", "decay", "learning_rate"}
+        used |= knobs
+        if all(
+            self.space[k][0] == "fixed"
+            or (self.space[k][0] == "choice" and len(self.space[k][1]) == 1)
+            for k in used
+        ):
+            raise InvalidArgumentError(
+                "The search space is empty: every hyperparameter has one value. Give "
+                "a (low, high) range or a list of choices for at least one of "
+                f"{sorted(used)}."
+            )
+        self.base_model = base_model
+        self.teacher = type(base_model).from_config(base_model.get_config())
+        self.teacher.set_weights(base_model.get_weights())
+        self.macs_budget = int(macs_budget)
+        self.distill_epochs = int(distill_epochs)
+        self.finetune_epochs = int(finetune_epochs)
+        self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.metrics = list(metrics)
+        self.over_budget = over_budget
+        self.min_channels = int(min_channels)
+
+    @property
+    def objective(self) -> keras_tuner.Objective:
+        """The objective to give the tuner: `hos_score`, maximized."""
+        return keras_tuner.Objective(OBJECTIVE, direction="max")
+
+    def _value(self, hp, key: str):
+        kind, *rest = self.space[key]
+        if kind == "fixed":
+            return hp.Fixed(key, rest[0])
+        if kind == "choice":
+            return hp.Choice(key, rest[0])
+        low, high = rest
+        log = key in ("coefficient", "output_weight", "learning_rate")
+        return hp.Float(key, low, high, sampling="log" if log else "linear")
+
+    def plan(self, hp) -> PruningPlan:
+        """The pruning plan of a trial's hyperparameters."""
+        allocation = self._value(hp, "allocation")
+        criterion = self._value(hp, "criterion")
+        knob = _KNOBS[allocation]
+        with hp.conditional_scope(
+            "allocation", [a for a, k in _KNOBS.items() if k == knob]
+        ):
+            value = self._value(hp, knob)
+        return plan_pruning(
+            self.base_model,
+            criterion,
+            allocation,
+            min_channels=self.min_channels,
+            **{knob: value},
+        )
+
+    def build(self, hp) -> distill.HOSDistiller:
+        plan = self.plan(hp)
+        student = slim_model(self.base_model, plan)
+        try:
+            pivots = distill.auto_pivots(student, 2)
+        except InvalidArgumentError:
+            pivots = []
+        distiller = distill.HOSDistiller(
+            student,
+            self.teacher,
+            plan=plan,
+            pivots=pivots,
+            output_weight=self._value(hp, "output_weight"),
+            decay=self._value(hp, "decay"),
+        )
+        distiller.hos_plan = plan
+        distiller.compile(
+            optimizer=self._sgd(self._value(hp, "learning_rate")),
+            loss=self.loss,
+            metrics=self.metrics,
+        )
+        # Optimizer slots exist from the start, so a trial's checkpoint (saved
+        # after training) loads into a freshly built distiller without mismatch.
+        distiller.optimizer.build(distiller.trainable_variables)
+        return distiller
+
+    @staticmethod
+    def _sgd(lr: float) -> keras.optimizers.Optimizer:
+        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+
+    def score(self, macs: int, accuracy: float | None) -> float:
+        """The objective: accuracy within the budget, else -(relative excess)."""
+        if macs <= self.macs_budget:
+            return float(accuracy)
+        return -float(macs - self.macs_budget) / self.macs_budget
+
+    def fit(self, hp, model, *args, epochs=None, initial_epoch=0, **kwargs):
+        validation_data = kwargs.get("validation_data")
+        if validation_data is None:
+            raise InvalidArgumentError(
+                "tuner.search(...) needs validation_data=: trials are ranked by "
+                "the student's validation accuracy."
+            )
+        plan = model.hos_plan
+        reduction = plan.macs_reduction
+        result = {"macs_reduction": reduction, "macs": float(plan.macs_after)}
+        if plan.macs_after > self.macs_budget and self.over_budget == "reject":
+            result[OBJECTIVE] = self.score(plan.macs_after, None)
+            return result
+        total = (
+            epochs if epochs is not None else self.distill_epochs + self.finetune_epochs
+        )
+        switch = max(total - self.finetune_epochs, 0)
+        if initial_epoch < switch:
+            model.fit(*args, epochs=switch, initial_epoch=initial_epoch, **kwargs)
+        if max(initial_epoch, switch) < total:
+            model.set_auxiliary(False)
+            learning_rate = self._value(hp, "learning_rate") / 10
+            model.compile(
+                optimizer=self._sgd(learning_rate), loss=self.loss, metrics=self.metrics
+            )
+            model.fit(
+                *args, epochs=total, initial_epoch=max(initial_epoch, switch), **kwargs
+            )
+        evaluation = _evaluate(model.student, validation_data, self.loss, self.metrics)
+        accuracy = next(
+            (v for k, v in evaluation.items() if "accuracy" in k),
+            -evaluation["loss"],
+        )
+        result.update({f"val_{k}": v for k, v in evaluation.items()})
+        result[OBJECTIVE] = self.score(plan.macs_after, accuracy)
+        return result
+
+    def best_student(self, tuner: keras_tuner.Tuner) -> keras.Model:
+        """The trained student of the best trial, checked against the budget.
+
+        Args:
+            tuner: The tuner that ran the search with this hypermodel.
+
+        Returns:
+            The student `keras.Model` (save it with `.save("student.keras")`).
+
+        Raises:
+            InvalidArgumentError: if no trial has finished, or if no trial met
+                the budget (the message gives the closest one and what to
+                change).
+        """
+        trials = [
+            t
+            for t in tuner.oracle.trials.values()
+            if t.status == "COMPLETED" and t.metrics.exists(OBJECTIVE)
+        ]
+        if not trials:
+            raise InvalidArgumentError(
+                "No trial has completed; run tuner.search(...) first."
+            )
+        best = tuner.oracle.get_best_trials(1)[0]
+        best_macs = best.metrics.get_last_value("macs")
+        if best_macs > self.macs_budget:
+            closest = min(t.metrics.get_last_value("macs") for t in trials)
+            raise InvalidArgumentError(
+                f"No trial met the budget of {self.macs_budget:,} MACs "
+                f"({1 - self.macs_budget / self.macs_original:.1%} fewer than "
+                f"{self.macs_original:,}); the closest kept {closest:,.0f} MACs "
+                f"({1 - closest / self.macs_original:.1%} fewer). Lower the "
+                "coefficient range (smaller c prunes more), raise the fraction "
+                "range, or relax the budget."
+            )
+        return tuner.load_model(best).student
+
+
+def _macs(model) -> int:
+    from hos_keras.profile import profile
+
+    return profile(model)["macs"]
+
+
+def _evaluate(student, data, loss, metrics) -> dict:
+    view = keras.Model(student.inputs, student.outputs)
+    view.compile(loss=loss, metrics=metrics)
+    if isinstance(data, tuple):
+        values = view.evaluate(*data, return_dict=True, verbose=0)
+    else:
+        values = view.evaluate(data, return_dict=True, verbose=0)
+    return {k: float(v) for k, v in values.items()}

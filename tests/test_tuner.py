@@ -1,0 +1,225 @@
+"""HOSHyperModel with KerasTuner: searches, budget, resume, best student, errors."""
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+from keras import layers
+
+import hos_keras
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError
+from hos_keras.tuner import HOSHyperModel
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c3")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def _data(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12, 12, 3)).astype("float32")
+    return x, (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype("int32") + (
+        x[:, 8:].mean(axis=(1, 2, 3)) > 0
+    ).astype("int32")
+
+
+class CountingHyperModel(HOSHyperModel):
+    """Counts how many trials were trained (fit called)."""
+
+    fits = 0
+
+    def fit(self, hp, model, *args, **kwargs):
+        CountingHyperModel.fits += 1
+        return super().fit(hp, model, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _model()
+
+
+def _search(tuner, n=32):
+    x, y = _data(n, 1)
+    tuner.search(x, y, batch_size=16, validation_data=_data(16, 2), verbose=0)
+
+
+def test_random_search_finds_a_student_within_budget_and_resumes(base, tmp_path):
+    hypermodel = CountingHyperModel(base, target_reduction=0.3, coefficient=(0.6, 1.2))
+    CountingHyperModel.fits = 0
+
+    def tuner(max_trials):
+        return keras_tuner.RandomSearch(
+            hypermodel,
+            objective=hypermodel.objective,
+            max_trials=max_trials,
+            seed=1,
+            directory=str(tmp_path),
+            project_name="p",
+            overwrite=False,
+        )
+
+    first = tuner(2)
+    _search(first)
+    assert CountingHyperModel.fits == 2
+    completed = [t for t in first.oracle.trials.values() if t.status == "COMPLETED"]
+    assert len(completed) == 2
+    student = hypermodel.best_student(first)
+    macs = hos_keras.profile(student)["macs"]
+    assert macs <= hypermodel.macs_budget
+    assert macs <= 0.7 * hos_keras.profile(base)["macs"]
+    # The loaded student is the trained one: its accuracy is the trial's.
+    best = first.oracle.get_best_trials(1)[0]
+    xv, yv = _data(16, 2)
+    predicted = np.argmax(keras.ops.convert_to_numpy(student(xv)), axis=1)
+    assert np.mean(predicted == yv) == pytest.approx(
+        best.metrics.get_last_value("val_accuracy")
+    )
+    assert best.metrics.get_last_value("hos_score") == pytest.approx(
+        best.metrics.get_last_value("val_accuracy")
+    )
+    student.save(tmp_path / "student.keras")
+    reloaded = keras.models.load_model(tmp_path / "student.keras")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(reloaded(xv)),
+        keras.ops.convert_to_numpy(student(xv)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+    # Same directory, overwrite=False: finished trials are not run again.
+    again = tuner(2)
+    _search(again)
+    assert CountingHyperModel.fits == 2
+    more = tuner(3)
+    _search(more)
+    assert CountingHyperModel.fits == 3
+    assert len(more.oracle.trials) == 3
+
+
+def test_bayesian_optimization_and_hyperband(base, tmp_path):
+    hypermodel = HOSHyperModel(
+        base, target_reduction=0.2, coefficient=(0.6, 1.5), criterion="k34"
+    )
+    bayes = keras_tuner.BayesianOptimization(
+        hypermodel,
+        objective=hypermodel.objective,
+        max_trials=2,
+        num_initial_points=1,
+        seed=0,
+        directory=str(tmp_path),
+        project_name="bayes",
+    )
+    _search(bayes)
+    assert sum(t.status == "COMPLETED" for t in bayes.oracle.trials.values()) == 2
+    hyperband = keras_tuner.Hyperband(
+        hypermodel,
+        objective=hypermodel.objective,
+        max_epochs=2,
+        factor=2,
+        hyperband_iterations=1,
+        seed=0,
+        directory=str(tmp_path),
+        project_name="hyperband",
+    )
+    _search(hyperband)
+    trials = list(hyperband.oracle.trials.values())
+    assert trials and all(t.status == "COMPLETED" for t in trials)
+    assert any("tuner/trial_id" in t.hyperparameters.values for t in trials)
+    student = hypermodel.best_student(hyperband)
+    assert hos_keras.profile(student)["macs"] <= hypermodel.macs_budget
+
+
+def test_unreachable_budget_is_reported_after_the_search(base, tmp_path):
+    hypermodel = CountingHyperModel(base, target_reduction=0.95, coefficient=(3.0, 8.0))
+    CountingHyperModel.fits = 0
+    tuner = keras_tuner.RandomSearch(
+        hypermodel,
+        objective=hypermodel.objective,
+        max_trials=2,
+        seed=0,
+        directory=str(tmp_path),
+        project_name="unreachable",
+    )
+    _search(tuner)
+    for trial in tuner.oracle.trials.values():
+        score = trial.metrics.get_last_value("hos_score")
+        macs = trial.metrics.get_last_value("macs")
+        assert score == pytest.approx(
+            -(macs - hypermodel.macs_budget) / hypermodel.macs_budget
+        )
+        assert score < 0
+        assert not trial.metrics.exists("val_accuracy")  # rejected, not trained
+    with pytest.raises(InvalidArgumentError, match="No trial met the budget"):
+        hypermodel.best_student(tuner)
+
+
+def test_score_orders_every_feasible_trial_above_every_infeasible_one(base):
+    hypermodel = HOSHyperModel(base, macs_budget=1000)
+    assert hypermodel.score(1000, 0.0) == 0.0
+    assert hypermodel.score(900, 0.73) == 0.73
+    assert hypermodel.score(1500, 1.0) == -0.5
+    assert hypermodel.score(1100, 1.0) > hypermodel.score(1500, 1.0)
+
+
+def test_penalize_trains_over_budget_trials(base, tmp_path):
+    hypermodel = HOSHyperModel(
+        base,
+        target_reduction=0.95,
+        coefficient=(3.0, 8.0),
+        over_budget="penalize",
+        distill_epochs=1,
+        finetune_epochs=0,
+    )
+    tuner = keras_tuner.RandomSearch(
+        hypermodel,
+        objective=hypermodel.objective,
+        max_trials=1,
+        directory=str(tmp_path),
+        project_name="penalize",
+    )
+    _search(tuner)
+    trial = next(iter(tuner.oracle.trials.values()))
+    assert trial.metrics.exists("val_accuracy")
+    assert trial.metrics.get_last_value("hos_score") < 0
+
+
+def test_bad_input(base):
+    with pytest.raises(InvalidArgumentError, match="search space is empty"):
+        HOSHyperModel(
+            base,
+            target_reduction=0.5,
+            coefficient=3.0,
+            criterion="k34",
+            output_weight=1.0,
+            decay=3.0,
+            learning_rate=0.01,
+        )
+    with pytest.raises(InvalidArgumentError, match="criterion=\\[\\]"):
+        HOSHyperModel(base, target_reduction=0.5, criterion=[])
+    with pytest.raises(InvalidArgumentError, match="pass exactly one"):
+        HOSHyperModel(base)
+    with pytest.raises(InvalidArgumentError, match="pass exactly one"):
+        HOSHyperModel(base, macs_budget=10, target_reduction=0.5)
+    with pytest.raises(InvalidArgumentError, match="target_reduction=1.5"):
+        HOSHyperModel(base, target_reduction=1.5)
+    with pytest.raises(InvalidArgumentError, match="low < high"):
+        HOSHyperModel(base, target_reduction=0.5, coefficient=(5.0, 2.0))
+    with pytest.raises(InvalidArgumentError, match="allocation='fixed'"):
+        HOSHyperModel(base, target_reduction=0.5, allocation="fixed")
+    with pytest.raises(InvalidArgumentError, match="over_budget='skip'"):
+        HOSHyperModel(base, target_reduction=0.5, over_budget="skip")
+    dense = keras.Sequential([keras.Input((4,)), layers.Dense(2)])
+    with pytest.raises(NothingToPruneError, match="nothing to search"):
+        HOSHyperModel(dense, target_reduction=0.5)
+    hypermodel = HOSHyperModel(base, target_reduction=0.1)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    with pytest.raises(InvalidArgumentError, match="validation_data"):
+        hypermodel.fit(hp, model, *_data(8, 0))
