@@ -92,3 +92,32 @@ def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
         assert report.pivots == pivots
     if "--target" in extra:
         assert report.details["achieved_macs_reduction"] >= 0.3
+
+
+@pytest.mark.slow
+def test_tuning_recipe_two_trials(tmp_path, capsys):
+    recipe = _recipe("tune_fashion_mnist")
+    out = tmp_path / "tune"
+    argv = [
+        *QUICK,
+        "--baseline",
+        "",
+        "--trials",
+        "2",
+        "--limit",
+        "64",
+        "--batch-size",
+        "16",
+        "--target",
+        "0.3",
+        "--output-dir",
+        str(out),
+    ]
+    student, rows = recipe.main(argv)
+    assert len(rows) == 2
+    saved = keras.models.load_model(out / "best_student.keras")
+    baseline = keras.models.load_model(out / "baseline.keras")
+    budget = 0.7 * hos_keras.profile(baseline)["macs"]
+    assert hos_keras.profile(saved)["macs"] <= budget
+    assert saved.count_params() == student.count_params()
+    assert "val acc" in capsys.readouterr().out
