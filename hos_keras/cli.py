@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-import warnings
 import zipfile
 from collections.abc import Sequence
 
@@ -25,7 +23,7 @@ import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import criteria
+from hos_keras import criteria, export
 from hos_keras.errors import HOSKerasError
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
@@ -277,8 +275,6 @@ def _cmd_prune(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    import tensorflow as tf
-
     if not args.tflite and not args.saved_model:
         raise CommandError(
             "Nothing to export: pass --tflite OUT.tflite and/or --saved-model DIR."
@@ -290,11 +286,7 @@ def _cmd_export(args) -> None:
         model.export(args.saved_model, format="tf_saved_model", verbose=False)
         print(f"SavedModel written to {args.saved_model}")
     if args.tflite:
-        with tempfile.TemporaryDirectory() as scratch:
-            saved = args.saved_model or os.path.join(scratch, "saved_model")
-            if not args.saved_model:
-                model.export(saved, format="tf_saved_model", verbose=False)
-            flat = tf.lite.TFLiteConverter.from_saved_model(saved).convert()
+        flat = export.to_tflite(model)
         with open(args.tflite, "wb") as stream:
             stream.write(flat)
         gap = _tflite_gap(flat, model)
@@ -306,12 +298,7 @@ def _cmd_export(args) -> None:
 
 def _tflite_gap(flat: bytes, model: keras.Model) -> float:
     """Largest difference between the TFLite and Keras outputs on random input."""
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = tf.lite.Interpreter(model_content=flat)
-    interpreter.allocate_tensors()
+    interpreter = export.interpreter(flat)
     detail = interpreter.get_input_details()[0]
     shape = [1 if d < 1 else int(d) for d in detail["shape"]]
     x = np.random.default_rng(0).normal(size=shape).astype(detail["dtype"])

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, graph, surgery
+from hos_keras import distill, export, graph, surgery
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
@@ -50,6 +50,8 @@ class CompressionReport:
             one inference call in the TensorFlow runtime.
         file_bytes: `{"original": n, "slim": n}`, size of the `.keras` files of the
             uncompiled models (no optimizer state in either).
+        tflite_latency_ms: `{"original": ms, "slim": ms}`, median batch-1 time in
+            the TFLite interpreter (2 threads); empty when not measured.
         layers: One dict per pruned channel group: name, channels, kept, ratio,
             statistic.
         pivots: Layers whose features were matched during distillation.
@@ -72,6 +74,7 @@ class CompressionReport:
     pivots: list[str]
     history: dict[str, dict[str, list[float]]]
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tflite_latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     plan: PruningPlan | None = dataclasses.field(default=None, repr=False)
 
     def accuracy(self, stage: str) -> float | None:
@@ -178,6 +181,8 @@ class CompressionReport:
                     {k: self.latency_ms[k][batch] for k in ("original", "slim")},
                 )
             )
+        if self.tflite_latency_ms:
+            rows.append(("TFLite latency b1 (ms)", self.tflite_latency_ms))
         rows.append((".keras file (bytes)", self.file_bytes))
         header = f"{'':<22}{'original':>14}{'slim':>14}{'ratio':>9}"
         print_fn(
@@ -433,6 +438,7 @@ def compress(
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     latency_batch_sizes: Sequence[int] = (1, 32),
     latency_runs: int = 20,
+    tflite_latency: bool = True,
     output_dir: str | None = None,
     verbose: int = 1,
     **allocation_options,
@@ -490,6 +496,9 @@ def compress(
         latency_batch_sizes: Batch sizes of the latency measurement. Defaults to
             `(1, 32)`; `()` skips it.
         latency_runs: Timed calls per model and batch size. Defaults to `20`.
+        tflite_latency: Also time both models at batch 1 in the TFLite interpreter
+            (single-input models; a conversion failure gives a warning and no
+            figure). Defaults to `True`.
         output_dir: If given, `slim.keras`, `plan.json` and `report.json` are
             written there. Defaults to `None`.
         verbose: `0` silent, `1` progress bars, `2` one line per epoch. Defaults
@@ -642,6 +651,21 @@ def compress(
             latency_batch_sizes,
             runs=latency_runs,
         )
+    tflite = {}
+    if tflite_latency and latency_runs and len(model.inputs) == 1:
+        say("[hos_keras] measuring TFLite latency")
+        try:
+            tflite = export.tflite_latency(
+                {"original": teacher, "slim": student},
+                keras.tree.flatten(_first_inputs(val_data))[0],
+                runs=latency_runs,
+            )
+        except Exception as error:  # noqa: BLE001 - the converter raises many kinds
+            warnings.warn(
+                f"TFLite latency not measured: conversion failed "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:200]}).",
+                stacklevel=2,
+            )
     with tempfile.TemporaryDirectory() as scratch:
         sizes = {
             "original": _file_bytes(teacher, os.path.join(scratch, "original.keras")),
@@ -659,6 +683,7 @@ def compress(
         macs={"original": before["macs"], "slim": after["macs"]},
         latency_ms=latency,
         file_bytes=sizes,
+        tflite_latency_ms=tflite,
         layers=[
             {
                 "name": g.name,

@@ -88,6 +88,8 @@ def test_report_costs_and_plan(resnet_run):
     # Sizes compare the models, not their optimizers.
     with_optimizer = (resnet_run[4] / "with_optimizer.keras").stat().st_size
     assert report.file_bytes["original"] < 0.8 * with_optimizer
+    assert set(report.tflite_latency_ms) == {"original", "slim"}
+    assert all(v > 0 for v in report.tflite_latency_ms.values())
     for name in ("original", "slim"):
         assert set(report.latency_ms[name]) == {1, 4}
         assert all(v > 0 for v in report.latency_ms[name].values())
@@ -135,7 +137,14 @@ def test_summary_prints_the_before_after_table(resnet_run, capsys):
     report = resnet_run[-1]
     report.summary()
     text = capsys.readouterr().out
-    for label in ("params", "MACs", "latency b1", ".keras file", "after fine-tuning"):
+    for label in (
+        "params",
+        "MACs",
+        "latency b1",
+        "TFLite latency b1",
+        ".keras file",
+        "after fine-tuning",
+    ):
         assert label in text
     assert f"{report.params['original']:,}" in text
 
@@ -160,10 +169,12 @@ def test_softmax_model_with_datasets_and_no_training():
         distill_epochs=0,
         finetune_epochs=0,
         latency_batch_sizes=(),
+        tflite_latency=False,
         verbose=0,
     )
     assert set(report.metrics) == {"original", "pruned"}
     assert report.history == {} and report.latency_ms == {}
+    assert report.tflite_latency_ms == {}
     # Probabilities out: cross-entropy without from_logits, by hand.
     p = keras.ops.convert_to_numpy(model(xv))
     expected = -np.mean(np.log(p[np.arange(len(yv)), yv]))
