@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import keras
 import keras_tuner
+import tensorflow as tf
 
 from hos_keras import distill, graph
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
@@ -294,6 +295,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
         if plan.macs_after > self.macs_budget and self.over_budget == "reject":
             result[OBJECTIVE] = self.score(plan.macs_after, None)
             return result
+        data = args[0] if args else kwargs.get("x")
+        if isinstance(data, tf.data.Dataset | keras.utils.PyDataset):
+            kwargs.setdefault("shuffle", False)  # the pipeline shuffles itself
         total = (
             epochs if epochs is not None else self.distill_epochs + self.finetune_epochs
         )
