@@ -121,7 +121,9 @@ class HOSDistiller(keras.Model):
 
     Args:
         student: The slimmed model to train (e.g. `slim_model(teacher, plan)`).
-        teacher: The unpruned model (frozen).
+        teacher: The unpruned model. It is frozen inside the distiller (never
+            updated, run in inference mode); its own `trainable` flags are left
+            as they are.
         plan: The `PruningPlan` that made the student from the teacher: the
             teacher's pivot features are then gathered at the kept channels. With
             `None`, pivots whose shapes differ get a small trainable auxiliary head
@@ -207,7 +209,8 @@ class HOSDistiller(keras.Model):
         ]
         self.student = student
         self.teacher = teacher
-        self.teacher.trainable = False
+        # Plain attribute (no Keras tracking): ids of the variables never trained.
+        self.__dict__["_teacher_ids"] = frozenset(id(v) for v in teacher.variables)
         self.pivots = pivots
         self.gammas = pivot_weights(positions, decay) if pivots else []
         self.output_loss = output_loss
@@ -311,6 +314,30 @@ class HOSDistiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    # The teacher is frozen HERE, not by setting `teacher.trainable = False`: that
+    # would change the caller's model (and every model later rebuilt from its
+    # config, e.g. `slim_model(teacher, plan)`, would come out untrainable).
+    def _is_teacher(self, variable) -> bool:
+        return id(variable) in self.__dict__.get("_teacher_ids", ())
+
+    @property
+    def trainable_variables(self):
+        return [v for v in super().trainable_variables if not self._is_teacher(v)]
+
+    @property
+    def trainable_weights(self):
+        return [v for v in super().trainable_weights if not self._is_teacher(v)]
+
+    @property
+    def non_trainable_variables(self):
+        extra = [v for v in super().trainable_variables if self._is_teacher(v)]
+        return super().non_trainable_variables + extra
+
+    @property
+    def non_trainable_weights(self):
+        extra = [v for v in super().trainable_weights if self._is_teacher(v)]
+        return super().non_trainable_weights + extra
 
     @property
     def metrics(self):

@@ -322,3 +322,37 @@ def test_auxiliary_heads_without_a_plan():
         not np.array_equal(a, b)
         for a, b in zip(before, head.get_weights(), strict=True)
     )
+
+
+def test_teacher_flags_are_left_alone_and_later_students_train(pair):
+    teacher, plan, student = pair
+    before = [w.copy() for w in teacher.get_weights()]
+    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=None)
+    assert teacher.trainable and all(layer.trainable for layer in teacher.layers)
+    teacher_ids = {id(v) for v in teacher.variables}
+    assert not any(id(v) in teacher_ids for v in distiller.trainable_variables)
+    assert len(distiller.trainable_variables) == len(student.trainable_variables)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = _data(32)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for old, new in zip(before, teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    # A second student slimmed from the same teacher is trainable again.
+    again = hos_keras.slim_model(teacher, plan)
+    second = hos_keras.HOSDistiller(
+        again, teacher, plan=plan, pivots=None, auxiliary=False
+    )
+    second.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    start = [w.copy() for w in again.get_weights()]
+    second.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(start, again.get_weights(), strict=True)
+    ]
+    assert all(changed)
