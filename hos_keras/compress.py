@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from hos_keras import allocation as allocation_lib
 from hos_keras import distill, export, graph, surgery
-from hos_keras.errors import InvalidArgumentError
+from hos_keras.errors import InvalidArgumentError, check_int
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 
@@ -236,7 +236,7 @@ def _is_arrays(data) -> bool:
     return isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset)
 
 
-def _data_kwargs(data, batch_size: int) -> dict:
+def _data_kwargs(data, batch_size: int | None) -> dict:
     """Keyword arguments of fit/evaluate for a dataset or an (x, y[, w]) tuple."""
     if _is_arrays(data):
         if len(data) not in (2, 3):
@@ -287,12 +287,6 @@ def _check_data(name: str, data) -> None:
             f"Received {name} of type {type(data).__name__}; pass (x, y) arrays, a "
             "batched tf.data.Dataset or a keras PyDataset."
         )
-
-
-def _check_epochs(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InvalidArgumentError(f"Received {name}={value!r}; pass an integer >= 0.")
-    return int(value)
 
 
 def measure_latency(
@@ -371,6 +365,22 @@ def _file_bytes(model: keras.Model, path: str) -> int | None:
         )
         return None
     return os.path.getsize(path)
+
+
+def evaluate_model(
+    model: keras.Model, data, loss, metrics, *, batch_size=None, verbose=0
+) -> dict[str, float]:
+    """`evaluate` results of a model, without compiling the model itself.
+
+    A functional view sharing the layers is compiled instead, so the model keeps
+    no compile state (its .keras file holds no optimizer).
+    """
+    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    view.compile(loss=loss, metrics=metrics)
+    values = view.evaluate(
+        **_data_kwargs(data, batch_size), return_dict=True, verbose=verbose
+    )
+    return {k: float(v) for k, v in values.items()}
 
 
 def _outputs_probabilities(model: keras.Model) -> bool:
@@ -528,8 +538,8 @@ def compress(
     """
     _check_data("train_data", train_data)
     _check_data("val_data", val_data)
-    distill_epochs = _check_epochs("distill_epochs", distill_epochs)
-    finetune_epochs = _check_epochs("finetune_epochs", finetune_epochs)
+    distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
+    finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
     if output_dir is not None and not os.path.isdir(output_dir):
         try:
             os.makedirs(output_dir, exist_ok=True)
@@ -555,13 +565,12 @@ def compress(
         f"{plan.macs_before:,} -> {plan.macs_after:,} "
         f"({plan.macs_reduction:.1%} fewer)"
     )
+    probabilities = _outputs_probabilities(model)
     if loss is None:
         loss = getattr(
             model, "loss", None
-        ) or keras.losses.SparseCategoricalCrossentropy(
-            from_logits=not _outputs_probabilities(model)
-        )
-    if _outputs_probabilities(model) and output_loss == "softmax_mse":
+        ) or keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    if probabilities and output_loss == "softmax_mse":
         output_loss = "logits_mse"  # the outputs are probabilities already
     metrics = list(metrics)
 
@@ -572,15 +581,10 @@ def compress(
     student = surgery.slim_model(model, plan)
 
     def evaluate(net, stage):
-        # A functional view sharing the layers: `net` itself stays uncompiled, so
-        # its .keras file holds no optimizer and the file sizes compare fairly.
-        net = keras.Model(net.inputs, net.outputs, name=net.name)
-        net.compile(loss=loss, metrics=metrics)
         say(f"[hos_keras] evaluating: {stage}")
-        values = net.evaluate(
-            **_data_kwargs(val_data, batch_size), return_dict=True, verbose=verbose
+        return evaluate_model(
+            net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
         )
-        return {k: float(v) for k, v in values.items()}
 
     results = {"original": evaluate(teacher, "original")}
     results["pruned"] = evaluate(student, "right after pruning")
@@ -606,13 +610,15 @@ def compress(
     )
     history = {}
     fit_kwargs = _train_kwargs(train_data, batch_size)
-    for stage, epochs, optimizer, default in (
-        ("distill", distill_epochs, distill_optimizer, 1e-3),
-        ("finetune", finetune_epochs, finetune_optimizer, 1e-4),
-    ):
+    for stage, key, label, auxiliary, epochs, optimizer, default in (
+        ("distill", "distilled", "distillation", True, distill_epochs,
+         distill_optimizer, 1e-3),
+        ("finetune", "finetuned", "fine-tuning", False, finetune_epochs,
+         finetune_optimizer, 1e-4),
+    ):  # fmt: skip
         if not epochs:
             continue
-        distiller.set_auxiliary(stage == "distill")
+        distiller.set_auxiliary(auxiliary)
         distiller.compile(
             optimizer=_fresh_optimizer(
                 optimizer,
@@ -625,8 +631,7 @@ def compress(
         )
         say(
             f"[hos_keras] {stage}: {epochs} epochs "
-            + ("with" if stage == "distill" else "without")
-            + " the auxiliary losses"
+            f"{'with' if auxiliary else 'without'} the auxiliary losses"
         )
         run = distiller.fit(
             **fit_kwargs,
@@ -636,18 +641,16 @@ def compress(
             verbose=verbose,
         )
         history[stage] = {k: [float(v) for v in vs] for k, vs in run.history.items()}
-        key = "distilled" if stage == "distill" else "finetuned"
-        results[key] = evaluate(
-            student, "after distillation" if stage == "distill" else "after fine-tuning"
-        )
+        results[key] = evaluate(student, f"after {label}")
 
     before, after = profile(model), profile(student)
+    sample = _first_inputs(val_data)
     latency = {}
     if latency_batch_sizes:
         say("[hos_keras] measuring latency")
         latency = measure_latency(
             {"original": model, "slim": student},
-            _first_inputs(val_data),
+            sample,
             latency_batch_sizes,
             runs=latency_runs,
         )
@@ -657,7 +660,7 @@ def compress(
         try:
             tflite = export.tflite_latency(
                 {"original": teacher, "slim": student},
-                keras.tree.flatten(_first_inputs(val_data))[0],
+                keras.tree.flatten(sample)[0],
                 runs=latency_runs,
             )
         except Exception as error:  # noqa: BLE001 - the converter raises many kinds

@@ -28,6 +28,7 @@ from hos_keras.errors import (
     DatasetNotFoundError,
     InvalidArgumentError,
     UnknownNameError,
+    check_int,
 )
 
 __all__ = [
@@ -104,18 +105,6 @@ def _check_split(split: str, allowed: tuple[str, ...]) -> str:
             f"Received split={split!r}; pass one of {list(allowed)}."
         )
     return split
-
-
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise InvalidArgumentError(
-            f"Received batch_size={batch_size!r}; pass a positive integer."
-        )
-    if batch_size < 1:
-        raise InvalidArgumentError(
-            f"Received batch_size={batch_size!r}; pass a positive integer."
-        )
-    return int(batch_size)
 
 
 # ----------------------------------------------------------------- augmentation
@@ -226,7 +215,7 @@ def _cifar(
     download,
 ):
     split = _check_split(split, ("train", "test"))
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size)
     training = split == "train"
     ds, size = _tfds_split(name, split, data_dir, download, None)
     mean, std = _CIFAR_STATS[name]
@@ -345,15 +334,8 @@ def imagenet(
         InvalidArgumentError: for an unknown split or a bad size.
     """
     split = _check_split(split, ("train", "validation"))
-    batch_size = _check_batch_size(batch_size)
-    if (
-        isinstance(image_size, bool)
-        or not isinstance(image_size, int)
-        or image_size < 8
-    ):
-        raise InvalidArgumentError(
-            f"Received image_size={image_size!r}; pass an integer >= 8, e.g. 224."
-        )
+    batch_size = check_int("batch_size", batch_size)
+    image_size = check_int("image_size", image_size, minimum=8, hint=", e.g. 224")
     training = split == "train"
     ds, size = _tfds_split("imagenet2012", split, data_dir, download, manual_dir)
     augment = training if augment is None else augment
@@ -525,14 +507,11 @@ def fashion_mnist(
         InvalidArgumentError: for an unknown split, a bad batch size or limit.
     """
     split = _check_split(split, ("train", "test"))
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int("batch_size", batch_size)
     train, test = fashion_mnist_arrays(data_dir, download)
     images, labels = train if split == "train" else test
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidArgumentError(
-                f"Received limit={limit!r}; pass a positive integer or None."
-            )
+        limit = check_int("limit", limit, hint=" or None")
         images, labels = images[:limit], labels[:limit]
     training = split == "train"
     ds = tf.data.Dataset.from_tensor_slices((images[..., None], labels))

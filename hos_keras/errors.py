@@ -3,8 +3,11 @@
 Every error derives from `HOSKerasError`, so `except hos_keras.errors.HOSKerasError`
 catches all of them. Each also derives from the builtin that matches its nature
 (`ValueError` for a bad value, `TypeError` for a bad kind of object), so code that
-already catches those keeps working.
+already catches those keeps working. `check_int` is the one integer-argument check
+the modules share.
 """
+
+import numbers
 
 
 class HOSKerasError(Exception):
@@ -41,3 +44,17 @@ class PlanMismatchError(HOSKerasError, ValueError):
 
 class DatasetNotFoundError(HOSKerasError, FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:
+    """`value` as an int, or InvalidArgumentError naming `name` if it is not an
+    integer (bools excluded) of at least `minimum`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < minimum
+    ):
+        raise InvalidArgumentError(
+            f"Received {name}={value!r}; pass an integer >= {minimum}{hint}."
+        )
+    return int(value)

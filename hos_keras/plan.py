@@ -26,6 +26,7 @@ from hos_keras.errors import (
     InvalidArgumentError,
     NonFiniteWeightsError,
     NothingToPruneError,
+    check_int,
 )
 from hos_keras.profile import profile
 
@@ -347,12 +348,6 @@ def score_filters(
     }
 
 
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"Received {name}={value!r}; pass an integer >= 1.")
-    return int(value)
-
-
 def _keep_count(channels: int, ratio: float, min_channels: int, round_to: int) -> int:
     keep = math.floor(channels * (1.0 - ratio) + 1e-9)
     keep = max(keep, min_channels, 1)
@@ -420,8 +415,8 @@ def plan_pruning(
     plan.summary()
     ```
     """
-    min_channels = _check_positive_int("min_channels", min_channels)
-    round_to = _check_positive_int("round_to", round_to)
+    min_channels = check_int("min_channels", min_channels)
+    round_to = check_int("round_to", round_to)
     if group_reduction not in _REDUCTIONS:
         raise InvalidArgumentError(
             f"Received group_reduction={group_reduction!r}; pass one of "

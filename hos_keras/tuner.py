@@ -22,8 +22,10 @@ import keras_tuner
 import tensorflow as tf
 
 from hos_keras import distill, graph
+from hos_keras.compress import evaluate_model
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.profile import profile
 from hos_keras.surgery import slim_model
 
 __all__ = ["OBJECTIVE", "HOSHyperModel"]
@@ -82,7 +84,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
 
     Args:
         base_model: The trained functional/Sequential model to compress (not
-            modified; the teacher is a copy).
+            modified; it is the frozen teacher of every trial).
         macs_budget: Largest number of MACs a student may have.
         target_reduction: Or: smallest fraction of MACs it must remove, in (0, 1).
             Pass exactly one of the two.
@@ -152,7 +154,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 f"Model {base_model.name!r} has no channels that can be pruned, so "
                 "there is nothing to search."
             )
-        self.macs_original = _macs(base_model)
+        self.macs_original = profile(base_model)["macs"]
         if (macs_budget is None) == (target_reduction is None):
             raise InvalidArgumentError(
                 f"Received macs_budget={macs_budget!r} and target_reduction="
@@ -204,8 +206,6 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 f"{sorted(used)}."
             )
         self.base_model = base_model
-        self.teacher = type(base_model).from_config(base_model.get_config())
-        self.teacher.set_weights(base_model.get_weights())
         self.macs_budget = int(macs_budget)
         self.distill_epochs = int(distill_epochs)
         self.finetune_epochs = int(finetune_epochs)
@@ -255,7 +255,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             pivots = []
         distiller = distill.HOSDistiller(
             student,
-            self.teacher,
+            self.base_model,
             plan=plan,
             pivots=pivots,
             output_weight=self._value(hp, "output_weight"),
@@ -313,7 +313,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
             model.fit(
                 *args, epochs=total, initial_epoch=max(initial_epoch, switch), **kwargs
             )
-        evaluation = _evaluate(model.student, validation_data, self.loss, self.metrics)
+        evaluation = evaluate_model(
+            model.student, validation_data, self.loss, self.metrics
+        )
         accuracy = next(
             (v for k, v in evaluation.items() if "accuracy" in k),
             -evaluation["loss"],
@@ -358,19 +360,3 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "range, or relax the budget."
             )
         return tuner.load_model(best).student
-
-
-def _macs(model) -> int:
-    from hos_keras.profile import profile
-
-    return profile(model)["macs"]
-
-
-def _evaluate(student, data, loss, metrics) -> dict:
-    view = keras.Model(student.inputs, student.outputs)
-    view.compile(loss=loss, metrics=metrics)
-    if isinstance(data, tuple):
-        values = view.evaluate(*data, return_dict=True, verbose=0)
-    else:
-        values = view.evaluate(data, return_dict=True, verbose=0)
-    return {k: float(v) for k, v in values.items()}
