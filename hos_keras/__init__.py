@@ -7,7 +7,7 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
-from hos_keras import data, errors, models, tuner
+from hos_keras import data, errors, layer_rules, models, tuner
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -36,7 +36,7 @@ from hos_keras.distill import (
     pivot_weights,
 )
 from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
-from hos_keras.kernels import filter_matrix
+from hos_keras.layer_rules import filter_matrix, register_layer_rule
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
 from hos_keras.stats import (
@@ -84,6 +84,7 @@ __all__ = [
     "jarque_bera",
     "kstat",
     "kurtosis",
+    "layer_rules",
     "mask_model",
     "measure_latency",
     "models",
@@ -91,6 +92,7 @@ __all__ = [
     "plan_pruning",
     "profile",
     "register_criterion",
+    "register_layer_rule",
     "score_filters",
     "shapiro_wilk",
     "skew",

@@ -1,7 +1,7 @@
 """Filter criteria: one score per output channel; the lowest scores go first.
 
 A criterion maps a `(weights_per_filter, n_filters)` matrix (see
-`hos_keras.kernels.filter_matrix`) to `n_filters` finite scores. Any callable with
+`hos_keras.filter_matrix`) to `n_filters` finite scores. Any callable with
 that signature is a criterion; the named ones live in a registry that users can add
 to with `register_criterion`.
 

@@ -1,55 +1,63 @@
 """Graph analysis: which output channels of a Keras model are pruned together.
 
-This module reads the structure of a functional (or Sequential) Keras 3 model; it
-does no math and never changes the model. Every channel of every tensor is traced
-back to the layer that produced it:
-
-- producers (Conv, ConvTranspose, SeparableConv, Dense) create channels; their
-  filters are what criteria score;
-- per-channel layers (BatchNormalization, activations, pooling, padding, dropout,
-  PReLU, DepthwiseConv) pass channels through, DepthwiseConv repeating each one
-  `depth_multiplier` times, and Flatten spreading each one over the spatial
-  positions;
-- element-wise merges (Add, Subtract, Multiply including squeeze-excitation
-  broadcasting, Average, Maximum, Minimum) tie channel i of every input together;
-- Concatenate places its inputs' channels side by side;
-- a grouped convolution ties channel j of each of its input groups (all read
-  through the kernel's input index j), and likewise channel j of each output group;
-- layers that read channels as input features (Conv, Dense, SeparableConv,
-  ConvTranspose) lose the input rows of removed channels.
+This module reads the structure of a Keras 3 model; it does no math and never
+changes the model's weights. It walks the functional graph once and asks the table
+of layer rules (`hos_keras.layer_rules`) what each call does to the channels:
+producers (Conv, Dense, ...) create them, per-channel layers and keras.ops
+element-wise operations pass them, DepthwiseConv repeats them, element-wise merges
+tie them, Concatenate places them side by side, Flatten spreads them, and anything
+the table does not know freezes them, with the reason recorded.
 
 Channels tied together form a `ChannelGroup`, the unit of pruning (the "group" of
 Torch-Pruning's DepGraph: Fang et al., "DepGraph: Towards Any Structural Pruning",
-CVPR 2023). A group is frozen, with the reason recorded, when any of its channels
-reaches something this analysis does not understand (Lambda, custom layers,
-Reshape, Permute, LayerNormalization over channels, softmax,
-nested models) or a model output: a frozen group is never pruned, so the model is
-never corrupted.
+CVPR 2023). A frozen group is never pruned, so the model is never corrupted;
+channels that reach a model output are frozen too.
+
+Structure the walk goes through:
+
+- nested functional models, including subclasses of `keras.Model` built with the
+  functional API (keras-hub backbones and tasks), their layers named
+  `"outer/inner"`;
+- subclassed layers without a rule whose `call` is made only of layers and
+  keras.ops operations (keras-hub's blocks): the walk traces `call` on symbolic
+  inputs into a functional *view* of the block, checks on a random input that the
+  view computes what the layer computes, and walks the view like a nested model.
+  A block that cannot be traced (Python code on values, raw TensorFlow calls,
+  weights of its own) or whose view differs is frozen with its name. The choice:
+  tracing reaches the channels inside the blocks users actually have, and the
+  numerical check means a block is only pruned through when the view is exact.
 
 Keras exposes the functional graph through `Functional._nodes_by_depth` and the
-nodes' `input_tensors` / `output_tensors`; this module is the one place that reads
-them.
+nodes' `input_tensors` / `output_tensors` / `arguments`; this module is the one
+place that reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 
-from hos_keras import kernels
+from hos_keras import layer_rules
 from hos_keras.errors import UnsupportedModelError
 
 __all__ = [
-    "PRODUCER_TYPES",
+    "Call",
     "ChannelGraph",
     "ChannelGroup",
     "channel_groups",
     "functional_nodes",
     "get_layer",
+    "iter_calls",
+    "layer_view",
 ]
+
+_INPUT_REASON = "channels of a model input"
+_OUTPUT_REASON = "its channels reach a model output"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +100,7 @@ class ChannelGraph:
             every channel (its `target_shape` must follow a pruning).
         tensors: For every layer, the class id of each channel of its (first)
             output, e.g. to match a teacher's features to a pruned student's.
+        layers: Every layer named in `inputs` and `outputs`, by qualified name.
     """
 
     groups: list[ChannelGroup]
@@ -100,6 +109,7 @@ class ChannelGraph:
     outputs: dict[str, np.ndarray]
     reshapes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     tensors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    layers: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def group(self, name: str) -> ChannelGroup:
         for group in self.groups:
@@ -111,6 +121,11 @@ class ChannelGraph:
     def prunable(self) -> list[ChannelGroup]:
         """The groups that may be pruned."""
         return [g for g in self.groups if g.prunable]
+
+    @property
+    def frozen(self) -> dict[str, str]:
+        """`{group name: reason}` of the groups that cannot be pruned."""
+        return {g.name: g.frozen for g in self.groups if g.frozen}
 
     def removed_classes(self, keeps) -> np.ndarray:
         """Class ids of the channels a pruning removes.
@@ -150,12 +165,32 @@ class ChannelGraph:
         return tuple(result)
 
 
-def get_layer(model: keras.Model, name: str) -> keras.layers.Layer:
-    """A layer by name; `"outer/inner"` reaches into nested models."""
-    layer = model
-    for part in name.split("/"):
-        layer = layer.get_layer(part)
-    return layer
+def get_layer(model: keras.Model, name: str):
+    """A layer by qualified name: `"outer/inner"` reaches into nested models and
+    into the views of traced subclassed layers.
+
+    Raises:
+        ValueError: if the model has no such layer.
+    """
+    for call in iter_calls(model):
+        if call.name == name:
+            return call.operation
+    containers = _containers(model)
+    if name in containers:
+        return containers[name]
+    raise ValueError(f"No layer named {name!r} in model {model.name!r}.")
+
+
+def _containers(model, prefix: str = "") -> dict:
+    """Nested models and traced layers by qualified name."""
+    found = {}
+    for node in functional_nodes(model):
+        op = node.operation
+        inner = _inner_graph(op, node)
+        if inner is not None:
+            found[prefix + op.name] = op
+            found.update(_containers(inner, f"{prefix}{op.name}/"))
+    return found
 
 
 def functional_nodes(model: keras.Model) -> list:
@@ -193,94 +228,159 @@ def _functional(model):
     return model
 
 
-_ELEMENTWISE = (
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout1D,
-    keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D,
-    keras.layers.GaussianDropout,
-    keras.layers.GaussianNoise,
-    keras.layers.AlphaDropout,
-    keras.layers.ActivityRegularization,
-    keras.layers.Identity,
-)
-_SPATIAL = (
-    keras.layers.MaxPooling1D,
-    keras.layers.MaxPooling2D,
-    keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
-    keras.layers.AveragePooling3D,
-    keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalAveragePooling3D,
-    keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D,
-    keras.layers.ZeroPadding1D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D,
-    keras.layers.Cropping2D,
-    keras.layers.Cropping3D,
-    keras.layers.UpSampling1D,
-    keras.layers.UpSampling2D,
-    keras.layers.UpSampling3D,
-)
-_COUPLING_ACTIVATIONS = ("softmax", "log_softmax")
-
-_COUPLING_ACTIVATIONS = ("softmax", "log_softmax")
-PRODUCER_TYPES = (
-    kernels.CONV_TYPES
-    + kernels.CONV_TRANSPOSE_TYPES
-    + kernels.SEPARABLE_TYPES
-    + (keras.layers.Dense,)
-)
-_CHANNEL_WEIGHTED = (
-    PRODUCER_TYPES
-    + kernels.DEPTHWISE_TYPES
-    + (keras.layers.BatchNormalization, keras.layers.PReLU)
-)
-_MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-)
+def _is_functional(op) -> bool:
+    if not isinstance(op, keras.Model):
+        return False
+    try:
+        _functional(op)
+    except UnsupportedModelError:
+        return False
+    return True
 
 
-def _activation_name(layer) -> str | None:
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None)
+# Views of subclassed layers ---------------------------------------------------
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _channel_axis(layer, rank: int) -> int:
-    """Positive index of the channel axis a layer works on, for an input rank."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return layer.axis % rank
-    if isinstance(layer, keras.layers.Dense):
-        return rank - 1
-    fmt = getattr(layer, "data_format", "channels_last")
-    return 1 if fmt == "channels_first" else rank - 1
+def layer_view(layer, node) -> keras.Model | str:
+    """The functional view of a subclassed layer's `call`, or why there is none.
+
+    Args:
+        layer: A layer (or subclassed model) without a layer rule.
+        node: One node of a call of it, for the input shapes.
+
+    Returns:
+        A functional `keras.Model` made of the layer's own sublayers that computes
+        what the layer computes (checked on a random input), or a short reason
+        why the layer cannot be traced.
+    """
+    try:
+        return _VIEWS[layer]
+    except KeyError:
+        pass
+    except TypeError:
+        return "cannot be traced"
+    view = _make_view(layer, node)
+    _VIEWS[layer] = view
+    return view
+
+
+def _make_view(layer, node):
+    if not isinstance(layer, keras.layers.Layer) or not layer._layers:
+        return "unknown layer type"
+    sub_weights = {
+        id(w) for sub in layer._flatten_layers(include_self=False) for w in sub.weights
+    }
+    if any(id(w) not in sub_weights for w in layer.weights):
+        return "a subclassed layer with weights of its own"
+    originals = node.input_tensors
+    inputs = [keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype) for t in originals]
+    mapping = {id(t): x for t, x in zip(originals, inputs, strict=True)}
+    try:
+        args, kwargs = node.arguments.fill_in(mapping)
+        outputs = layer.call(*args, **kwargs)
+        view = keras.Model(
+            inputs if len(inputs) > 1 else inputs[0], outputs, name=layer.name
+        )
+    except Exception as error:  # noqa: BLE001 - any failure means "not traceable"
+        return (
+            f"a subclassed layer whose call cannot be traced ({type(error).__name__})"
+        )
+    for inner in functional_nodes(view):
+        for value in keras.tree.flatten((inner.arguments.args, inner.arguments.kwargs)):
+            if isinstance(value, keras.Variable):
+                return "a subclassed layer that uses a variable directly"
+    if not _same_outputs(layer, view, node, args, kwargs):
+        return "a subclassed layer whose traced graph differs from its call"
+    return view
+
+
+def _same_outputs(layer, view, node, args, kwargs) -> bool:
+    rng = np.random.default_rng(0)
+    probes = []
+    for t in node.input_tensors:
+        shape = [1] + [8 if d is None else int(d) for d in t.shape[1:]]
+        probes.append(
+            rng.normal(size=shape).astype(keras.backend.standardize_dtype(t.dtype))
+        )
+    mapping = {id(t): p for t, p in zip(node.input_tensors, probes, strict=True)}
+    try:
+        args, kwargs = node.arguments.fill_in(mapping)
+        kwargs = {k: v for k, v in kwargs.items() if k != "training"}
+        expected = layer(*args, **kwargs, training=False)
+        got = view(probes if len(probes) > 1 else probes[0], training=False)
+    except Exception:  # noqa: BLE001
+        return False
+    expected, got = keras.tree.flatten(expected), keras.tree.flatten(got)
+    if len(expected) != len(got):
+        return False
+    for a, b in zip(expected, got, strict=True):
+        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        if a.shape != b.shape:
+            return False
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        if not np.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0)):
+            return False
+    return True
+
+
+def _inner_graph(op, node):
+    """The graph to walk inside a call: a nested functional model or a view."""
+    if _is_functional(op):
+        return op
+    if layer_rules.get_rule(op) is not None or not isinstance(op, keras.layers.Layer):
+        return None
+    view = layer_view(op, node)
+    return view if isinstance(view, keras.Model) else None
+
+
+# Calls ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """One call of a leaf layer or operation, with its qualified name."""
+
+    name: str
+    operation: object
+    node: object
+    rule: layer_rules.LayerRule | None
+
+
+def iter_calls(model: keras.Model, prefix: str = "") -> Iterator[Call]:
+    """Every call of a leaf layer or operation, nested graphs walked through.
+
+    Nested functional models and the views of traceable subclassed layers are
+    expanded (their calls named `"outer/inner"`); input nodes are skipped.
+
+    Raises:
+        UnsupportedModelError: for a subclassed or unbuilt model.
+    """
+    for node in functional_nodes(model):
+        op = node.operation
+        if node.is_input or isinstance(op, keras.layers.InputLayer):
+            continue
+        inner = _inner_graph(op, node)
+        if inner is not None:
+            yield from iter_calls(inner, f"{prefix}{op.name}/")
+            continue
+        yield Call(prefix + op.name, op, node, layer_rules.get_rule(op))
+
+
+# The channel analysis ----------------------------------------------------------
 
 
 class _Slots:
-    """Union-find over channel slots, with the producer and freeze reason of each."""
+    """Union-find over channel slots, with the freeze reason of each."""
 
     def __init__(self):
         self.parent: list[int] = []
-        self.owner: list[str | None] = []
         self.reason: dict[int, str] = {}
 
-    def new(self, count: int, owner: str | None = None, reason: str = ""):
+    def new(self, count: int, reason: str = ""):
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
-        self.owner.extend([owner] * count)
         slots = np.arange(start, start + count, dtype=np.int64)
         if reason:
             self.freeze(slots, reason)
@@ -310,22 +410,85 @@ class _Slots:
         )
 
 
-class _Tracer:
+def _where(name: str, op) -> str:
+    return f"{name!r} ({type(op).__name__})"
+
+
+class _Tracer(layer_rules.TraceContext):
     """Walks the graph once, assigning channel slots to every tensor."""
 
     def __init__(self, model):
         self.slots = _Slots()
         self.tensors: dict[int, tuple[np.ndarray, int]] = {}
-        self.inputs: dict[str, np.ndarray] = {}
-        self.outputs: dict[str, np.ndarray] = {}
+        self.in_table: dict[str, np.ndarray] = {}
+        self.out_table: dict[str, np.ndarray] = {}
         self.reshapes: dict[str, np.ndarray] = {}
         self.layer_outputs: dict[str, np.ndarray] = {}
+        self.layers: dict[str, object] = {}
         self.order: list[str] = []
         self.model = model
         self.prefix = ""
         self.calls: dict[int, int] = {}
+        self.model_outputs = {id(t) for t in _functional(model).outputs}
 
-    # Helpers -------------------------------------------------------------
+    # TraceContext ----------------------------------------------------------
+    def output(self, slots, axis, index=0):
+        self.tensors[id(self.node.output_tensors[index])] = (
+            np.asarray(slots, dtype=np.int64),
+            axis,
+        )
+
+    def create(self, count, groups=1):
+        if self.name in self.out_table:
+            return self.out_table[self.name]
+        slots = np.tile(self.slots.new(count // groups), groups)
+        self.out_table[self.name] = slots
+        self.layers[self.name] = self.layer
+        self.order.append(self.name)
+        return slots
+
+    def fresh(self, count):
+        return self.slots.new(count, reason=self._reason("reads another axis"))
+
+    def reads(self, slots):
+        name = self.name
+        if name in self.in_table:
+            previous = self.in_table[name]
+            if len(previous) != len(slots):
+                self.slots.freeze(slots, self._reason("shared with other widths"))
+                self.slots.freeze(previous, self._reason("shared with other widths"))
+                return
+            self.slots.union(previous, slots)
+        else:
+            self.in_table[name] = np.asarray(slots, dtype=np.int64)
+            self.layers[name] = self.layer
+
+    def tie(self, a, b):
+        self.slots.union(a, b)
+
+    def freeze_slots(self, slots, reason):
+        self.slots.freeze(slots, self._reason(reason))
+
+    def freeze(self, reason):
+        if self.node.output_tensors and all(
+            id(t) in self.model_outputs for t in self.node.output_tensors
+        ):
+            # Whatever the call does, its channels reach a model output.
+            reason = _OUTPUT_REASON
+        else:
+            reason = self._reason(reason)
+        for slots, _ in self.inputs:
+            self.slots.freeze(slots, reason)
+        for tensor in self.node.output_tensors:
+            self._opaque(tensor, reason)
+
+    def reshaped(self, slots):
+        self.reshapes[self.name] = np.asarray(slots, dtype=np.int64)
+
+    def _reason(self, reason: str) -> str:
+        return f"{reason}: {_where(self.name, self.layer)}"
+
+    # Helpers -----------------------------------------------------------------
     def _opaque(self, tensor, reason: str) -> None:
         """Channels from outside the analysis: new slots, frozen."""
         shape = tensor.shape
@@ -333,37 +496,13 @@ class _Tracer:
         count = int(shape[-1]) if rank >= 2 and shape[-1] is not None else 0
         self.tensors[id(tensor)] = (self.slots.new(count, reason=reason), rank - 1)
 
-    def _freeze_inputs(self, node, reason: str) -> None:
-        for tensor in node.input_tensors:
-            slots, _ = self.tensors[id(tensor)]
-            self.slots.freeze(slots, reason)
-
-    def _opaque_node(self, node, reason: str) -> None:
-        self._freeze_inputs(node, reason)
-        for tensor in node.output_tensors:
-            self._opaque(tensor, reason)
-
-    def _record_input(self, layer, slots) -> None:
-        """A layer whose weights are indexed by input channel; shared calls tie."""
-        name = self.prefix + layer.name
-        if name in self.inputs:
-            previous = self.inputs[name]
-            if len(previous) != len(slots):
-                self.slots.freeze(slots, f"shared layer {name!r}")
-                return
-            self.slots.union(previous, slots)
-        else:
-            self.inputs[name] = slots
-
-    def _pass(self, node, slots, axis) -> None:
-        self.tensors[id(node.output_tensors[0])] = (slots, axis)
-
-    # The walk ------------------------------------------------------------
+    # The walk ------------------------------------------------------------------
     def trace(self) -> None:
         self._walk(self.model)
         for tensor in _functional(self.model).outputs:
             slots, _ = self.tensors[id(tensor)]
-            self.slots.freeze(slots, "its channels reach a model output")
+            for slot in slots.tolist():
+                self.slots.reason[slot] = _OUTPUT_REASON
 
     def _walk(self, model) -> None:
         nodes = functional_nodes(model)
@@ -371,200 +510,60 @@ class _Tracer:
             key = id(node.operation)
             self.calls[key] = self.calls.get(key, 0) + 1
         for node in nodes:
-            layer = node.operation
-            if isinstance(layer, keras.layers.InputLayer) or node.is_input:
+            op = node.operation
+            if isinstance(op, keras.layers.InputLayer) or node.is_input:
                 for tensor in node.output_tensors:
                     if id(tensor) not in self.tensors:
-                        self._opaque(tensor, "channels of a model input")
+                        self._opaque(tensor, _INPUT_REASON)
                 continue
             for tensor in node.input_tensors:
                 if id(tensor) not in self.tensors:
                     self._opaque(tensor, "channels from outside the graph")
-            self._visit(node, layer)
+            self._visit(node, op)
             first = node.output_tensors[0] if node.output_tensors else None
             if first is not None and id(first) in self.tensors:
-                self.layer_outputs[self.prefix + layer.name] = self.tensors[id(first)][
-                    0
-                ]
+                self.layer_outputs[self.prefix + op.name] = self.tensors[id(first)][0]
 
-    def _nested(self, node, model) -> None:
-        """Traces a model used as a layer, its layers named `outer/inner`."""
-        try:
-            inner = _functional(model)
-        except UnsupportedModelError:
-            self._opaque_node(
-                node, f"its channels reach subclassed model {model.name!r}"
-            )
+    def _enter(self, node, op):
+        self.node, self.layer, self.name = node, op, self.prefix + op.name
+        self.inputs = [self.tensors[id(t)] for t in node.input_tensors]
+
+    def _visit(self, node, op) -> None:
+        self._enter(node, op)
+        inner = _inner_graph(op, node)
+        if inner is not None:
+            self._nested(node, op, inner)
             return
-        if self.calls.get(id(model), 0) > 1 or len(inner.inputs) != len(
+        if not node.input_tensors:
+            self.freeze("makes channels from no input")
+            return
+        rule = layer_rules.get_rule(op)
+        if rule is None:
+            if isinstance(op, keras.Model):
+                self.freeze("a subclassed model")
+            elif isinstance(op, keras.layers.Layer):
+                view = layer_view(op, node)
+                self.freeze(view if isinstance(view, str) else "unknown layer type")
+            else:
+                self.freeze("unknown operation")
+            return
+        rule.trace(self)
+
+    def _nested(self, node, op, inner) -> None:
+        """Traces a nested graph (model or view), its layers named `outer/inner`."""
+        if self.calls.get(id(op), 0) > 1 or len(inner.inputs) != len(
             node.input_tensors
         ):
-            self._opaque_node(
-                node, f"its channels reach nested model {model.name!r} used twice"
-            )
+            self.freeze("a nested model used twice")
             return
         for outer, inner_input in zip(node.input_tensors, inner.inputs, strict=True):
             self.tensors[id(inner_input)] = self.tensors[id(outer)]
         saved = self.prefix
-        self.prefix = f"{saved}{model.name}/"
+        self.prefix = f"{saved}{op.name}/"
         self._walk(inner)
         self.prefix = saved
         for outer, inner_output in zip(node.output_tensors, inner.outputs, strict=True):
             self.tensors[id(outer)] = self.tensors[id(inner_output)]
-
-    def _visit(self, node, layer) -> None:
-        name, kind = self.prefix + layer.name, type(layer).__name__
-        if isinstance(layer, keras.Model):
-            self._nested(node, layer)
-            return
-        if not node.input_tensors:
-            for tensor in node.output_tensors:
-                self._opaque(tensor, f"channels made by {name!r} ({kind})")
-            return
-        in_slots, axis = self.tensors[id(node.input_tensors[0])]
-        rank = len(node.input_tensors[0].shape)
-        if isinstance(layer, _CHANNEL_WEIGHTED):
-            expected = (
-                rank - 1
-                if isinstance(layer, keras.layers.PReLU)
-                else (_channel_axis(layer, rank))
-            )
-            if expected != axis:
-                # The layer reads another axis as channels: the incoming channels
-                # are frozen and the axis it reads gets fresh, frozen slots.
-                reason = f"its channels reach {name!r} ({kind}) on another axis"
-                self.slots.freeze(in_slots, reason)
-                count = int(node.input_tensors[0].shape[expected] or 0)
-                in_slots, axis = self.slots.new(count, reason=reason), expected
-        if isinstance(layer, PRODUCER_TYPES):
-            self._producer(node, layer, in_slots, rank)
-        elif isinstance(layer, kernels.DEPTHWISE_TYPES):
-            self._record_input(layer, in_slots)
-            self._pass(node, np.repeat(in_slots, layer.depth_multiplier), axis)
-        elif isinstance(layer, (keras.layers.BatchNormalization, keras.layers.PReLU)):
-            if any(int(w.shape[-1]) > 1 for w in layer.weights):
-                self._record_input(layer, in_slots)
-            self._pass(node, in_slots, axis)
-        elif isinstance(layer, _ELEMENTWISE):
-            self._pass(node, in_slots, axis)
-        elif isinstance(layer, keras.layers.Activation):
-            if _activation_name(layer) in _COUPLING_ACTIVATIONS:
-                self._opaque_node(node, f"its channels reach softmax {name!r}")
-            else:
-                self._pass(node, in_slots, axis)
-        elif isinstance(layer, _SPATIAL):
-            if _channel_axis(layer, rank) != axis:
-                self._opaque_node(
-                    node, f"its channels reach {name!r} ({kind}) on another axis"
-                )
-                return
-            out_rank = len(node.output_tensors[0].shape)
-            out_axis = axis if out_rank == rank else (1 if axis == 1 else out_rank - 1)
-            self._pass(node, in_slots, out_axis)
-        elif isinstance(layer, _MERGES):
-            self._merge(node, layer)
-        elif isinstance(layer, keras.layers.Concatenate):
-            self._concatenate(node, layer)
-        elif isinstance(layer, keras.layers.Flatten):
-            self._flatten(node, layer, in_slots, axis)
-        elif isinstance(layer, keras.layers.Reshape) and self._keeps_last_axis(
-            node, axis
-        ):
-            out_rank = len(node.output_tensors[0].shape)
-            self.reshapes[name] = in_slots
-            self._pass(node, in_slots, out_rank - 1)
-        else:
-            self._opaque_node(
-                node,
-                f"its channels reach {name!r} ({kind}), which couples, reshapes or "
-                "is unknown to the channel analysis",
-            )
-
-    def _producer(self, node, layer, in_slots, rank) -> None:
-        name = self.prefix + layer.name
-        out = node.output_tensors[0]
-        out_axis = _channel_axis(layer, len(out.shape))
-        groups = getattr(layer, "groups", 1)
-        if groups > 1:
-            # Grouped convolution: input channel j of every group is read through
-            # the kernel's input index j, so those channels are tied and every
-            # group keeps the same count; likewise for the output groups below.
-            per_group = in_slots.reshape(groups, -1)
-            for row in per_group[1:]:
-                self.slots.union(per_group[0], row)
-        self._record_input(layer, in_slots)
-        if name in self.outputs:
-            slots = self.outputs[name]
-        else:
-            count = int(out.shape[out_axis])
-            slots = np.tile(self.slots.new(count // groups, owner=name), groups)
-            self.outputs[name] = slots
-            self.order.append(name)
-        if _activation_name(layer) in _COUPLING_ACTIVATIONS:
-            self.slots.freeze(slots, "its activation is a softmax over channels")
-        self.tensors[id(out)] = (slots, out_axis)
-
-    @staticmethod
-    def _keeps_last_axis(node, axis) -> bool:
-        """A reshape that leaves the channel axis last and whole (C order)."""
-        in_shape = node.input_tensors[0].shape
-        out_shape = node.output_tensors[0].shape
-        return (
-            axis == len(in_shape) - 1
-            and in_shape[-1] is not None
-            and in_shape[-1] == out_shape[-1]
-        )
-
-    def _merge(self, node, layer) -> None:
-        entries = [self.tensors[id(t)] for t in node.input_tensors]
-        out_count = int(node.output_tensors[0].shape[entries[0][1]] or 0)
-        full = [(s, a) for s, a in entries if len(s) == out_count]
-        broadcast = [(s, a) for s, a in entries if len(s) == 1 and out_count != 1]
-        axes = {a for _, a in full}
-        if not full or len(full) + len(broadcast) != len(entries) or len(axes) != 1:
-            self._opaque_node(
-                node, f"its channels reach {layer.name!r} with mismatched channels"
-            )
-            return
-        first = full[0][0]
-        for slots, _ in full[1:]:
-            self.slots.union(first, slots)
-        self._pass(node, first, full[0][1])
-
-    def _concatenate(self, node, layer) -> None:
-        entries = [self.tensors[id(t)] for t in node.input_tensors]
-        rank = len(node.input_tensors[0].shape)
-        axis = layer.axis % rank
-        if any(a != axis for _, a in entries):
-            self._opaque_node(
-                node, f"its channels reach {layer.name!r} on another axis"
-            )
-            return
-        self._pass(node, np.concatenate([s for s, _ in entries]), axis)
-
-    def _flatten(self, node, layer, in_slots, axis) -> None:
-        shape = node.input_tensors[0].shape
-        rank = len(shape)
-        spatial = [d for i, d in enumerate(shape[1:], start=1) if i != axis]
-        if any(d is None for d in spatial) or axis not in (1, rank - 1):
-            self._opaque_node(
-                node, f"its channels reach {layer.name!r} (Flatten) with unknown size"
-            )
-            return
-        if layer.data_format == "channels_first" and rank > 2:
-            # Keras moves axis 1 last before flattening such inputs.
-            axis = rank - 1 if axis == 1 else -1
-            if axis < 0:
-                self._opaque_node(
-                    node, f"its channels reach {layer.name!r} (Flatten) reordered"
-                )
-                return
-        positions = int(np.prod(spatial, dtype=np.int64)) if spatial else 1
-        if axis == rank - 1:
-            slots = np.tile(in_slots, positions)
-        else:
-            slots = np.repeat(in_slots, positions)
-        self._pass(node, slots, 1)
 
 
 def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
@@ -572,8 +571,9 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
 
     Args:
         model: A built functional or Sequential Keras model (not modified).
-        warn: Warn, naming the layer, when a layer the analysis does not know
-            freezes channels. Defaults to `True`.
+        warn: Issue one warning that lists the groups frozen by layers or
+            operations the analysis cannot prune through, by reason. Defaults to
+            `True`.
 
     Returns:
         A `ChannelGraph`: every group (prunable or frozen, with the reason) and,
@@ -594,6 +594,7 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
     tracer = _Tracer(model)
     tracer.trace()
     slots = tracer.slots
+    # Groups are named after their first producer in the model's layer order.
     position = {layer.name: i for i, layer in enumerate(model.layers)}
     tracer.order.sort(key=lambda name: position.get(name.split("/")[0], 0))
 
@@ -608,7 +609,7 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
 
     class_owner: dict[int, str] = {}
     for name in tracer.order:
-        for root in slots.roots(tracer.outputs[name]).tolist():
+        for root in slots.roots(tracer.out_table[name]).tolist():
             if root in class_owner:
                 a, b = find(class_owner[root]), find(name)
                 if a != b:
@@ -617,10 +618,13 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
                 class_owner[root] = name
     frozen_roots: dict[int, str] = {}
     for slot, reason in slots.reason.items():
-        frozen_roots.setdefault(slots.find(slot), reason)
+        # Reaching a model output is the reason that holds whatever else does.
+        root = slots.find(slot)
+        if root not in frozen_roots or reason == _OUTPUT_REASON:
+            frozen_roots[root] = reason
 
-    inputs = {k: slots.roots(v) for k, v in tracer.inputs.items()}
-    outputs = {k: slots.roots(v) for k, v in tracer.outputs.items()}
+    inputs = {k: slots.roots(v) for k, v in tracer.in_table.items()}
+    outputs = {k: slots.roots(v) for k, v in tracer.out_table.items()}
     by_group: dict[str, list[str]] = {}
     for name in tracer.order:
         by_group.setdefault(find(name), []).append(name)
@@ -640,16 +644,52 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
         )
         classes[name] = group_classes
     if warn:
-        _warn_unknown(groups)
+        warn_frozen(groups)
     reshapes = {k: slots.roots(v) for k, v in tracer.reshapes.items()}
     tensors = {k: slots.roots(v) for k, v in tracer.layer_outputs.items()}
-    return ChannelGraph(groups, classes, inputs, outputs, reshapes, tensors)
+    return ChannelGraph(
+        groups, classes, inputs, outputs, reshapes, tensors, dict(tracer.layers)
+    )
 
 
-def _warn_unknown(groups) -> None:
-    unknown = sorted({g.frozen for g in groups if "unknown to" in g.frozen})
-    for reason in unknown:
-        warnings.warn(
-            f"hos_keras froze channels because {reason}; those groups are not pruned.",
-            stacklevel=3,
+def frozen_by_reason(groups) -> dict[str, list[str]]:
+    """`{reason: [where, ...]}` of frozen groups, model inputs and outputs left out.
+
+    Reasons are written `"what: where"`; the groups frozen for the same `what` are
+    gathered, each `where` (the layer or operation named with its type) once.
+    """
+    gathered: dict[str, list[str]] = {}
+    for group in groups:
+        if not group.frozen:
+            continue
+        what, _, where = group.frozen.partition(": ")
+        if what in (_INPUT_REASON, _OUTPUT_REASON):
+            continue
+        places = gathered.setdefault(what, [])
+        if where not in places:
+            places.append(where)
+    return gathered
+
+
+def warn_frozen(groups, stacklevel: int = 3) -> None:
+    """One warning listing what froze channel groups, by reason."""
+    gathered = frozen_by_reason(groups)
+    if not gathered:
+        return
+    count = sum(
+        1 for g in groups if g.frozen and g.frozen.partition(": ")[0] in gathered
+    )
+    lines = []
+    for what, places in gathered.items():
+        shown = ", ".join(places[:6]) + (
+            f" and {len(places) - 6} more" if len(places) > 6 else ""
         )
+        lines.append(f"  - {what}: {shown}")
+    warnings.warn(
+        f"hos_keras does not prune {count} channel groups that reach layers or "
+        "operations it cannot prune through:\n"
+        + "\n".join(lines)
+        + "\nplan.frozen lists every frozen group. To prune through a layer of your "
+        "own, describe it with hos_keras.register_layer_rule.",
+        stacklevel=stacklevel,
+    )

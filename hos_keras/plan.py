@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import criteria, graph, kernels
+from hos_keras import criteria, graph, layer_rules
 from hos_keras.errors import (
     HOSKerasError,
     InvalidArgumentError,
@@ -272,17 +272,20 @@ class PruningPlan:
             )
 
 
-def _iter_filter_layers(model: keras.Model, prefix: str = ""):
-    """(qualified name, layer) of every layer with filters, nested models included."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _iter_filter_layers(layer, prefix + layer.name + "/")
-        elif kernels.has_filters(layer):
-            yield prefix + layer.name, layer
+def _iter_filter_layers(model: keras.Model):
+    """(qualified name, layer) of every layer with filters, nested graphs included."""
+    seen = set()
+    for call in graph.iter_calls(model):
+        rule = call.rule
+        if call.name in seen or rule is None:
+            continue
+        if rule.has_filters:
+            seen.add(call.name)
+            yield call.name, call.operation
 
 
 def _checked_filters(name: str, layer) -> np.ndarray:
-    filters = kernels.filter_matrix(layer)
+    filters = layer_rules.filter_matrix(layer)
     if not np.all(np.isfinite(filters)):
         bad = int(np.size(filters) - np.count_nonzero(np.isfinite(filters)))
         raise NonFiniteWeightsError(
@@ -355,10 +358,27 @@ def _keep_count(channels: int, ratio: float, min_channels: int, round_to: int) -
     return min(keep, channels)
 
 
-def _kept_indices(scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """Indices of the `n_keep` highest scores, ties broken by lower index removed."""
+def _kept_indices(
+    scores: np.ndarray, n_keep: int, producers: list[np.ndarray] = (), floor: int = 1
+) -> np.ndarray:
+    """Indices of the `n_keep` highest scores, ties broken by lower index removed.
+
+    `producers` lists, for each producer of the group, the group positions of its
+    output channels; each keeps at least `floor` of them (its best-scoring ones),
+    which matters in groups that join several producers' distinct channels (a
+    concatenation that a residual merge ties to one stream).
+    """
     order = np.argsort(scores, kind="stable")
-    return np.sort(order[len(scores) - n_keep :]).astype(np.int64)
+    kept = set(order[len(scores) - n_keep :].tolist())
+    for positions in producers:
+        have = sum(1 for p in positions if p in kept)
+        need = min(floor, len(positions)) - have
+        if need > 0:
+            candidates = sorted(
+                (p for p in positions if p not in kept), key=lambda p: -scores[p]
+            )
+            kept.update(candidates[:need])
+    return np.array(sorted(kept), dtype=np.int64)
 
 
 def plan_pruning(
@@ -436,7 +456,7 @@ def plan_pruning(
         )
     by_name = {g.name: g for g in prunable}
     filters = {
-        p: _checked_filters(p, graph.get_layer(model, p))
+        p: _checked_filters(p, channel_graph.layers[p])
         for g in prunable
         for p in g.producers
     }
@@ -445,9 +465,10 @@ def plan_pruning(
         for g in prunable
     }
     in_groups = {p for g in prunable for p in g.producers}
+    filter_layers = dict(_iter_filter_layers(model))
     conv_names = [
         name
-        for name, layer in _iter_filter_layers(model)
+        for name, layer in filter_layers.items()
         if not isinstance(layer, keras.layers.Dense) and name not in in_groups
     ]
 
@@ -456,12 +477,17 @@ def plan_pruning(
             return np.concatenate(
                 [filters[p].reshape(-1) for p in by_name[name].producers]
             )
-        return _checked_filters(name, graph.get_layer(model, name))
+        return _checked_filters(name, filter_layers[name])
 
     base_cost = profile(model)
 
+    positions = {g.name: _producer_positions(g, channel_graph) for g in prunable}
+
     def kept(counts: Mapping[str, int]) -> dict[str, np.ndarray]:
-        return {n: _kept_indices(scores[n], c) for n, c in counts.items()}
+        return {
+            n: _kept_indices(scores[n], c, positions[n], min_channels)
+            for n, c in counts.items()
+        }
 
     def cost(counts: Mapping[str, int]) -> dict:
         return _cost(model, channel_graph, kept(counts))
@@ -527,9 +553,10 @@ def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
     in_channels = {k: len(v) for k, v in in_keep.items()}
     out_channels = {k: len(v) for k, v in out_keep.items()}
     for name, count in in_channels.items():
-        layer = graph.get_layer(model, name)
-        if not isinstance(layer, graph.PRODUCER_TYPES):
-            out_channels[name] = count * getattr(layer, "depth_multiplier", 1)
+        layer = channel_graph.layers[name]
+        rule = layer_rules.get_rule(layer)
+        if rule is not None and not rule.creates(layer):
+            out_channels[name] = rule.passed(layer, count)
     return profile(model, in_channels, out_channels)
 
 
@@ -563,6 +590,17 @@ def restrict_plan(model: keras.Model, plan: PruningPlan, previous: PruningPlan):
     return dataclasses.replace(
         plan, groups=groups, params_after=after["params"], macs_after=after["macs"]
     )
+
+
+def _producer_positions(group, channel_graph) -> list[np.ndarray]:
+    """For each producer of a group, the group positions of its channels."""
+    if len(group.producers) < 2:
+        return []
+    position = {c: k for k, c in enumerate(channel_graph.classes[group.name].tolist())}
+    return [
+        np.unique([position[c] for c in channel_graph.outputs[p].tolist()])
+        for p in group.producers
+    ]
 
 
 def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarray:

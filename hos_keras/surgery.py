@@ -1,48 +1,42 @@
 """Surgery: turn a pruning plan into a physically smaller model, or a masked copy.
 
-`slim_model` rebuilds the model from its config with fewer filters/units in the
-pruned layers and copies every weight over, sliced along the output axis of the
-pruned layers, both axes of per-channel followers (BatchNormalization,
-DepthwiseConv) and the input axis of the consumers. `mask_model` returns a copy of
-the original architecture in which exactly those slices are zero. The two compute
-the same function: that is the invariant the tests check on real architectures.
+Both functions replay the model's graph node by node into a NEW plain functional
+model: every layer is re-created from its config (with fewer filters/units where the
+plan prunes, as the table of layer rules says) and called on the new tensors, then
+receives the original weights, sliced (`slim_model`) or with the removed slices set
+to zero (`mask_model`). Nested functional models, subclasses of `keras.Model` built
+with the functional API (keras-hub backbones and tasks) and traced subclassed layers
+(see `hos_keras.graph`) are replayed the same way, as nested plain functional
+models; a nested model whose input channels are pruned gets new, narrower inputs.
+The subclass types are therefore not kept, and the result saves to `.keras` and
+loads with `keras.models.load_model` (plus any custom layer classes the original
+already needed). A Sequential model stays Sequential.
 
-Neither function modifies the input model.
+The slim and masked models compute the same function: that is the invariant the
+tests check on real architectures. Neither function modifies the input model.
 """
 
 from __future__ import annotations
 
-import copy
-
 import keras
 import numpy as np
 
-from hos_keras import kernels
+from hos_keras import graph, layer_rules
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
-from hos_keras.graph import channel_groups, functional_nodes, get_layer
 from hos_keras.plan import PruningPlan
 
 __all__ = ["mask_model", "slim_model", "weight_masks"]
 
-_CONV_T = kernels.CONV_TRANSPOSE_TYPES
-_SEPARABLE = kernels.SEPARABLE_TYPES
-_DEPTHWISE = kernels.DEPTHWISE_TYPES
 
-
-def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
-    """Indices of the outputs c * m + j of the kept input channels c."""
-    keep = np.asarray(keep, dtype=np.int64)
-    return (keep[:, None] * multiplier + np.arange(multiplier)[None, :]).reshape(-1)
-
-
-def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
+def _slice_specs(model: keras.Model, plan: PruningPlan, channel_graph=None) -> dict:
     """For each affected layer: the kept input and/or output positions."""
     if not isinstance(plan, PruningPlan):
         raise PlanMismatchError(
             f"Expected a PruningPlan; received {type(plan).__name__}. Make one with "
             "hos_keras.plan_pruning(model, ...)."
         )
-    channel_graph = channel_groups(model, warn=False)
+    if channel_graph is None:
+        channel_graph = graph.channel_groups(model, warn=False)
     groups = {g.name: g for g in channel_graph.prunable}
     for entry in plan.groups.values():
         group = groups.get(entry.name)
@@ -76,130 +70,14 @@ def _slice_specs(model: keras.Model, plan: PruningPlan) -> dict[str, dict]:
     return specs
 
 
-def _sliced_weights(layer, spec: dict, weights=None) -> list[np.ndarray]:
+def _sliced_weights(layer, spec: dict, weights=None) -> list:
     """The layer's weights (or `weights` shaped like them) minus the planned channels."""
     if weights is None:
         weights = [np.asarray(w) for w in layer.get_weights()]
-    keep_in, keep_out = spec.get("in"), spec.get("out")
-    if isinstance(layer, _DEPTHWISE):
-        multiplier = layer.depth_multiplier
-        kernel = weights[0][..., keep_in, :]
-        rest = [w[_channel_indices(keep_in, multiplier)] for w in weights[1:]]
-        return [kernel, *rest]
-    if isinstance(layer, _SEPARABLE):
-        depthwise, pointwise, *bias = weights
-        multiplier = layer.depth_multiplier
-        if keep_in is not None:
-            depthwise = depthwise[..., keep_in, :]
-            pointwise = pointwise[..., _channel_indices(keep_in, multiplier), :]
-        if keep_out is not None:
-            pointwise = pointwise[..., keep_out]
-            bias = [b[keep_out] for b in bias]
-        return [depthwise, pointwise, *bias]
-    if isinstance(layer, kernels.FILTER_LAYER_TYPES):
-        kernel, *bias = weights
-        in_axis, out_axis = (-1, -2) if isinstance(layer, _CONV_T) else (-2, -1)
-        if keep_in is not None:
-            # A grouped kernel holds one group's inputs; all groups keep the same.
-            keep_in = keep_in[keep_in < kernel.shape[in_axis]]
-            kernel = np.take(kernel, keep_in, axis=in_axis)
-        if keep_out is not None:
-            kernel = np.take(kernel, keep_out, axis=out_axis)
-            bias = [b[keep_out] for b in bias]
-        return [kernel, *bias]
-    # Per-channel layers (BatchNormalization, PReLU): every weight has the channels
-    # on its last axis, or a single value shared by all channels.
-    return [w if w.shape[-1] == 1 else np.take(w, keep_in, axis=-1) for w in weights]
-
-
-def _copy_weights(source, target, specs, transform, prefix: str = "") -> None:
-    """Copies weights layer by layer; planned layers go through `transform`."""
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        original = source.get_layer(layer.name)
-        name = prefix + layer.name
-        if isinstance(layer, keras.Model) and any(
-            key.startswith(f"{name}/") for key in specs
-        ):
-            _copy_weights(original, layer, specs, transform, f"{name}/")
-        elif name in specs:
-            layer.set_weights(transform(original, specs[name]))
-        else:
-            layer.set_weights(original.get_weights())
-
-
-def _edit_config(config: dict, prefix: str, widths, changed) -> None:
-    """Applies new widths and target shapes to a (nested) model config in place."""
-    for layer_config in config["layers"]:
-        inner = layer_config["config"]
-        name = prefix + inner.get("name", "")
-        if isinstance(inner.get("layers"), list):
-            _edit_config(inner, f"{name}/", widths, changed)
-            continue
-        if name in changed:
-            # The recorded build shape is the old one; let the call build it.
-            layer_config.pop("build_config", None)
-        if name in widths:
-            key = "units" if "units" in inner else "filters"
-            inner[key] = int(widths[name])
-        if "channels" in changed.get(name, {}):
-            inner["target_shape"] = [
-                *inner["target_shape"][:-1],
-                changed[name]["channels"],
-            ]
-
-
-def _rebuild(model, widths: dict[str, int], changed) -> keras.Model:
-    config = copy.deepcopy(model.get_config())
-    _edit_config(config, "", widths, changed)
-    cls = keras.Sequential if isinstance(model, keras.Sequential) else keras.Model
-    return cls.from_config(config)
-
-
-def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
-    """Builds a new, physically smaller model from a pruning plan.
-
-    The new model has the same graph with fewer filters/units in the planned layers;
-    its weights are the original ones with the planned channels sliced away (kernels
-    on the output and input axes, biases, BatchNormalization gamma/beta/moving
-    statistics, depthwise kernels). It is made of plain Keras layers, so it saves and
-    loads like any model. The input model is not modified.
-
-    Args:
-        model: The functional or Sequential model the plan was made for.
-        plan: A `PruningPlan` from `hos_keras.plan_pruning(model, ...)`.
-
-    Returns:
-        A new `keras.Model` (Sequential stays Sequential).
-
-    Raises:
-        PlanMismatchError: if the plan names layers the model lacks or channel
-            counts differ (a plan made for another model).
-        UnsupportedModelError: for a subclassed model, or one whose config cannot
-            be rebuilt (e.g. an unregistered custom layer).
-
-    Example:
-
-    ```python
-    plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
-    small = hos_keras.slim_model(model, plan)
-    small.save("small.keras")
-    ```
-    """
-    functional_nodes(model)  # raises UnsupportedModelError for subclassed models
-    specs = _slice_specs(model, plan)
-    widths = {name: len(spec["out"]) for name, spec in specs.items() if "out" in spec}
-    try:
-        slim = _rebuild(model, widths, specs)
-    except (TypeError, ValueError) as error:
-        raise UnsupportedModelError(
-            f"Could not rebuild model {model.name!r} from its config: {error} If "
-            "the model contains custom layers or models, register them with "
-            "@keras.saving.register_keras_serializable()."
-        ) from error
-    _copy_weights(model, slim, specs, _sliced_weights)
-    return slim
+    rule = layer_rules.get_rule(layer)
+    if rule is None:
+        return list(weights)
+    return rule.slice_weights(layer, weights, spec.get("in"), spec.get("out"))
 
 
 def _weight_mask(layer, spec: dict) -> list[np.ndarray]:
@@ -211,7 +89,7 @@ def _weight_mask(layer, spec: dict) -> list[np.ndarray]:
     masks = []
     for shape, kept_indices in zip(shapes, kept, strict=True):
         mask = np.zeros(int(np.prod(shape)), dtype=bool)
-        mask[kept_indices.reshape(-1)] = True
+        mask[np.asarray(kept_indices).reshape(-1)] = True
         masks.append(mask.reshape(shape))
     return masks
 
@@ -222,6 +100,190 @@ def _masked_weights(layer, spec: dict) -> list[np.ndarray]:
         np.where(mask, np.asarray(w), 0).astype(np.asarray(w).dtype)
         for w, mask in zip(layer.get_weights(), _weight_mask(layer, spec), strict=True)
     ]
+
+
+class _Replay:
+    """Rebuilds a model call by call; `slim` decides whether widths change."""
+
+    def __init__(self, specs: dict, slim: bool):
+        self.specs = specs
+        self.slim = slim
+        self.clones: dict[int, object] = {}
+        # Clones whose weights are set (replayed nested graphs: layer by layer).
+        self.done: set[int] = set()
+
+    def model(self, model, prefix: str, inputs=None) -> keras.Model:
+        """A plain functional (or Sequential) copy of a functional graph.
+
+        Args:
+            model: A functional model or a view of a traced layer.
+            prefix: Qualified-name prefix of its layers.
+            inputs: The new tensors the copy will be called on (nested graphs), to
+                size its inputs; `None` for the top-level model.
+        """
+        source = graph._functional(model)
+        new_inputs = []
+        for k, original in enumerate(source.inputs):
+            shape = tuple(original.shape[1:])
+            if inputs is not None:
+                shape = tuple(inputs[k].shape[1:])
+            new_inputs.append(
+                keras.Input(
+                    shape=shape, dtype=original.dtype, name=_input_name(original)
+                )
+            )
+        tensors = {id(t): x for t, x in zip(source.inputs, new_inputs, strict=True)}
+        layers_in_order = []
+        for node in graph.functional_nodes(model):
+            op = node.operation
+            if node.is_input or isinstance(op, keras.layers.InputLayer):
+                continue
+            name = prefix + op.name
+            args, kwargs = node.arguments.fill_in(tensors)
+            new_op = self._clone(op, node, name, args)
+            outputs = new_op(*args, **kwargs)
+            self._set_weights(op, new_op, name)
+            for old, new in zip(
+                node.output_tensors, keras.tree.flatten(outputs), strict=True
+            ):
+                tensors[id(old)] = new
+            if new_op not in layers_in_order:
+                layers_in_order.append(new_op)
+        outputs = keras.tree.map_structure(
+            lambda t: tensors[id(t)], source._outputs_struct
+        )
+        if isinstance(model, keras.Sequential):
+            return keras.Sequential([new_inputs[0], *layers_in_order], name=model.name)
+        structure = getattr(source, "_inputs_struct", None)
+        if structure is not None:
+            flat = {id(t): x for t, x in zip(source.inputs, new_inputs, strict=True)}
+            new_struct = keras.tree.map_structure(lambda t: flat[id(t)], structure)
+        else:
+            new_struct = new_inputs if len(new_inputs) > 1 else new_inputs[0]
+        return keras.Model(new_struct, outputs, name=model.name)
+
+    def _clone(self, op, node, name, args):
+        key = id(op)
+        if key in self.clones:
+            return self.clones[key]
+        inner = graph._inner_graph(op, node)
+        if inner is not None:
+            new_inputs = [
+                t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)
+            ]
+            clone = self.model(inner, f"{name}/", new_inputs)
+            self.done.add(id(clone))
+        else:
+            config = _config(op)
+            spec = self.specs.get(name)
+            rule = layer_rules.get_rule(op)
+            if self.slim and spec and rule is not None:
+                config = rule.configure(
+                    config, spec.get("in"), spec.get("out"), spec.get("channels")
+                )
+            try:
+                clone = type(op).from_config(config)
+            except Exception as error:
+                raise UnsupportedModelError(
+                    f"Could not re-create layer {name!r} ({type(op).__name__}) from "
+                    f"its config: {type(error).__name__}: {error} A custom layer "
+                    "needs a get_config() that lists its constructor arguments and "
+                    "@keras.saving.register_keras_serializable()."
+                ) from error
+        self.clones[key] = clone
+        return clone
+
+    def _set_weights(self, op, new_op, name) -> None:
+        """Gives a re-created leaf layer its (sliced or masked) weights, once."""
+        if id(new_op) in self.done:
+            return
+        self.done.add(id(new_op))
+        if not isinstance(op, keras.layers.Layer) or not op.weights:
+            return
+        spec = self.specs.get(name)
+        if spec is None:
+            values = op.get_weights()
+        elif self.slim:
+            values = _sliced_weights(op, spec)
+        else:
+            values = _masked_weights(op, spec)
+        new_op.set_weights(values)
+
+
+def _config(op) -> dict:
+    """The op's config; the base layer arguments when it cannot give one.
+
+    Some layers are made with arguments Keras cannot serialise (e.g. a
+    `keras.layers.Identity` given a DTypePolicy object) and raise from
+    `get_config`; for layers whose constructor takes only the base arguments, the
+    name, trainability and dtype policy re-create them exactly.
+    """
+    try:
+        return op.get_config()
+    except NotImplementedError:
+        if not isinstance(op, keras.layers.Layer) or op.weights:
+            raise
+        return {
+            "name": op.name,
+            "trainable": op.trainable,
+            "dtype": keras.saving.serialize_keras_object(op.dtype_policy),
+        }
+
+
+def _input_name(tensor) -> str | None:
+    """The name of the InputLayer that made a model input, to keep it."""
+    layer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+    return layer.name if isinstance(layer, keras.layers.InputLayer) else None
+
+
+def _replay(model: keras.Model, specs: dict, slim: bool) -> keras.Model:
+    try:
+        return _Replay(specs, slim).model(model, "")
+    except UnsupportedModelError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise UnsupportedModelError(
+            f"Could not rebuild model {model.name!r}: {type(error).__name__}: "
+            f"{error} If the model contains custom layers, register them with "
+            "@keras.saving.register_keras_serializable()."
+        ) from error
+
+
+def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
+    """Builds a new, physically smaller model from a pruning plan.
+
+    The new model has the same graph with fewer filters/units in the planned layers;
+    its weights are the original ones with the planned channels sliced away (kernels
+    on the output and input axes, biases, BatchNormalization gamma/beta/moving
+    statistics, depthwise kernels, and the weights of registered per-channel
+    layers). It is a plain functional model (a Sequential one stays Sequential):
+    subclasses of `keras.Model` and traced subclassed layers become nested plain
+    functional models of their layers, so their Python types are not kept. It saves
+    and loads like any model. The input model is not modified.
+
+    Args:
+        model: The functional or Sequential model the plan was made for.
+        plan: A `PruningPlan` from `hos_keras.plan_pruning(model, ...)`.
+
+    Returns:
+        A new `keras.Model`.
+
+    Raises:
+        PlanMismatchError: if the plan names layers the model lacks or channel
+            counts differ (a plan made for another model).
+        UnsupportedModelError: for a subclassed model, or one whose layers cannot
+            be re-created from their config (e.g. an unregistered custom layer).
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
+    small = hos_keras.slim_model(model, plan)
+    small.save("small.keras")
+    ```
+    """
+    graph.functional_nodes(model)  # raises UnsupportedModelError for subclassed
+    return _replay(model, _slice_specs(model, plan), slim=True)
 
 
 def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.ndarray]]:
@@ -238,9 +300,12 @@ def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.nda
     Raises:
         PlanMismatchError: if the plan does not belong to the model.
     """
-    specs = _slice_specs(model, plan)
+    channel_graph = graph.channel_groups(model, warn=False)
+    specs = _slice_specs(model, plan, channel_graph)
     return {
-        name: _weight_mask(get_layer(model, name), spec)
+        name: _weight_mask(
+            channel_graph.layers.get(name) or graph.get_layer(model, name), spec
+        )
         for name, spec in specs.items()
         if "channels" not in spec
     }
@@ -251,20 +316,18 @@ def mask_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
 
     `slim_model(model, plan)(x)` equals `mask_model(model, plan)(x)` up to float
     rounding: the masked model is the reference the slim model is tested against,
-    and the form progressive pruning trains in.
+    and the form progressive pruning trains in. Like `slim_model`, it is a plain
+    functional (or Sequential) replay of the graph.
 
     Args:
         model: The functional or Sequential model the plan was made for.
         plan: A `PruningPlan` for it.
 
     Returns:
-        A new model with the original architecture and masked weights.
+        A new model with the original widths and masked weights.
 
     Raises:
         PlanMismatchError: if the plan does not belong to the model.
     """
-    functional_nodes(model)
-    specs = _slice_specs(model, plan)
-    masked = keras.models.clone_model(model)
-    _copy_weights(model, masked, specs, _masked_weights)
-    return masked
+    graph.functional_nodes(model)
+    return _replay(model, _slice_specs(model, plan), slim=False)

@@ -1,0 +1,111 @@
+"""Architectures covered: what share of each model's MACs hos_keras can prune.
+
+For every keras.applications CNN family (weights=None) and the keras-hub CNN
+backbones the coverage tests use (random weights, in a small classifier), this
+reports:
+
+- the share of the model's MACs in layers whose input or output channels belong
+  to a prunable group (the MACs that pruning can reduce);
+- the MACs removed by a fixed ratio of 0.3 on every prunable group;
+- the channel groups frozen, by reason and place (model outputs left out);
+- the time to trace the graph and make the plan.
+
+It measures coverage, not speed: the times are for orientation only.
+
+Run: .venv/bin/python bench/architectures.py   (writes bench/results/architectures.json
+and prints the README's table)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import keras
+
+import hos_keras
+from hos_keras import graph as graph_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import zoo
+
+RESULTS = Path(__file__).parent / "results" / "architectures.json"
+
+
+def _measure(name: str, model: keras.Model) -> dict:
+    start = time.perf_counter()
+    channel_graph = hos_keras.channel_groups(model, warn=False)
+    members = {m for g in channel_graph.prunable for m in g.members}
+    cost = hos_keras.profile(model)
+    prunable_macs = sum(
+        entry["macs"] for layer, entry in cost["layers"].items() if layer in members
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = hos_keras.plan_pruning(
+            model, criterion="l1", allocation="fixed", ratio=0.3
+        )
+    seconds = time.perf_counter() - start
+    return {
+        "model": name,
+        "macs": cost["macs"],
+        "params": cost["params"],
+        "groups": len(channel_graph.groups),
+        "prunable_groups": len(channel_graph.prunable),
+        "prunable_macs_share": prunable_macs / cost["macs"],
+        "macs_reduction_at_0.3": plan.macs_reduction,
+        "frozen": graph_lib.frozen_by_reason(channel_graph.groups),
+        "plan_seconds": seconds,
+    }
+
+
+def _frozen_text(frozen: dict) -> str:
+    if not frozen:
+        return "only the output layer's channels"
+    parts = []
+    for what, places in frozen.items():
+        layer_types = sorted({p.rsplit("(", 1)[-1].rstrip(")") for p in places})
+        parts.append(f"{what} ({len(places)}: {', '.join(layer_types)})")
+    return "; ".join(parts)
+
+
+def main() -> None:
+    rows = []
+    for family in zoo.APPLICATIONS:
+        keras.backend.clear_session()
+        model, _ = zoo.application(family)
+        rows.append(_measure(f"keras.applications.{family}", model))
+        print(rows[-1]["model"], f"{rows[-1]['prunable_macs_share']:.1%}", flush=True)
+    for family in zoo.HUB_FAMILIES:
+        keras.backend.clear_session()
+        model, _ = zoo.hub_classifier(family)
+        rows.append(_measure(f"keras_hub {family}", model))
+        print(rows[-1]["model"], f"{rows[-1]['prunable_macs_share']:.1%}", flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "keras": keras.__version__,
+                "hos_keras": hos_keras.__version__,
+                "models": rows,
+            },
+            indent=2,
+        )
+    )
+    print()
+    print("| model | MACs in prunable groups | MACs removed at ratio 0.3 | frozen |")
+    print("|---|---:|---:|---|")
+    for row in rows:
+        print(
+            f"| {row['model']} | {row['prunable_macs_share']:.1%} | "
+            f"{row['macs_reduction_at_0.3']:.1%} | {_frozen_text(row['frozen'])} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

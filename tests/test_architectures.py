@@ -1,0 +1,91 @@
+"""Coverage: every keras.applications CNN family and keras-hub CNN backbones.
+
+Each model is planned at a fixed ratio of 0.3, slimmed and checked against its
+masked copy (`invariants.check_invariant`); a model only counts as covered when the
+plan removes at least 15% of its MACs, so a model that freezes nearly everything
+fails here.
+"""
+
+import keras
+import numpy as np
+import pytest
+import zoo
+from invariants import check_invariant, randomize_bn
+
+import hos_keras
+
+MIN_MACS_REDUCTION = 0.15
+
+
+def _covered(model, shape, seed=1, ratio=0.3):
+    randomize_bn(model)
+    plan = hos_keras.plan_pruning(
+        model, criterion="random", allocation="fixed", ratio=ratio, seed=seed
+    )
+    assert plan.macs_reduction >= MIN_MACS_REDUCTION, plan.frozen
+    return plan, check_invariant(model, plan, shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(zoo.APPLICATIONS))
+def test_keras_applications_family_slims_exactly(family):
+    keras.utils.set_random_seed(0)
+    model, shape = zoo.application(family)
+    _covered(model, shape)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["MobileNetV2", "DenseNet121"])
+def test_keras_applications_at_a_high_ratio(family):
+    keras.utils.set_random_seed(0)
+    model, shape = zoo.application(family)
+    _covered(model, shape, seed=2, ratio=0.7)
+
+
+def test_mobilenet_v3_keras_ops_nodes_are_traced_and_reload(tmp_path):
+    """Hard-swish as `x + 3.0`, ReLU6 and `* (1/6)` ops: channels pass through."""
+    keras.utils.set_random_seed(0)
+    model, shape = zoo.application("MobileNetV3Small")
+    graph = hos_keras.channel_groups(model)
+    assert not hos_keras.graph.frozen_by_reason(graph.groups)
+    _, slim = _covered(model, shape)
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(3).normal(size=(2, *shape)).astype("float32")
+    np.testing.assert_allclose(
+        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_convnext_freezes_only_the_layer_normalised_stream():
+    keras.utils.set_random_seed(0)
+    model, _ = zoo.application("ConvNeXtTiny")
+    graph = hos_keras.channel_groups(model, warn=False)
+    reasons = hos_keras.graph.frozen_by_reason(graph.groups)
+    assert list(reasons) == ["normalises over channels"]
+    # The expansion Dense of every block is prunable; LayerScale follows it.
+    prunable = {g.name for g in graph.prunable}
+    assert "convnext_tiny_stage_0_block_0_pointwise_conv_1" in prunable
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", zoo.HUB_FAMILIES)
+def test_keras_hub_backbone_slims_exactly_and_reloads(family, tmp_path):
+    keras.utils.set_random_seed(0)
+    model, shape = zoo.hub_classifier(family)
+    _, slim = _covered(model, shape)
+    # Functional subclasses come back as plain functional models.
+    assert all(
+        type(layer) in (keras.Model, keras.Sequential)
+        or not isinstance(layer, keras.Model)
+        or type(layer).__name__ == "Functional"
+        for layer in slim.layers
+    )
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(4).normal(size=(2, *shape)).astype("float32")
+    np.testing.assert_allclose(
+        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
+    )
