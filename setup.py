@@ -34,7 +34,9 @@ setup(
     ],
     entry_points={"console_scripts": ["hos-keras = hos_keras.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.5"],
+        # keras-hub: real CNN backbones (random weights) for the coverage tests;
+        # hypothesis: the property tests over random architectures.
+        "test": ["pytest>=8", "ruff>=0.5", "keras-hub>=0.32", "hypothesis>=6.100"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

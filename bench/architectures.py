@@ -5,7 +5,8 @@ backbones the coverage tests use (random weights, in a small classifier), this
 reports:
 
 - the share of the model's MACs in layers whose input or output channels belong
-  to a prunable group (the MACs that pruning can reduce);
+  to a prunable group (MACs that pruning reduces), and in layers whose output
+  channels do (producers of prunable groups and the depthwise layers they feed);
 - the MACs removed by a fixed ratio of 0.3 on every prunable group;
 - the channel groups frozen, by reason and place (model outputs left out);
 - the time to trace the graph and make the plan.
@@ -28,6 +29,7 @@ import keras
 
 import hos_keras
 from hos_keras import graph as graph_lib
+from hos_keras import layer_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -41,10 +43,19 @@ def _measure(name: str, model: keras.Model) -> dict:
     start = time.perf_counter()
     channel_graph = hos_keras.channel_groups(model, warn=False)
     members = {m for g in channel_graph.prunable for m in g.members}
+    makers = {p for g in channel_graph.prunable for p in g.producers} | {
+        m
+        for m in members
+        if not layer_rules.get_rule(channel_graph.layers[m]).creates(
+            channel_graph.layers[m]
+        )
+    }
     cost = hos_keras.profile(model)
-    prunable_macs = sum(
-        entry["macs"] for layer, entry in cost["layers"].items() if layer in members
-    )
+
+    def share(names):
+        macs = sum(e["macs"] for k, e in cost["layers"].items() if k in names)
+        return macs / cost["macs"]
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = hos_keras.plan_pruning(
@@ -57,7 +68,8 @@ def _measure(name: str, model: keras.Model) -> dict:
         "params": cost["params"],
         "groups": len(channel_graph.groups),
         "prunable_groups": len(channel_graph.prunable),
-        "prunable_macs_share": prunable_macs / cost["macs"],
+        "prunable_macs_share": share(members),
+        "prunable_output_macs_share": share(makers),
         "macs_reduction_at_0.3": plan.macs_reduction,
         "frozen": graph_lib.frozen_by_reason(channel_graph.groups),
         "plan_seconds": seconds,
@@ -98,11 +110,15 @@ def main() -> None:
         )
     )
     print()
-    print("| model | MACs in prunable groups | MACs removed at ratio 0.3 | frozen |")
-    print("|---|---:|---:|---|")
+    print(
+        "| model | MACs touching prunable channels | MACs making prunable channels "
+        "| MACs removed at ratio 0.3 | frozen |"
+    )
+    print("|---|---:|---:|---:|---|")
     for row in rows:
         print(
             f"| {row['model']} | {row['prunable_macs_share']:.1%} | "
+            f"{row['prunable_output_macs_share']:.1%} | "
             f"{row['macs_reduction_at_0.3']:.1%} | {_frozen_text(row['frozen'])} |"
         )
 

@@ -469,7 +469,8 @@ def plan_pruning(
     conv_names = [
         name
         for name, layer in filter_layers.items()
-        if not isinstance(layer, keras.layers.Dense) and name not in in_groups
+        if not isinstance(layer_rules.get_rule(layer), layer_rules.DenseRule)
+        and name not in in_groups
     ]
 
     def weights(name: str) -> np.ndarray:
