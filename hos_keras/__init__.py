@@ -7,7 +7,7 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
-from hos_keras import data, errors, layer_rules, models, tuner
+from hos_keras import data, errors, latency, layer_rules, models, tuner
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -20,7 +20,7 @@ from hos_keras.allocation import (
     get_allocation,
 )
 from hos_keras.callbacks import HOSPruneCallback
-from hos_keras.compress import CompressionReport, compress, measure_latency
+from hos_keras.compress import CompressionReport, compress
 from hos_keras.criteria import (
     CumulantCriterion,
     NormCriterion,
@@ -36,6 +36,7 @@ from hos_keras.distill import (
     pivot_weights,
 )
 from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
+from hos_keras.latency import measure_latency
 from hos_keras.layer_rules import filter_matrix, register_layer_rule
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
@@ -84,6 +85,7 @@ __all__ = [
     "jarque_bera",
     "kstat",
     "kurtosis",
+    "latency",
     "layer_rules",
     "mask_model",
     "measure_latency",

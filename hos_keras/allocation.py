@@ -67,6 +67,9 @@ class AllocationContext:
             `min_channels` and `round_to`.
         macs_reduction: Function from channels kept per layer to the fraction of
             the model's MACs removed.
+        latency_reduction: Function from channels kept per layer to the fraction
+            of the model's latency the plan is predicted to remove, when the
+            planner has a latency model; else `None`.
     """
 
     layers: Sequence[str]
@@ -76,6 +79,7 @@ class AllocationContext:
     reference: Sequence[str]
     keep_counts: Callable[[Mapping[str, float]], dict[str, int]]
     macs_reduction: Callable[[Mapping[str, int]], float]
+    latency_reduction: Callable[[Mapping[str, int]], float] | None = None
 
 
 @dataclasses.dataclass
@@ -437,48 +441,74 @@ class FixedAllocation(Allocation):
 
 
 class TargetAllocation(Allocation):
-    """Reach a requested MACs reduction by searching the base allocation's knob.
+    """Reach a requested MACs or latency reduction by searching the base's knob.
 
     For `base` in `"shapiro"`, `"jarque_bera"`, `"k34"` it searches the coefficient
     c of eq. 9 (bisection on log c); for `"global"` the number of filters removed
     (exact binary search); for `"fixed"` one uniform ratio. The result is the
-    least pruning that removes at least `macs_reduction` of the model's MACs; the
-    achieved reduction is reported in the plan. Ratios move in steps (0.1 for eq. 9),
-    so the achieved value can exceed the request.
+    least pruning that removes at least `macs_reduction` of the model's MACs, or
+    at least `latency_reduction` of its predicted latency on a runtime (see
+    `hos_keras.latency`); the achieved reduction is reported in the plan. Ratios
+    move in steps (0.1 for eq. 9), so the achieved value can exceed the request.
+    The criterion still decides which channels go; the target decides how many.
 
     Args:
         macs_reduction: Fraction of MACs to remove, in (0, 1). E.g. `0.5` for "50%
-            fewer MACs".
+            fewer MACs". Defaults to `0.5` unless `latency_reduction` is given.
         base: Allocation whose knob is searched. Defaults to `"shapiro"`.
+        latency_reduction: Fraction of the latency to remove, in (0, 1): `0.5`
+            asks for 2x faster. Give this or `macs_reduction`, not both. Defaults
+            to `None`.
         **base_options: Other arguments of the base allocation (e.g. `step`,
             `max_ratio`).
 
     Raises:
-        InvalidArgumentError: for a reduction outside (0, 1) or an unknown base;
-            at allocation time, if even the most aggressive setting cannot reach
-            the target (the message gives the largest reachable reduction).
+        InvalidArgumentError: for a reduction outside (0, 1), both targets, or an
+            unknown base; at allocation time, if even the most aggressive setting
+            cannot reach the target (the message gives the largest reachable
+            reduction).
     """
 
     name = "target"
     _BASES = ("shapiro", "jarque_bera", "k34", "global", "fixed")
 
     def __init__(
-        self, macs_reduction: float = 0.5, base: str = "shapiro", **base_options
+        self,
+        macs_reduction: float | None = None,
+        base: str = "shapiro",
+        latency_reduction: float | None = None,
+        **base_options,
     ):
-        try:
-            value = float(macs_reduction)
-        except (TypeError, ValueError):
-            value = float("nan")
-        if not 0.0 < value < 1.0:
+        if macs_reduction is not None and latency_reduction is not None:
             raise InvalidArgumentError(
-                f"Received macs_reduction={macs_reduction!r}; pass a fraction in "
-                "(0, 1), e.g. 0.5 for 50% fewer MACs."
+                f"Received macs_reduction={macs_reduction!r} and latency_reduction="
+                f"{latency_reduction!r}; pass one target."
+            )
+        if latency_reduction is not None:
+            self.metric, argument, value = (
+                "latency",
+                "latency_reduction",
+                latency_reduction,
+            )
+        else:
+            self.metric, argument = "macs", "macs_reduction"
+            value = 0.5 if macs_reduction is None else macs_reduction
+        try:
+            target = float(value)
+        except (TypeError, ValueError):
+            target = float("nan")
+        if not 0.0 < target < 1.0:
+            raise InvalidArgumentError(
+                f"Received {argument}={value!r}; pass a fraction in (0, 1), e.g. "
+                f"0.5 for 50% fewer {'MACs' if self.metric == 'macs' else 'ms'}."
             )
         if base not in self._BASES:
             raise UnknownNameError(
                 f"Received base={base!r}; pass one of {list(self._BASES)}."
             )
-        self.macs_reduction = value
+        self.target = target
+        self.macs_reduction = target if self.metric == "macs" else None
+        self.latency_reduction = target if self.metric == "latency" else None
         self.base = base
         self.base_options = dict(base_options)
         options = dict(base_options)
@@ -487,10 +517,19 @@ class TargetAllocation(Allocation):
         self._base = get_allocation(base, **options)
 
     def _reduction(self, context, ratios) -> float:
-        return context.macs_reduction(context.keep_counts(ratios))
+        counts = context.keep_counts(ratios)
+        if self.metric == "latency":
+            if context.latency_reduction is None:
+                raise InvalidArgumentError(
+                    "latency_reduction needs a latency model; plan with "
+                    "hos_keras.plan_pruning(..., runtime=...) or pass "
+                    "latency_model=."
+                )
+            return context.latency_reduction(counts)
+        return context.macs_reduction(counts)
 
     def allocate(self, context: AllocationContext) -> Allocated:
-        target = self.macs_reduction
+        target = self.target
         base = self._base
         if isinstance(base, GlobalAllocation):
             lo, hi = 0, base.total(context) - 1
@@ -546,12 +585,12 @@ class TargetAllocation(Allocation):
         def ratios_at(r):
             return {n: 0.0 if base.skipped(n) else r for n in context.layers}
 
-        if self._reduction(context, ratios_at(cap)) < self.macs_reduction:
+        if self._reduction(context, ratios_at(cap)) < self.target:
             self._unreachable(context, ratios_at(cap))
         lo, hi = 0.0, cap
         for _ in range(40):
             mid = 0.5 * (lo + hi)
-            if self._reduction(context, ratios_at(mid)) >= self.macs_reduction:
+            if self._reduction(context, ratios_at(mid)) >= self.target:
                 hi = mid
             else:
                 lo = mid
@@ -560,21 +599,26 @@ class TargetAllocation(Allocation):
         )
 
     def _result(self, context, ratios, statistics, details) -> Allocated:
-        details["achieved_macs_reduction"] = self._reduction(context, ratios)
-        details["requested_macs_reduction"] = self.macs_reduction
+        details["achieved_macs_reduction"] = context.macs_reduction(
+            context.keep_counts(ratios)
+        )
+        details[f"requested_{self.metric}_reduction"] = self.target
+        if self.metric == "latency":
+            details["predicted_latency_reduction"] = self._reduction(context, ratios)
         return Allocated(ratios, statistics, details)
 
     def _unreachable(self, context, ratios):
         best = self._reduction(context, ratios)
+        what = "MACs" if self.metric == "macs" else "predicted latency"
         raise InvalidArgumentError(
-            f"Cannot reach macs_reduction={self.macs_reduction}: with base="
+            f"Cannot reach {self.metric}_reduction={self.target}: with base="
             f"{self.base!r} the most aggressive setting removes {best:.1%} of the "
-            "MACs. Ask for less, raise max_ratio, or use base='global'."
+            f"{what}. Ask for less, raise max_ratio, or use base='global'."
         )
 
     def get_config(self):
         return {
-            "macs_reduction": self.macs_reduction,
+            f"{self.metric}_reduction": self.target,
             "base": self.base,
             **self.base_options,
         }

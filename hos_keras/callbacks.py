@@ -57,7 +57,11 @@ class HOSPruneCallback(keras.callbacks.Callback):
 
     Progressive pruning: give several epochs and, for the step sizes, a list for
     the allocation's main option (e.g. `ratio=[0.2, 0.4]` for `"fixed"` or
-    `macs_reduction=[0.25, 0.5]` for `"target"`), one cumulative value per epoch.
+    `macs_reduction=[0.25, 0.5]` or `latency_reduction=[0.25, 0.5]` for
+    `"target"`), one cumulative value per epoch. A latency target plans against a
+    latency model of the model on `runtime=` (`hos_keras.latency`, built once and
+    cached); the masked model is not re-timed at each step unless
+    `verify_latency=True`.
     Channels masked once stay masked: each plan also removes what earlier plans
     removed, so `callback.plan` always describes every masked channel.
 
@@ -167,11 +171,14 @@ class HOSPruneCallback(keras.callbacks.Callback):
         if epoch + 1 not in self.prune_epochs:
             return
         step = self.prune_epochs.index(epoch + 1)
+        options = self._options_for(step)
+        if "latency_reduction" in options:
+            options.setdefault("verify_latency", False)
         plan = plan_pruning(
             self.model,
             criterion=self.criterion,
             allocation=self.allocation,
-            **self._options_for(step),
+            **options,
         )
         if self.plan is not None:
             # Cumulative: channels masked at earlier steps stay pruned.

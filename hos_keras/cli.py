@@ -118,6 +118,12 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
     otherwise it is left out (the report uses -c for its own table).
     """
     name, target = args.allocation, args.target
+    latency_target = getattr(args, "latency_target", None)
+    if target is not None and latency_target is not None:
+        raise CommandError(
+            "--target and --latency-target exclude each other: ask for a share of "
+            "MACs or a share of latency."
+        )
     base = "shapiro" if name == "target" else name
     flags = {
         "coefficient": ("-c/--coefficient", _STATISTIC_ALLOCATIONS),
@@ -136,18 +142,21 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
                     f"{name}."
                 )
             continue
-        if target is not None or name == "target":
+        if target is not None or latency_target is not None or name == "target":
             if strict:
+                which = "--latency-target" if latency_target is not None else "--target"
                 raise CommandError(
-                    f"{flag} and --target exclude each other: the target search "
+                    f"{flag} and {which} exclude each other: the target search "
                     f"chooses the {key}."
                 )
             continue
         options[key] = value
-    if target is not None or name == "target":
+    if target is not None or latency_target is not None or name == "target":
         options = {"base": base}
         if target is not None:
             options["macs_reduction"] = target
+        if latency_target is not None:
+            options["latency_reduction"] = latency_target
         return "target", options
     return name, options
 
@@ -160,8 +169,15 @@ def _plan(model, args, strict: bool = True) -> PruningPlan:
         allocation,
         min_channels=args.min_channels,
         round_to=args.round_to,
+        runtime=getattr(args, "runtime", "tflite"),
         **options,
     )
+
+
+def _round_to(text: str):
+    if text == "auto":
+        return "auto"
+    return _positive_int(text)
 
 
 def _cmd_report(args) -> None:
@@ -266,6 +282,14 @@ def _cmd_prune(args) -> None:
         plan = _plan(model, args)
     slim = slim_model(model, plan)
     plan.summary()
+    latency = plan.details.get("latency")
+    if latency and "measured_speedup" in latency:
+        print(
+            f"latency on {latency['runtime']}: {latency['measured_original_ms']:.3f} "
+            f"-> {latency['measured_slim_ms']:.3f} ms, measured "
+            f"{latency['measured_speedup']:.2f}x (predicted "
+            f"{latency['predicted_speedup']:.2f}x)"
+        )
     slim.save(args.out)
     print(f"slim model written to {args.out} ({os.path.getsize(args.out):,} bytes)")
     if args.plan:
@@ -375,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--round-to",
-            type=_positive_int,
+            type=_round_to,
             default=1,
-            help="round kept channels up to a multiple of this (default: 1)",
+            help="round kept channels up to a multiple of this, or 'auto' for the "
+            "channel tile measured on --runtime (default: 1)",
         )
 
     report = commands.add_parser(
@@ -397,6 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="SLIM.keras", help="where to save the result"
     )
     prune.add_argument("--plan", metavar="PLAN.json", help="also write the plan here")
+    prune.add_argument(
+        "--latency-target",
+        type=_fraction,
+        help="fraction of the latency on --runtime to remove (0.5: 2x faster); "
+        "searches the allocation's knob against a measured latency model",
+    )
+    prune.add_argument(
+        "--runtime",
+        choices=["tflite", "tf"],
+        default="tflite",
+        help="runtime of --latency-target and --round-to auto: the TFLite "
+        "interpreter (batch 1, 2 threads) or TensorFlow (batch 1) (default: tflite)",
+    )
     prune.add_argument(
         "--from-plan",
         metavar="PLAN.json",

@@ -13,9 +13,8 @@ import dataclasses
 import json
 import os
 import tempfile
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -23,12 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, export, graph, surgery
+from hos_keras import distill, graph, surgery
+from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, check_int
+from hos_keras.latency import measure_latency
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 
-__all__ = ["CompressionReport", "compress", "measure_latency"]
+__all__ = ["CompressionReport", "compress"]
 
 STAGES = ("original", "pruned", "distilled", "finetuned")
 
@@ -289,71 +290,6 @@ def _check_data(name: str, data) -> None:
         )
 
 
-def measure_latency(
-    models: Mapping[str, keras.Model],
-    sample,
-    batch_sizes: Sequence[int] = (1, 32),
-    runs: int = 20,
-    warmup: int = 3,
-) -> dict[str, dict[int, float]]:
-    """Median inference time of several models, measured alternately.
-
-    Each model runs as a `tf.function` in inference mode. The models take turns
-    within every batch size, so machine noise affects them alike and their ratio
-    is meaningful even on a busy machine.
-
-    Args:
-        models: Name -> model; all must accept `sample`.
-        sample: One input (nested structure of arrays with a batch axis); its
-            first example is tiled to each batch size.
-        batch_sizes: Batch sizes to time. Defaults to `(1, 32)`.
-        runs: Timed calls per model and batch size. Defaults to `20`.
-        warmup: Untimed calls first (tracing). Defaults to `3`.
-
-    Returns:
-        Name -> {batch size: median milliseconds per call}.
-
-    Raises:
-        InvalidArgumentError: for a non-positive batch size or run count.
-
-    Example:
-
-    ```python
-    times = hos_keras.measure_latency({"big": model, "slim": slim}, x_val[:1])
-    print(times["big"][1] / times["slim"][1])
-    ```
-    """
-    if int(runs) < 1 or any(int(b) < 1 for b in batch_sizes):
-        raise InvalidArgumentError(
-            f"Received runs={runs!r}, batch_sizes={list(batch_sizes)!r}; pass "
-            "positive integers."
-        )
-    functions = {
-        name: tf.function(lambda x, m=model: m(x, training=False))
-        for name, model in models.items()
-    }
-    result: dict[str, dict[int, float]] = {name: {} for name in models}
-    for batch in batch_sizes:
-        x = keras.tree.map_structure(
-            lambda t, b=int(batch): tf.constant(
-                np.repeat(np.asarray(t)[:1], b, axis=0)
-            ),
-            sample,
-        )
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for name, fn in functions.items():
-            for _ in range(warmup):
-                keras.tree.map_structure(np.asarray, fn(x))
-        for _ in range(int(runs)):
-            for name, fn in functions.items():
-                start = time.perf_counter()
-                keras.tree.map_structure(np.asarray, fn(x))
-                times[name].append(time.perf_counter() - start)
-        for name in models:
-            result[name][int(batch)] = 1000.0 * float(np.median(times[name]))
-    return result
-
-
 def _file_bytes(model: keras.Model, path: str) -> int | None:
     try:
         model.save(path)
@@ -408,17 +344,28 @@ def _fresh_optimizer(identifier, default: Callable[[], keras.optimizers.Optimize
     return keras.optimizers.get(identifier)
 
 
-def _resolve_allocation(allocation, target, options):
-    if target is None:
+def _resolve_allocation(allocation, target, options, target_latency=None):
+    if target is not None and target_latency is not None:
+        raise InvalidArgumentError(
+            f"Received target={target!r} and target_latency={target_latency!r}; "
+            "pass one: a share of MACs or a share of latency to remove."
+        )
+    if target is None and target_latency is None:
         return allocation, options
+    name = "target" if target is not None else "target_latency"
+    value = target if target is not None else target_latency
     if not isinstance(allocation, str) or allocation == "target":
         raise InvalidArgumentError(
-            f"Received target={target!r} with allocation={allocation!r}; with a "
+            f"Received {name}={value!r} with allocation={allocation!r}; with a "
             "target pass the base allocation by name (e.g. allocation='shapiro'), "
             "or pass allocation='target' with macs_reduction= instead of target."
         )
+    if target is not None:
+        return allocation_lib.TargetAllocation(
+            macs_reduction=target, base=allocation, **options
+        ), {}
     return allocation_lib.TargetAllocation(
-        macs_reduction=target, base=allocation, **options
+        latency_reduction=target_latency, base=allocation, **options
     ), {}
 
 
@@ -428,6 +375,9 @@ def compress(
     val_data,
     *,
     target: float | None = None,
+    target_latency: float | None = None,
+    runtime: str = "tflite",
+    latency_model: latency_lib.LatencyModel | None = None,
     criterion="k34",
     allocation="shapiro",
     distill_epochs: int = 1,
@@ -443,7 +393,7 @@ def compress(
     output_weight: float = 1.0,
     decay: float = 3.0,
     min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     seed: int | None = 0,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     latency_batch_sizes: Sequence[int] = (1, 32),
@@ -475,6 +425,16 @@ def compress(
         target: Fraction of MACs to remove, in (0, 1): the coefficient of
             `allocation` is searched to reach it (see `TargetAllocation`).
             Defaults to `None` (use `allocation` with its own options).
+        target_latency: Fraction of the latency on `runtime` to remove, in (0, 1)
+            (`0.5`: 2x faster): the coefficient of `allocation` is searched until
+            the predicted latency (`hos_keras.latency`) meets it, and the plan
+            records the measured speed-up. Give this or `target`. Defaults to
+            `None`.
+        runtime: Runtime of `target_latency`: `"tflite"` or `"tf"`. Defaults to
+            `"tflite"`.
+        latency_model: A ready latency model of `model` for `target_latency`
+            (e.g. for another thread count). Defaults to `None` (built for
+            `runtime`, or loaded from the cache).
         criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
@@ -549,7 +509,9 @@ def compress(
                 f"({error.strerror}); choose a writable directory."
             ) from error
     say = print if verbose else (lambda *_: None)
-    allocator, options = _resolve_allocation(allocation, target, allocation_options)
+    allocator, options = _resolve_allocation(
+        allocation, target, allocation_options, target_latency
+    )
 
     plan = plan_pruning(
         model,
@@ -558,6 +520,8 @@ def compress(
         min_channels=min_channels,
         round_to=round_to,
         seed=seed,
+        runtime=runtime,
+        latency_model=latency_model,
         **options,
     )
     say(
@@ -658,7 +622,7 @@ def compress(
     if tflite_latency and latency_runs and len(model.inputs) == 1:
         say("[hos_keras] measuring TFLite latency")
         try:
-            tflite = export.tflite_latency(
+            tflite = latency_lib.tflite_latency(
                 {"original": teacher, "slim": student},
                 keras.tree.flatten(sample)[0],
                 runs=latency_runs,

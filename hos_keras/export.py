@@ -1,23 +1,18 @@
-"""TFLite conversion and interpreter helpers shared by `compress` and the CLI.
+"""TFLite conversion and interpreter helpers for exported files (the CLI).
 
-On small networks TensorFlow's runtime is dominated by per-op overhead, so a
-slimmer model barely runs faster there at batch 1; the TFLite interpreter shows the
-speed-up that the fewer MACs buy. Both are measured.
+Timing lives in `hos_keras.latency`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 import warnings
-from collections.abc import Mapping
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-__all__ = ["tflite_latency", "to_tflite"]
+__all__ = ["interpreter", "to_tflite"]
 
 
 def to_tflite(model: keras.Model) -> bytes:
@@ -45,42 +40,3 @@ def interpreter(flat: bytes, threads: int | None = None) -> tf.lite.Interpreter:
         result = tf.lite.Interpreter(model_content=flat, num_threads=threads)
     result.allocate_tensors()
     return result
-
-
-def tflite_latency(
-    models: Mapping[str, keras.Model],
-    sample: np.ndarray,
-    runs: int = 20,
-    warmup: int = 3,
-    threads: int = 2,
-) -> dict[str, float]:
-    """Median batch-1 inference time of several models in the TFLite interpreter.
-
-    The models take turns, as in `measure_latency`.
-
-    Args:
-        models: Name -> single-input model.
-        sample: An input batch; its first example is used.
-        runs: Timed calls per model. Defaults to `20`.
-        warmup: Untimed calls first. Defaults to `3`.
-        threads: Interpreter threads. Defaults to `2`.
-
-    Returns:
-        Name -> milliseconds per call.
-    """
-    x = np.asarray(sample)[:1].astype("float32")
-    interpreters = {}
-    for name, model in models.items():
-        runner = interpreter(to_tflite(model), threads)
-        index = runner.get_input_details()[0]["index"]
-        runner.set_tensor(index, x)
-        for _ in range(warmup):
-            runner.invoke()
-        interpreters[name] = runner
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(int(runs)):
-        for name, runner in interpreters.items():
-            start = time.perf_counter()
-            runner.invoke()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}

@@ -52,6 +52,8 @@ __all__ = [
     "channel_groups",
     "functional_nodes",
     "get_layer",
+    "inner_graph",
+    "io_structure",
     "iter_calls",
     "layer_view",
 ]
@@ -186,7 +188,7 @@ def _containers(model, prefix: str = "") -> dict:
     found = {}
     for node in functional_nodes(model):
         op = node.operation
-        inner = _inner_graph(op, node)
+        inner = inner_graph(op, node)
         if inner is not None:
             found[prefix + op.name] = op
             found.update(_containers(inner, f"{prefix}{op.name}/"))
@@ -202,6 +204,15 @@ def functional_nodes(model: keras.Model) -> list:
     graph = _functional(model)
     depths = sorted(graph._nodes_by_depth, reverse=True)
     return [node for depth in depths for node in graph._nodes_by_depth[depth]]
+
+
+def io_structure(model: keras.Model):
+    """`(inputs, outputs)` of a functional graph, in their nested structures."""
+    graph = _functional(model)
+    inputs = getattr(graph, "_inputs_struct", None)
+    if inputs is None:
+        inputs = graph.inputs if len(graph.inputs) > 1 else graph.inputs[0]
+    return inputs, graph._outputs_struct
 
 
 def _functional(model):
@@ -291,12 +302,16 @@ def _make_view(layer, node):
         for value in keras.tree.flatten((inner.arguments.args, inner.arguments.kwargs)):
             if isinstance(value, keras.Variable):
                 return "a subclassed layer that uses a variable directly"
-    if not _same_outputs(layer, view, node, args, kwargs):
+    if not _same_outputs(layer, view, node):
         return "a subclassed layer whose traced graph differs from its call"
     return view
 
 
-def _same_outputs(layer, view, node, args, kwargs) -> bool:
+def _same_outputs(layer, view, node) -> bool:
+    """Whether the view computes the layer's outputs on a random input (inference).
+
+    Unknown dimensions of the input are set to 8 for the probe.
+    """
     rng = np.random.default_rng(0)
     probes = []
     for t in node.input_tensors:
@@ -325,8 +340,17 @@ def _same_outputs(layer, view, node, args, kwargs) -> bool:
     return True
 
 
-def _inner_graph(op, node):
-    """The graph to walk inside a call: a nested functional model or a view."""
+def inner_graph(op, node):
+    """The graph to walk inside a call: a nested functional model or a view.
+
+    Args:
+        op: The layer or operation called.
+        node: The node of the call (for a view's input shapes).
+
+    Returns:
+        The nested functional model itself, the functional view of a traceable
+        subclassed layer, or `None` for a leaf layer or operation.
+    """
     if _is_functional(op):
         return op
     if layer_rules.get_rule(op) is not None or not isinstance(op, keras.layers.Layer):
@@ -361,7 +385,7 @@ def iter_calls(model: keras.Model, prefix: str = "") -> Iterator[Call]:
         op = node.operation
         if node.is_input or isinstance(op, keras.layers.InputLayer):
             continue
-        inner = _inner_graph(op, node)
+        inner = inner_graph(op, node)
         if inner is not None:
             yield from iter_calls(inner, f"{prefix}{op.name}/")
             continue
@@ -530,7 +554,7 @@ class _Tracer(layer_rules.TraceContext):
 
     def _visit(self, node, op) -> None:
         self._enter(node, op)
-        inner = _inner_graph(op, node)
+        inner = inner_graph(op, node)
         if inner is not None:
             self._nested(node, op, inner)
             return

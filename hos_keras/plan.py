@@ -21,6 +21,7 @@ import numpy as np
 
 from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, graph, layer_rules
+from hos_keras import latency as latency_lib
 from hos_keras.errors import (
     HOSKerasError,
     InvalidArgumentError,
@@ -387,9 +388,12 @@ def plan_pruning(
     allocation="shapiro",
     *,
     min_channels: int = 1,
-    round_to: int = 1,
+    round_to: int | str = 1,
     seed: int | None = 0,
     group_reduction: str = "mean",
+    runtime: str = "tflite",
+    latency_model: latency_lib.LatencyModel | None = None,
+    verify_latency: bool = True,
     **options,
 ) -> PruningPlan:
     """Plans which output channels of a model to prune.
@@ -408,13 +412,25 @@ def plan_pruning(
             instance. Defaults to `"shapiro"`.
         min_channels: Fewest channels any layer keeps. Defaults to `1`.
         round_to: Kept channels are rounded up to a multiple of this (e.g. 8 for
-            hardware-friendly widths), never above the original. Defaults to `1`.
+            hardware-friendly widths), never above the original; `"auto"` uses
+            the output-channel tile measured on `runtime`
+            (`hos_keras.latency.measure_tile`, cached). Defaults to `1`.
         seed: Seed for randomized criteria. Defaults to `0`.
         group_reduction: How the scores of a group's producers combine into one
             score per channel: `"mean"`, `"max"` or `"sum"`. Defaults to `"mean"`.
+        runtime: The runtime a latency target is measured on: `"tflite"` (the
+            TFLite interpreter, batch 1, 2 threads) or `"tf"` (TensorFlow, batch
+            1). Only used with `latency_reduction=`. Defaults to `"tflite"`.
+        latency_model: A `hos_keras.latency.LatencyModel` of this model (for
+            another runtime, batch size or thread count); `None` builds (or loads
+            from the cache) one for `runtime`. Defaults to `None`.
+        verify_latency: With a latency target, slim the model and measure it on
+            the runtime; `plan.details` then holds the measured latency and
+            speed-up beside the predicted ones. Defaults to `True`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` and `skip=[...]` (fixed),
-            `macs_reduction=0.5` and `base="shapiro"` (target).
+            `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
+            (target).
 
     Returns:
         A `PruningPlan`.
@@ -436,6 +452,8 @@ def plan_pruning(
     ```
     """
     min_channels = check_int("min_channels", min_channels)
+    if round_to == "auto":
+        round_to = latency_lib.measure_tile(runtime)
     round_to = check_int("round_to", round_to)
     if group_reduction not in _REDUCTIONS:
         raise InvalidArgumentError(
@@ -444,6 +462,7 @@ def plan_pruning(
         )
     allocator = allocation_lib.get_allocation(allocation, **options)
     scorer = criteria.get_criterion(criterion, seed=seed)
+    wants_latency = getattr(allocator, "latency_reduction", None) is not None
 
     channel_graph = graph.channel_groups(model)
     prunable = channel_graph.prunable
@@ -502,6 +521,15 @@ def plan_pruning(
     def macs_reduction(counts: Mapping[str, int]) -> float:
         return 1.0 - cost(counts)["macs"] / base_cost["macs"]
 
+    if wants_latency and latency_model is None:
+        latency_model = latency_lib.build_latency_model(
+            model, runtime, channel_graph=channel_graph
+        )
+
+    def latency_reduction(counts: Mapping[str, int]) -> float:
+        predicted = latency_model.predict(*_channel_counts(channel_graph, kept(counts)))
+        return 1.0 - predicted / latency_model.base_ms
+
     context = allocation_lib.AllocationContext(
         layers=list(by_name),
         channels={g.name: g.channels for g in prunable},
@@ -510,6 +538,7 @@ def plan_pruning(
         reference=conv_names,
         keep_counts=keep_counts,
         macs_reduction=macs_reduction,
+        latency_reduction=latency_reduction if latency_model is not None else None,
     )
     allocated = allocator.allocate(context)
     counts = keep_counts(allocated.ratios)
@@ -529,7 +558,20 @@ def plan_pruning(
         )
         for g in prunable
     }
-    return PruningPlan(
+    details = {k: _plain(v) for k, v in allocated.details.items()}
+    if latency_model is not None:
+        predicted = latency_model.predict(
+            *_channel_counts(channel_graph, {n: g.keep for n, g in groups.items()})
+        )
+        details["latency"] = {
+            "runtime": latency_model.runtime,
+            "batch_size": latency_model.batch_size,
+            "threads": latency_model.threads,
+            "original_ms": latency_model.base_ms,
+            "predicted_ms": predicted,
+            "predicted_speedup": latency_model.base_ms / max(predicted, 1e-9),
+        }
+    plan = PruningPlan(
         model_name=model.name,
         criterion=getattr(scorer, "name", getattr(scorer, "__name__", repr(scorer))),
         allocation=allocator.name,
@@ -540,15 +582,19 @@ def plan_pruning(
         params_after=after["params"],
         macs_before=base_cost["macs"],
         macs_after=after["macs"],
-        details={k: _plain(v) for k, v in allocated.details.items()},
+        details=details,
     )
+    if latency_model is not None and verify_latency:
+        details["latency"].update(latency_lib.measure_plan(model, plan, latency_model))
+    return plan
 
 
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 
 
-def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
-    """profile() of the model with each group reduced to its kept channels."""
+def _channel_counts(channel_graph, keeps: Mapping[str, np.ndarray]):
+    """`(in_channels, out_channels, tensor_channels)` of the layers a pruning
+    changes, each group reduced to its kept channels."""
     removed = channel_graph.removed_classes(keeps)
     in_keep, out_keep = channel_graph.kept_positions(removed)
     in_channels = {k: len(v) for k, v in in_keep.items()}
@@ -558,6 +604,17 @@ def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
         rule = layer_rules.get_rule(layer)
         if rule is not None and not rule.creates(layer):
             out_channels[name] = rule.passed(layer, count)
+    tensor_channels = {}
+    for name, classes in channel_graph.tensors.items():
+        kept = int(np.count_nonzero(~np.isin(classes, removed)))
+        if kept != len(classes):
+            tensor_channels[name] = kept
+    return in_channels, out_channels, tensor_channels
+
+
+def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
+    """profile() of the model with each group reduced to its kept channels."""
+    in_channels, out_channels, _ = _channel_counts(channel_graph, keeps)
     return profile(model, in_channels, out_channels)
 
 

@@ -111,6 +111,8 @@ class _Replay:
         self.clones: dict[int, object] = {}
         # Clones whose weights are set (replayed nested graphs: layer by layer).
         self.done: set[int] = set()
+        # Traced subclassed layers, replayed from their functional views.
+        self.views: set[int] = set()
 
     def model(self, model, prefix: str, inputs=None) -> keras.Model:
         """A plain functional (or Sequential) copy of a functional graph.
@@ -121,9 +123,10 @@ class _Replay:
             inputs: The new tensors the copy will be called on (nested graphs), to
                 size its inputs; `None` for the top-level model.
         """
-        source = graph._functional(model)
+        input_struct, output_struct = graph.io_structure(model)
+        originals = keras.tree.flatten(input_struct)
         new_inputs = []
-        for k, original in enumerate(source.inputs):
+        for k, original in enumerate(originals):
             shape = tuple(original.shape[1:])
             if inputs is not None:
                 shape = tuple(inputs[k].shape[1:])
@@ -132,7 +135,7 @@ class _Replay:
                     shape=shape, dtype=original.dtype, name=_input_name(original)
                 )
             )
-        tensors = {id(t): x for t, x in zip(source.inputs, new_inputs, strict=True)}
+        tensors = {id(t): x for t, x in zip(originals, new_inputs, strict=True)}
         layers_in_order = []
         for node in graph.functional_nodes(model):
             op = node.operation
@@ -141,7 +144,16 @@ class _Replay:
             name = prefix + op.name
             args, kwargs = node.arguments.fill_in(tensors)
             new_op = self._clone(op, node, name, args)
-            outputs = new_op(*args, **kwargs)
+            if id(op) in self.views:
+                # A traced layer's view takes its input tensors as one flat list.
+                flat = [
+                    t
+                    for t in keras.tree.flatten((args, kwargs))
+                    if isinstance(t, keras.KerasTensor)
+                ]
+                outputs = new_op(flat if len(flat) > 1 else flat[0])
+            else:
+                outputs = new_op(*args, **kwargs)
             self._set_weights(op, new_op, name)
             for old, new in zip(
                 node.output_tensors, keras.tree.flatten(outputs), strict=True
@@ -149,30 +161,25 @@ class _Replay:
                 tensors[id(old)] = new
             if new_op not in layers_in_order:
                 layers_in_order.append(new_op)
-        outputs = keras.tree.map_structure(
-            lambda t: tensors[id(t)], source._outputs_struct
-        )
+        outputs = keras.tree.map_structure(lambda t: tensors[id(t)], output_struct)
         if isinstance(model, keras.Sequential):
             return keras.Sequential([new_inputs[0], *layers_in_order], name=model.name)
-        structure = getattr(source, "_inputs_struct", None)
-        if structure is not None:
-            flat = {id(t): x for t, x in zip(source.inputs, new_inputs, strict=True)}
-            new_struct = keras.tree.map_structure(lambda t: flat[id(t)], structure)
-        else:
-            new_struct = new_inputs if len(new_inputs) > 1 else new_inputs[0]
-        return keras.Model(new_struct, outputs, name=model.name)
+        inputs = keras.tree.map_structure(lambda t: tensors[id(t)], input_struct)
+        return keras.Model(inputs, outputs, name=model.name)
 
     def _clone(self, op, node, name, args):
         key = id(op)
         if key in self.clones:
             return self.clones[key]
-        inner = graph._inner_graph(op, node)
+        inner = graph.inner_graph(op, node)
         if inner is not None:
             new_inputs = [
                 t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)
             ]
             clone = self.model(inner, f"{name}/", new_inputs)
             self.done.add(id(clone))
+            if inner is not op:
+                self.views.add(id(op))
         else:
             config = _config(op)
             spec = self.specs.get(name)

@@ -22,6 +22,7 @@ import keras_tuner
 import tensorflow as tf
 
 from hos_keras import distill, graph
+from hos_keras import latency as latency_lib
 from hos_keras.compress import evaluate_model
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 from hos_keras.plan import PruningPlan, plan_pruning
@@ -87,7 +88,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
             modified; it is the frozen teacher of every trial).
         macs_budget: Largest number of MACs a student may have.
         target_reduction: Or: smallest fraction of MACs it must remove, in (0, 1).
-            Pass exactly one of the two.
+        target_latency: Or: smallest fraction of the latency on `runtime` it must
+            remove, in (0, 1), judged by the latency model's prediction
+            (`hos_keras.latency`, built once for the base model and cached).
+            Pass exactly one of the three budgets.
+        runtime: Runtime of `target_latency`: `"tflite"` or `"tf"`. Defaults to
+            `"tflite"`.
+        latency_model: A ready `hos_keras.latency.LatencyModel` of the base model
+            for `target_latency`. Defaults to `None` (built for `runtime`).
         allocation: Allocation name(s): `"shapiro"`, `"jarque_bera"`, `"k34"`
             (their knob is `coefficient`) or `"global"` (knob `fraction`).
             Defaults to `"shapiro"`.
@@ -133,6 +141,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
         *,
         macs_budget: int | None = None,
         target_reduction: float | None = None,
+        target_latency: float | None = None,
+        runtime: str = "tflite",
+        latency_model=None,
         allocation="shapiro",
         coefficient=(1.5, 8.0),
         fraction=(0.1, 0.7),
@@ -155,12 +166,26 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "there is nothing to search."
             )
         self.macs_original = profile(base_model)["macs"]
-        if (macs_budget is None) == (target_reduction is None):
+        given = [macs_budget, target_reduction, target_latency]
+        if sum(v is not None for v in given) != 1:
             raise InvalidArgumentError(
-                f"Received macs_budget={macs_budget!r} and target_reduction="
-                f"{target_reduction!r}; pass exactly one of them."
+                f"Received macs_budget={macs_budget!r}, target_reduction="
+                f"{target_reduction!r} and target_latency={target_latency!r}; pass "
+                "exactly one of them."
             )
-        if target_reduction is not None:
+        self.latency_model = None
+        if target_latency is not None:
+            if not 0.0 < float(target_latency) < 1.0:
+                raise InvalidArgumentError(
+                    f"Received target_latency={target_latency!r}; pass a fraction "
+                    "in (0, 1), e.g. 0.5 for 2x faster."
+                )
+            self.latency_model = latency_model or latency_lib.build_latency_model(
+                base_model, runtime
+            )
+            # The MACs budget stays open; the latency budget decides.
+            macs_budget = self.macs_original
+        elif target_reduction is not None:
             if not 0.0 < float(target_reduction) < 1.0:
                 raise InvalidArgumentError(
                     f"Received target_reduction={target_reduction!r}; pass a "
@@ -207,6 +232,11 @@ class HOSHyperModel(keras_tuner.HyperModel):
             )
         self.base_model = base_model
         self.macs_budget = int(macs_budget)
+        if self.latency_model is not None:
+            self._budget_key = "predicted_ms"
+            self._budget = self.latency_model.base_ms * (1 - float(target_latency))
+        else:
+            self._budget_key, self._budget = "macs", self.macs_budget
         self.distill_epochs = int(distill_epochs)
         self.finetune_epochs = int(finetune_epochs)
         self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -243,6 +273,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
             criterion,
             allocation,
             min_channels=self.min_channels,
+            latency_model=self.latency_model,
+            verify_latency=False,
             **{knob: value},
         )
 
@@ -276,11 +308,20 @@ class HOSHyperModel(keras_tuner.HyperModel):
     def _sgd(lr: float) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
 
-    def score(self, macs: int, accuracy: float | None) -> float:
-        """The objective: accuracy within the budget, else -(relative excess)."""
-        if macs <= self.macs_budget:
+    def score(self, cost: float, accuracy: float | None) -> float:
+        """The objective: accuracy within the budget, else -(relative excess).
+
+        `cost` is the student's MACs, or its predicted latency (ms) with
+        `target_latency`.
+        """
+        if cost <= self._budget:
             return float(accuracy)
-        return -float(macs - self.macs_budget) / self.macs_budget
+        return -float(cost - self._budget) / self._budget
+
+    def _cost(self, plan: PruningPlan) -> float:
+        if self._budget_key == "predicted_ms":
+            return float(plan.details["latency"]["predicted_ms"])
+        return float(plan.macs_after)
 
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, **kwargs):
         validation_data = kwargs.get("validation_data")
@@ -292,8 +333,10 @@ class HOSHyperModel(keras_tuner.HyperModel):
         plan = model.hos_plan
         reduction = plan.macs_reduction
         result = {"macs_reduction": reduction, "macs": float(plan.macs_after)}
-        if plan.macs_after > self.macs_budget and self.over_budget == "reject":
-            result[OBJECTIVE] = self.score(plan.macs_after, None)
+        cost = self._cost(plan)
+        result[self._budget_key] = cost
+        if cost > self._budget and self.over_budget == "reject":
+            result[OBJECTIVE] = self.score(cost, None)
             return result
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset | keras.utils.PyDataset):
@@ -321,7 +364,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             -evaluation["loss"],
         )
         result.update({f"val_{k}": v for k, v in evaluation.items()})
-        result[OBJECTIVE] = self.score(plan.macs_after, accuracy)
+        result[OBJECTIVE] = self.score(cost, accuracy)
         return result
 
     def best_student(self, tuner: keras_tuner.Tuner) -> keras.Model:
@@ -348,6 +391,17 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "No trial has completed; run tuner.search(...) first."
             )
         best = tuner.oracle.get_best_trials(1)[0]
+        if self._budget_key == "predicted_ms":
+            best_ms = best.metrics.get_last_value("predicted_ms")
+            if best_ms > self._budget:
+                closest = min(t.metrics.get_last_value("predicted_ms") for t in trials)
+                raise InvalidArgumentError(
+                    f"No trial met the latency budget of {self._budget:.3f} ms "
+                    f"(predicted, {self.latency_model.runtime}); the closest was "
+                    f"{closest:.3f} ms. Lower the coefficient range (smaller c "
+                    "prunes more), raise the fraction range, or relax the budget."
+                )
+            return tuner.load_model(best).student
         best_macs = best.metrics.get_last_value("macs")
         if best_macs > self.macs_budget:
             closest = min(t.metrics.get_last_value("macs") for t in trials)

@@ -89,3 +89,19 @@ def test_keras_hub_backbone_slims_exactly_and_reloads(family, tmp_path):
     np.testing.assert_allclose(
         loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.slow
+def test_keras_hub_backbone_and_task_as_the_model(tmp_path):
+    """A functional subclass given directly: rebuilt as a plain functional model."""
+    from keras_hub.models import ResNetImageClassifier
+
+    keras.utils.set_random_seed(0)
+    backbone, shape = zoo.hub_classifier("ResNetBackbone")
+    backbone = backbone.layers[1]
+    task = ResNetImageClassifier(backbone=backbone, num_classes=10, preprocessor=None)
+    for model in (backbone, task):
+        _, slim = _covered(model, shape)
+        assert type(slim).__name__ == "Functional"
+        slim.save(tmp_path / f"{model.name}.keras")
+        keras.models.load_model(tmp_path / f"{model.name}.keras")

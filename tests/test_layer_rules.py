@@ -290,3 +290,25 @@ def test_one_warning_per_plan_grouped_by_reason():
     assert list(plan.groups) == ["free"]
     assert len(plan.frozen) == 6  # and the output group
     assert plan.frozen["c2"] == "normalises over channels: 'ln2' (LayerNormalization)"
+
+
+def test_traced_block_with_two_tensor_arguments():
+    class Gate(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = layers.Conv2D(6, 1, name="conv")
+
+        def call(self, x, gate):
+            return self.conv(x) * ops.sigmoid(gate)
+
+    inputs = keras.Input((6, 6, 3))
+    a = layers.Conv2D(5, 3, padding="same", name="a")(inputs)
+    b = layers.Conv2D(6, 3, padding="same", name="b")(inputs)
+    x = Gate(name="gate")(a, b)
+    x = layers.Conv2D(4, 1, name="c")(x)
+    model = keras.Model(inputs, layers.Flatten()(x))
+    graph = hos_keras.channel_groups(model)
+    assert graph.group("a").members == ("a", "gate/conv")
+    assert graph.group("b").producers == ("b", "gate/conv")
+    plan = _plan(model)
+    check_invariant(model, plan, (6, 6, 3))

@@ -1,0 +1,322 @@
+"""Latency targets: the planner against hand-made latency tables (no timing)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+import hos_keras
+from hos_keras import latency
+from hos_keras.errors import InvalidArgumentError
+
+
+def _cnn():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(16, 3, padding="same", name="c2")(x)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(12, 3, padding="same", name="c3")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(4, name="out")(x), name="cnn")
+
+
+def _table(coef, base_ms=10.0, merges=None, per_element_ms=0.0):
+    """A latency model with given coefficients for c1..c3 and the Dense."""
+    widths = {"c1": (3, 8), "c2": (8, 16), "c3": (16, 12), "out": (12, 4)}
+    return latency.LatencyModel(
+        key="fake",
+        runtime="tflite",
+        batch_size=1,
+        threads=2,
+        base_ms=base_ms,
+        layers={
+            name: {"c_in": ci, "c_out": co, "passes": 0, "coef": list(coef[name])}
+            for name, (ci, co) in widths.items()
+        },
+        merges=merges or {},
+        per_element_ms=per_element_ms,
+    )
+
+
+def test_prediction_is_measured_time_minus_what_layers_save():
+    table = _table(
+        {
+            "c1": (0.1, 0.0, 0.0, 0.05),
+            "c2": (0.2, 0.01, 0.0, 0.0),
+            "c3": (0.1, 0.005, 0.01, 0.0),
+            "out": (0.0, 0.0, 0.0, 0.0),
+        },
+        merges={"add": {"elements": 64, "channels": 16}},
+        per_element_ms=0.001,
+    )
+    predicted = table.predict({"c2": 4, "c3": 8}, {"c1": 4, "c2": 8}, {"add": 8})
+    saved = (
+        0.05 * (8 - 4)  # c1: 8 -> 4 outputs
+        + 0.01 * (8 * 16 - 4 * 8)  # c2: (8, 16) -> (4, 8)
+        + 0.005 * (16 * 12 - 8 * 12)
+        + 0.01 * (16 - 8)  # c3: 16 -> 8 inputs
+        + 0.001 * 64 * (16 - 8)  # the merge: 16 -> 8 channels
+    )
+    assert predicted == pytest.approx(10.0 - saved)
+    assert table.predict() == 10.0
+
+
+def test_latency_target_prunes_where_time_goes(monkeypatch):
+    model = _cnn()
+    timed = []
+
+    def fake_time(models, runtime, batch_size, threads, runs):
+        timed.append([m.count_params() for m in models])
+        return [9.0, 5.5]
+
+    monkeypatch.setattr(latency, "_time_models", fake_time)
+    # All the time is in c2's outputs (c2 and c3's inputs cost nothing).
+    table = _table(
+        {
+            "c1": (0.0, 0.0, 0.0, 0.0),
+            "c2": (1.0, 0.0, 0.0, 0.5),
+            "c3": (0.0, 0.0, 0.0, 0.0),
+            "out": (0.0, 0.0, 0.0, 0.0),
+        },
+        base_ms=9.0,
+    )
+    plan = hos_keras.plan_pruning(
+        model,
+        criterion="l1",
+        allocation="target",
+        base="fixed",
+        latency_reduction=0.4,
+        latency_model=table,
+    )
+    # Predicted ms = 9 - 0.5 * (16 - kept c2): the least uniform ratio that saves
+    # 40% (3.6 ms) keeps floor(16 * (1 - r)) <= 8.8, i.e. 8 channels of c2.
+    assert len(plan.groups["c2"].keep) == 8
+    info = plan.details["latency"]
+    assert info["original_ms"] == 9.0
+    assert info["predicted_ms"] == pytest.approx(9.0 - 0.5 * 8)
+    assert info["predicted_speedup"] == pytest.approx(9.0 / 5.0)
+    # The slim model was built and timed beside the original (the fake timer).
+    assert timed == [[model.count_params(), plan.params_after]]
+    assert info["measured_original_ms"] == 9.0 and info["measured_slim_ms"] == 5.5
+    assert info["measured_speedup"] == pytest.approx(9.0 / 5.5)
+    assert plan.details["requested_latency_reduction"] == 0.4
+    assert plan.details["predicted_latency_reduction"] >= 0.4
+    assert plan.allocation_config["latency_reduction"] == 0.4
+    assert hos_keras.PruningPlan.from_json(plan.to_json()) == plan
+
+
+@pytest.mark.parametrize("base", ["shapiro", "global"])
+def test_latency_target_search_is_minimal_for_every_base(base):
+    model = _cnn()
+    coef = {name: (0.1, 0.002, 0.01, 0.02) for name in ("c1", "c2", "c3", "out")}
+    table = _table(coef, base_ms=2.0)
+    plan = hos_keras.plan_pruning(
+        model,
+        criterion="l1",
+        allocation="target",
+        base=base,
+        latency_reduction=0.1,
+        latency_model=table,
+        verify_latency=False,
+    )
+    assert "measured_slim_ms" not in plan.details["latency"]
+    achieved = 1 - plan.details["latency"]["predicted_ms"] / 2.0
+    assert achieved >= 0.1
+    assert plan.details["predicted_latency_reduction"] == pytest.approx(achieved)
+
+
+def test_unreachable_latency_target_says_what_is_reachable():
+    table = _table({n: (0.1, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
+    with pytest.raises(InvalidArgumentError, match="latency_reduction=0.5.*0.0%"):
+        hos_keras.plan_pruning(
+            _cnn(),
+            allocation="target",
+            base="fixed",
+            latency_reduction=0.5,
+            latency_model=table,
+        )
+
+
+def test_both_targets_or_bad_runtime_are_refused():
+    with pytest.raises(InvalidArgumentError, match="pass one target"):
+        hos_keras.get_allocation("target", macs_reduction=0.5, latency_reduction=0.5)
+    with pytest.raises(InvalidArgumentError, match="latency_reduction=1.5"):
+        hos_keras.get_allocation("target", latency_reduction=1.5)
+    with pytest.raises(InvalidArgumentError, match="runtime='gpu'"):
+        latency.build_latency_model(_cnn(), "gpu")
+
+
+def test_latency_model_json_and_cache(tmp_path, monkeypatch):
+    model = _cnn()
+    key = latency._key(model, "tflite", 1, 2)
+    table = _table({n: (0.1, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
+    table.key = key
+    assert latency.LatencyModel.from_json(table.to_json()) == table
+    (tmp_path / f"{key}.json").write_text(table.to_json())
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a cached latency model must not be measured again")
+
+    monkeypatch.setattr(latency, "_time_models", no_timing)
+    assert latency.build_latency_model(model, cache_dir=tmp_path) == table
+    with pytest.raises(InvalidArgumentError, match="Delete the cache file"):
+        latency.LatencyModel.from_json(json.dumps({"format": "other"}))
+
+
+def test_build_measures_every_weight_layer_once_per_signature(tmp_path, monkeypatch):
+    """The structure of a real build, with the timer replaced by a MACs count."""
+    model = _cnn()
+    seen = []
+
+    def fake_time(models, runtime, batch_size, threads, runs):
+        seen.extend(models)
+        return [float(hos_keras.profile(m)["macs"]) * 1e-6 + 0.01 for m in models]
+
+    monkeypatch.setattr(latency, "_time_models", fake_time)
+    table = latency.build_latency_model(model, cache_dir=tmp_path)
+    assert set(table.layers) == {"c1", "c2", "c3", "out"}
+    # c1 reads the model input: only its outputs vary; c2, c3 vary both ways.
+    c1_variants = [m for m in seen[1:] if m.layers[-1].name == "c1"]
+    assert {m.inputs[0].shape[-1] for m in c1_variants} == {3}
+    assert {m.outputs[0].shape[-1] for m in c1_variants} == {8, 4, 2}
+    # A fit of MACs-proportional times predicts MACs exactly.
+    macs = hos_keras.profile(model)["layers"]["c2"]["macs"]
+    assert table.layer_ms("c2", 8, 16) == pytest.approx(macs * 1e-6 + 0.01, rel=1e-6)
+    assert table.layer_ms("c2", 4, 8) == pytest.approx(macs / 4 * 1e-6 + 0.01, rel=1e-6)
+    assert (tmp_path / f"{table.key}.json").exists()
+    assert np.isfinite(table.base_ms)
+
+
+# Every entry point, on a latency model built by the real code with a fake timer
+# whose "milliseconds" are the models' MACs: deterministic, no timing.
+
+
+def _macs_timer(models, runtime, batch_size, threads, runs):
+    return [hos_keras.profile(m)["macs"] * 1e-6 + 0.001 for m in models]
+
+
+@pytest.fixture
+def macs_timer(monkeypatch, tmp_path):
+    monkeypatch.setattr(latency, "_time_models", _macs_timer)
+    monkeypatch.setenv("HOS_KERAS_CACHE", str(tmp_path / "cache"))
+
+
+def test_macs_timer_model_predicts_the_macs_of_any_plan(macs_timer):
+    model = _cnn()
+    table = latency.build_latency_model(model)
+    assert table.tile == 1 and table.scale == pytest.approx(1.0, rel=1e-3)
+    plan = hos_keras.plan_pruning(
+        model,
+        criterion="l1",
+        allocation="fixed",
+        ratio=0.4,
+        latency_model=table,
+    )
+    info = plan.details["latency"]
+    # Times are MACs here, so the prediction of the pruned model is its MACs.
+    assert info["predicted_ms"] == pytest.approx(info["measured_slim_ms"], rel=1e-3)
+    assert info["measured_slim_ms"] == pytest.approx(plan.macs_after * 1e-6 + 0.001)
+
+
+def test_compress_with_a_latency_target(macs_timer):
+    model = _cnn()
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    y = np.arange(16) % 4
+    _, report = hos_keras.compress(
+        model,
+        (x, y),
+        (x, y),
+        target_latency=0.3,
+        allocation="fixed",
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    info = report.plan.details["latency"]
+    assert 1 - info["predicted_ms"] / info["original_ms"] >= 0.3
+    assert report.plan.allocation_config["latency_reduction"] == 0.3
+    with pytest.raises(InvalidArgumentError, match="pass one"):
+        hos_keras.compress(model, (x, y), (x, y), target=0.3, target_latency=0.3)
+
+
+def test_callback_with_progressive_latency_targets(macs_timer):
+    model = _cnn()
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1, 2],
+        criterion="l1",
+        allocation="target",
+        base="fixed",
+        latency_reduction=[0.2, 0.4],
+        verbose=0,
+    )
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    model.fit(x, np.arange(8) % 4, epochs=2, callbacks=[callback], verbose=0)
+    info = callback.plan.details["latency"]
+    assert 1 - info["predicted_ms"] / info["original_ms"] >= 0.4
+    assert "measured_slim_ms" not in info  # not re-timed at every step
+
+
+def test_cli_prune_with_a_latency_target(macs_timer, tmp_path, capsys):
+    from hos_keras import cli
+
+    path = tmp_path / "model.keras"
+    _cnn().save(path)
+    status = cli.main(
+        [
+            "prune",
+            str(path),
+            "--allocation",
+            "fixed",
+            "--latency-target",
+            "0.3",
+            "--round-to",
+            "auto",
+            "--out",
+            str(tmp_path / "slim.keras"),
+            "--plan",
+            str(tmp_path / "plan.json"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "latency on tflite:" in out and "measured" in out
+    plan = hos_keras.PruningPlan.from_json((tmp_path / "plan.json").read_text())
+    assert plan.details["latency"]["measured_speedup"] >= 1 / 0.7 - 1e-6
+    status = cli.main(
+        [
+            "prune",
+            str(path),
+            "--target",
+            "0.3",
+            "--latency-target",
+            "0.3",
+            "--out",
+            str(tmp_path / "x.keras"),
+        ]
+    )
+    assert status == 1
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_tuner_latency_budget(macs_timer):
+    import keras_tuner
+
+    from hos_keras.tuner import HOSHyperModel
+
+    model = _cnn()
+    hypermodel = HOSHyperModel(model, target_latency=0.3, coefficient=(0.5, 2.0))
+    hp = keras_tuner.HyperParameters()
+    plan = hypermodel.plan(hp)
+    cost = hypermodel._cost(plan)
+    assert cost == plan.details["latency"]["predicted_ms"]
+    budget = hypermodel.latency_model.base_ms * 0.7
+    expected = 0.9 if cost <= budget else -(cost - budget) / budget
+    assert hypermodel.score(cost, 0.9) == pytest.approx(expected)
+    with pytest.raises(InvalidArgumentError, match="exactly one"):
+        HOSHyperModel(model, target_reduction=0.3, target_latency=0.3)
