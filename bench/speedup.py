@@ -1,20 +1,22 @@
-"""Benchmark: measured CPU speed-up of slimmed models, and the cost of surgery.
+"""Benchmark: measured speed-up of slimmed models, MACs targets against latency targets.
 
 For CIFAR ResNet-56 (32x32) and keras.applications MobileNetV2 and ResNet50
-(weights=None, 128x128 inputs to keep the run short on 2 cores), each slimmed with
-`allocation="target", macs_reduction=0.5`:
+(weights=None, 128x128 inputs to keep the run short on 2 cores), plans with the
+k34 criterion and the Shapiro-Wilk allocation searched for:
 
-- inference throughput of the original and the slim model, measured alternately
-  in the same process: TensorFlow runtime (a tf.function, batch 64 and batch 1)
-  and the TFLite interpreter (2 threads, batch 1);
-- the same with `round_to=8` (kept channels a multiple of 8, which vectorized
-  kernels prefer);
-- the time of `slim_model` against `keras.models.clone_model` + `set_weights` of
-  the same model (the floor for rebuilding a model).
+- `macs_reduction=0.5` (2x fewer MACs), with `round_to=1` and `round_to=8`;
+- `latency_reduction=0.5` on the TFLite interpreter (2x faster, predicted by
+  `hos_keras.latency`), with `round_to` 1, 8 and `"auto"` (the measured channel
+  tile; a plan that cannot reach the target is recorded as unreachable);
 
-Targets: speed-up >= 0.8 x the MACs ratio; slim_model <= 2 x the clone time.
+then every slim model and the original are timed in turn, in one run: the TFLite
+interpreter (batch 1, 2 threads) and the TensorFlow runtime (batch 64). Also
+recorded: the MACs reduction each plan needed, the latency model's predicted
+speed-up and its build time, and the machine's load average before and after.
+Goal for the latency plans: at least 1.9x measured in TFLite.
 
-Run: .venv/bin/python bench/speedup.py [--quick]   (writes bench/results/speedup.json)
+Run alone (another process on the cores skews the ratios):
+    .venv/bin/python bench/speedup.py [--quick]   (writes bench/results/speedup.json)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,114 +34,73 @@ import numpy as np
 import tensorflow as tf
 
 import hos_keras
+from hos_keras import latency
 
 RESULTS = Path(__file__).parent / "results" / "speedup.json"
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+VARIANTS = {
+    "macs_target": {"macs_reduction": 0.5},
+    "macs_target_round_to_8": {"macs_reduction": 0.5, "round_to": 8},
+    "latency_target": {"latency_reduction": 0.5},
+    "latency_target_round_to_8": {"latency_reduction": 0.5, "round_to": 8},
+    "latency_target_round_to_auto": {"latency_reduction": 0.5, "round_to": "auto"},
+}
 
 
-def _tf_throughput(models, batch: int, shape, repeats: int) -> list[float]:
-    """Images per second of each model, timed alternately so noise hits both."""
-    x = tf.constant(
-        np.random.default_rng(0).normal(size=(batch, *shape)), dtype=tf.float32
-    )
-    fns = [tf.function(lambda t, m=m: m(t, training=False)) for m in models]
-    for fn in fns:
-        fn(x)
-        fn(x)
-    times = [[] for _ in models]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn(x).numpy()
-            times[i].append(time.perf_counter() - start)
-    return [batch / statistics.median(t) for t in times]
-
-
-def _tflite_throughput(models, shape, repeats: int) -> list[float]:
-    interpreters = []
-    for model in models:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        interpreter = tf.lite.Interpreter(
-            model_content=converter.convert(), num_threads=2
-        )
-        interpreter.allocate_tensors()
-        interpreters.append(interpreter)
-    x = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
-    times = [[] for _ in models]
-    for interpreter in interpreters:
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.set_tensor(index, x)
-        interpreter.invoke()
-    for _ in range(repeats):
-        for i, interpreter in enumerate(interpreters):
-            index = interpreter.get_input_details()[0]["index"]
-            start = time.perf_counter()
-            interpreter.set_tensor(index, x)
-            interpreter.invoke()
-            times[i].append(time.perf_counter() - start)
-    return [1.0 / statistics.median(t) for t in times]
-
-
-def _clone_with_weights(model):
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def bench(name, build, shape, repeats, round_to=1) -> dict:
+def bench(name, build, shape, runs, cache_dir) -> dict:
     keras.utils.set_random_seed(0)
     model = build()
-    plan = hos_keras.plan_pruning(
-        model,
-        criterion="k34",
-        allocation="target",
-        macs_reduction=0.5,
-        round_to=round_to,
-    )
-    slim = hos_keras.slim_model(model, plan)
-    macs_ratio = plan.macs_before / plan.macs_after
-    slim_s = _median_time(lambda: hos_keras.slim_model(model, plan), 3)
-    clone_s = _median_time(lambda: _clone_with_weights(model), 3)
-    tf64 = _tf_throughput([model, slim], 64, shape, repeats)
-    tf1 = _tf_throughput([model, slim], 1, shape, repeats * 5)
-    lite = _tflite_throughput([model, slim], shape, repeats * 5)
+    start = time.perf_counter()
+    table = latency.build_latency_model(model, "tflite", cache_dir=cache_dir)
+    build_s = time.perf_counter() - start
+    plans, slims, unreachable = {}, {}, {}
+    for variant, options in VARIANTS.items():
+        try:
+            plans[variant] = hos_keras.plan_pruning(
+                model,
+                criterion="k34",
+                allocation="target",
+                latency_model=table,
+                verify_latency=False,
+                **options,
+            )
+        except hos_keras.errors.InvalidArgumentError as error:
+            unreachable[variant] = str(error)
+            print(f"{name} {variant}: {error}", flush=True)
+            continue
+        slims[variant] = hos_keras.slim_model(model, plans[variant])
+    models = {"original": model, **slims}
+    lite = latency.tflite_latency(models, None, runs=runs * 10, threads=2)
+    sample = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
+    tf64 = latency.measure_latency(models, sample, (64,), runs=runs)
     result = {
         "input_shape": list(shape),
-        "round_to": round_to,
-        "macs_before": plan.macs_before,
-        "macs_after": plan.macs_after,
-        "macs_ratio": macs_ratio,
-        "params_before": plan.params_before,
-        "params_after": plan.params_after,
-        "prunable_groups": len(plan.groups),
-        "frozen_groups": len(plan.frozen),
-        "tf_batch64_images_per_s": {"original": tf64[0], "slim": tf64[1]},
-        "tf_batch1_images_per_s": {"original": tf1[0], "slim": tf1[1]},
-        "tflite_batch1_images_per_s": {"original": lite[0], "slim": lite[1]},
-        "speedup_tf_batch64": tf64[1] / tf64[0],
-        "speedup_tf_batch1": tf1[1] / tf1[0],
-        "speedup_tflite_batch1": lite[1] / lite[0],
-        "target_speedup": 0.8 * macs_ratio,
-        "slim_model_s": slim_s,
-        "clone_and_set_weights_s": clone_s,
-        "slim_over_clone": slim_s / clone_s,
-        "target_slim_over_clone": 2.0,
+        "macs": plans["macs_target"].macs_before,
+        "latency_model_build_s": build_s,
+        "latency_model_tile": table.tile,
+        "latency_model_scale": table.scale,
+        "tflite_ms": lite,
+        "tf_batch64_ms": {k: v[64] for k, v in tf64.items()},
+        "unreachable": unreachable,
     }
-    print(
-        f"{name} (round_to={round_to}): MACs x{macs_ratio:.2f} | TF b64 x{result['speedup_tf_batch64']:.2f}"
-        f" b1 x{result['speedup_tf_batch1']:.2f} | TFLite b1 "
-        f"x{result['speedup_tflite_batch1']:.2f} | slim_model {slim_s:.2f} s vs "
-        f"clone {clone_s:.2f} s",
-        flush=True,
-    )
+    for variant, plan in plans.items():
+        result[variant] = {
+            "macs_after": plan.macs_after,
+            "macs_ratio": plan.macs_before / plan.macs_after,
+            "params_after": plan.params_after,
+            "predicted_tflite_speedup": plan.details["latency"]["predicted_speedup"],
+            "speedup_tflite_batch1": lite["original"] / lite[variant],
+            "speedup_tf_batch64": tf64["original"][64] / tf64[variant][64],
+        }
+        row = result[variant]
+        print(
+            f"{name} {variant}: MACs x{row['macs_ratio']:.2f} | TFLite b1 "
+            f"x{row['speedup_tflite_batch1']:.2f} (predicted "
+            f"x{row['predicted_tflite_speedup']:.2f}) | TF b64 "
+            f"x{row['speedup_tf_batch64']:.2f}",
+            flush=True,
+        )
     return result
 
 
@@ -151,7 +112,7 @@ def main() -> None:
         help="fewer repeats (a smoke run, not for the README)",
     )
     args = parser.parse_args()
-    repeats = 2 if args.quick else 7
+    runs = 3 if args.quick else 15
     size = (128, 128, 3)
     cases = {
         "cifar_resnet56": (lambda: hos_keras.models.resnet56(), (32, 32, 3)),
@@ -164,17 +125,19 @@ def main() -> None:
             size,
         ),
     }
+    load_before = os.getloadavg()
     results = {}
-    for name, (build, shape) in cases.items():
-        for round_to in (1, 8):
-            key = name if round_to == 1 else f"{name}_round_to_8"
-            results[key] = bench(name, build, shape, repeats, round_to)
+    with tempfile.TemporaryDirectory() as cache_dir:  # measure afresh every run
+        for name, (build, shape) in cases.items():
+            results[name] = bench(name, build, shape, runs, cache_dir)
     results["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "repeats": repeats,
+        "runs": runs,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
