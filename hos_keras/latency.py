@@ -58,7 +58,7 @@ _VERSION = 1
 # Width fractions (c_in, c_out) at which each layer is timed.
 _SAMPLES = ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.5, 0.5), (0.25, 0.25))
 # Uniform ratios of the pruned copies that calibrate the per-layer timings.
-_CALIBRATION_RATIOS = (0.3, 0.6)
+_CALIBRATION_RATIOS = (0.25, 0.5, 0.75)
 
 
 def measure_latency(
@@ -241,13 +241,12 @@ class LatencyModel:
         merges: Per element-wise merge: `{"elements": positions per channel,
             "channels": channels}`.
         per_element_ms: Time of one element of an element-wise merge.
-        scale: Calibration of the layer timings against whole-model timings: a
-            one-layer model's time does not carry over exactly into a network
-            (caches, fusion, the interpreter's fixed costs), so the predicted
-            savings are multiplied by the factor that best matches the measured
-            times of uniformly pruned copies of the model.
-        calibration: The uniformly pruned copies measured: `[{"ratio",
-            "measured_ms", "raw_saved_ms"}]`.
+        scale: Mean ratio of measured to raw savings over the calibration copies.
+        calibration: Uniformly pruned copies of the model, measured: `[{"ratio",
+            "measured_ms", "raw_saved_ms"}]`. A one-layer model's time does not
+            carry over exactly into a network (caches, fusion, the interpreter's
+            fixed costs, tiles), so the raw savings of the layer timings are
+            mapped to measured savings through these points (`calibrated`).
         tile: The runtime's output-channel tile, measured (`measure_tile`): a
             layer with `c` output channels costs what `ceil(c / tile) * tile`
             channels cost.
@@ -289,11 +288,29 @@ class LatencyModel:
             tensor_channels: Layer name -> channels of its output (for merges).
 
         Returns:
-            The measured whole-model time minus `scale` times what the narrower
-            layers save.
+            The measured whole-model time minus the calibrated savings of the
+            narrower layers (see `calibrated`).
         """
         saved = self.raw_saved(in_channels, out_channels, tensor_channels)
-        return float(max(self.base_ms - self.scale * saved, 0.0))
+        return float(max(self.base_ms - self.calibrated(saved), 0.0))
+
+    def calibrated(self, raw_saved: float) -> float:
+        """Measured savings for the layer timings' raw savings.
+
+        Piecewise linear through the calibration copies (and the origin), made
+        monotone, extended past the last copy with the mean slope `scale`; just
+        `scale * raw_saved` without calibration copies.
+        """
+        if not self.calibration:
+            return self.scale * raw_saved
+        raw = [0.0] + [c["raw_saved_ms"] for c in self.calibration]
+        saved = [0.0] + [self.base_ms - c["measured_ms"] for c in self.calibration]
+        order = np.argsort(raw)
+        raw = np.asarray(raw)[order]
+        saved = np.maximum.accumulate(np.asarray(saved)[order])
+        if raw_saved <= raw[-1]:
+            return float(np.interp(raw_saved, raw, saved))
+        return float(saved[-1] + self.scale * (raw_saved - raw[-1]))
 
     def raw_saved(
         self,

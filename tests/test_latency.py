@@ -64,6 +64,22 @@ def test_prediction_is_measured_time_minus_what_layers_save():
     assert table.predict() == 10.0
 
 
+def test_calibration_maps_raw_savings_through_the_measured_copies():
+    table = _table({n: (0.0, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
+    table.scale = 0.5
+    table.calibration = [
+        {"ratio": 0.25, "measured_ms": 9.5, "raw_saved_ms": 2.0},
+        {"ratio": 0.5, "measured_ms": 6.0, "raw_saved_ms": 4.0},
+    ]
+    # Through (0, 0), (2, 0.5), (4, 4); beyond the last point, slope `scale`.
+    assert table.calibrated(1.0) == pytest.approx(0.25)
+    assert table.calibrated(3.0) == pytest.approx(2.25)
+    assert table.calibrated(6.0) == pytest.approx(4.0 + 0.5 * 2.0)
+    # Measured savings that shrink with more pruning are made monotone.
+    table.calibration[1]["measured_ms"] = 9.8
+    assert table.calibrated(4.0) == pytest.approx(0.5)
+
+
 def test_latency_target_prunes_where_time_goes(monkeypatch):
     model = _cnn()
     timed = []
