@@ -352,21 +352,18 @@ def _resolve_allocation(allocation, target, options, target_latency=None):
         )
     if target is None and target_latency is None:
         return allocation, options
-    name = "target" if target is not None else "target_latency"
-    value = target if target is not None else target_latency
+    name, value, reduction = (
+        ("target", target, {"macs_reduction": target})
+        if target is not None
+        else ("target_latency", target_latency, {"latency_reduction": target_latency})
+    )
     if not isinstance(allocation, str) or allocation == "target":
         raise InvalidArgumentError(
             f"Received {name}={value!r} with allocation={allocation!r}; with a "
             "target pass the base allocation by name (e.g. allocation='shapiro'), "
             "or pass allocation='target' with macs_reduction= instead of target."
         )
-    if target is not None:
-        return allocation_lib.TargetAllocation(
-            macs_reduction=target, base=allocation, **options
-        ), {}
-    return allocation_lib.TargetAllocation(
-        latency_reduction=target_latency, base=allocation, **options
-    ), {}
+    return allocation_lib.TargetAllocation(base=allocation, **reduction, **options), {}
 
 
 def compress(

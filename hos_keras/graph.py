@@ -174,25 +174,23 @@ def get_layer(model: keras.Model, name: str):
     Raises:
         ValueError: if the model has no such layer.
     """
-    for call in iter_calls(model):
-        if call.name == name:
-            return call.operation
-    containers = _containers(model)
-    if name in containers:
-        return containers[name]
-    raise ValueError(f"No layer named {name!r} in model {model.name!r}.")
+    layer = _find(model, name, "")
+    if layer is None:
+        raise ValueError(f"No layer named {name!r} in model {model.name!r}.")
+    return layer
 
 
-def _containers(model, prefix: str = "") -> dict:
-    """Nested models and traced layers by qualified name."""
-    found = {}
+def _find(model, name: str, prefix: str):
     for node in functional_nodes(model):
         op = node.operation
-        inner = inner_graph(op, node)
-        if inner is not None:
-            found[prefix + op.name] = op
-            found.update(_containers(inner, f"{prefix}{op.name}/"))
-    return found
+        qualified = prefix + op.name
+        if qualified == name:
+            return op
+        if name.startswith(qualified + "/"):
+            inner = inner_graph(op, node)
+            if inner is not None:
+                return _find(inner, name, qualified + "/")
+    return None
 
 
 def functional_nodes(model: keras.Model) -> list:
@@ -566,8 +564,8 @@ class _Tracer(layer_rules.TraceContext):
             if isinstance(op, keras.Model):
                 self.freeze("a subclassed model")
             elif isinstance(op, keras.layers.Layer):
-                view = layer_view(op, node)
-                self.freeze(view if isinstance(view, str) else "unknown layer type")
+                # inner_graph found no view: layer_view gives the reason.
+                self.freeze(layer_view(op, node))
             else:
                 self.freeze("unknown operation")
             return

@@ -199,25 +199,20 @@ def tflite_latency(
 
 
 def _time_models(models, runtime, batch_size, threads, runs) -> list[float]:
-    """Milliseconds per call of each model (random input), taking turns."""
+    """Milliseconds per call of each model (random input), taking turns (in the
+    TensorFlow runtime, models of the same input shape take turns)."""
     named = {str(i): m for i, m in enumerate(models)}
     if runtime == "tflite":
         result = tflite_latency(named, None, runs=runs, threads=threads)
-    else:
-        sample = [
-            np.random.default_rng(0).normal(size=(1, *m.inputs[0].shape[1:]))
-            for m in models
-        ]
-        result = {}
-        for (name, model), x in zip(named.items(), sample, strict=True):
-            result.update(
-                {
-                    name: t[batch_size]
-                    for name, t in measure_latency(
-                        {name: model}, x.astype("float32"), (batch_size,), runs
-                    ).items()
-                }
-            )
+        return [result[str(i)] for i in range(len(models))]
+    by_shape: dict[tuple, dict] = {}
+    for name, model in named.items():
+        by_shape.setdefault(tuple(model.inputs[0].shape[1:]), {})[name] = model
+    result = {}
+    for shape, group in by_shape.items():
+        x = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
+        for name, times in measure_latency(group, x, (batch_size,), runs).items():
+            result[name] = times[batch_size]
     return [result[str(i)] for i in range(len(models))]
 
 
@@ -580,7 +575,7 @@ def build_latency_model(
             co = max(1, round(c_out * f_out)) if vary_out else c_out
             if passes:
                 co = ci * passes
-            if (ci, co) not in [(s[0], s[1]) for s in samples]:
+            if (ci, co) not in samples:
                 samples.append((ci, co))
         variants[signature] = [
             (ci, co, _single_layer(call, ci, None if passes else co))

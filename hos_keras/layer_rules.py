@@ -528,9 +528,6 @@ class ConvRule(_Producer):
 class ConvTransposeRule(_Producer):
     """Conv1D/2D/3DTranspose (kernel `(*k, c_out, c_in)`)."""
 
-    def groups(self, layer):
-        return 1
-
     def filters(self, layer):
         kernel = np.moveaxis(np.asarray(layer.kernel.numpy()), -2, -1)
         return kernel.reshape(-1, kernel.shape[-1])
@@ -554,9 +551,6 @@ class ConvTransposeRule(_Producer):
 
 class SeparableConvRule(_Producer):
     """SeparableConv1D/2D: a depthwise kernel then a pointwise one."""
-
-    def groups(self, layer):
-        return 1
 
     def filters(self, layer):
         kernel = np.asarray(layer.pointwise_kernel.numpy())
@@ -590,9 +584,6 @@ class DenseRule(_Producer):
 
     def channel_axis(self, layer, rank):
         return rank - 1
-
-    def groups(self, layer):
-        return 1
 
     def filters(self, layer):
         kernel = np.asarray(layer.kernel.numpy())
@@ -860,7 +851,7 @@ class _MatmulOp(Freeze):
     def cost(self, layer, node, c_in, c_out):
         shapes = [t.shape for t in node.input_tensors]
         out = node.output_tensors[0].shape
-        if len(shapes) != 2 and not shapes:
+        if not shapes:
             return 0, 0
         inner = shapes[0][-1]
         if inner is None or any(d is None for d in out[1:]):

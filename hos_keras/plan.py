@@ -592,9 +592,12 @@ def plan_pruning(
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 
 
-def _channel_counts(channel_graph, keeps: Mapping[str, np.ndarray]):
+def _channel_counts(
+    channel_graph, keeps: Mapping[str, np.ndarray], tensors: bool = True
+):
     """`(in_channels, out_channels, tensor_channels)` of the layers a pruning
-    changes, each group reduced to its kept channels."""
+    changes, each group reduced to its kept channels; `tensors=False` leaves the
+    per-layer output counts (only latency models need them) empty."""
     removed = channel_graph.removed_classes(keeps)
     in_keep, out_keep = channel_graph.kept_positions(removed)
     in_channels = {k: len(v) for k, v in in_keep.items()}
@@ -605,7 +608,7 @@ def _channel_counts(channel_graph, keeps: Mapping[str, np.ndarray]):
         if rule is not None and not rule.creates(layer):
             out_channels[name] = rule.passed(layer, count)
     tensor_channels = {}
-    for name, classes in channel_graph.tensors.items():
+    for name, classes in channel_graph.tensors.items() if tensors else ():
         kept = int(np.count_nonzero(~np.isin(classes, removed)))
         if kept != len(classes):
             tensor_channels[name] = kept
@@ -614,7 +617,7 @@ def _channel_counts(channel_graph, keeps: Mapping[str, np.ndarray]):
 
 def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
     """profile() of the model with each group reduced to its kept channels."""
-    in_channels, out_channels, _ = _channel_counts(channel_graph, keeps)
+    in_channels, out_channels, _ = _channel_counts(channel_graph, keeps, False)
     return profile(model, in_channels, out_channels)
 
 

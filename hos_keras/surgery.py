@@ -143,14 +143,14 @@ class _Replay:
                 continue
             name = prefix + op.name
             args, kwargs = node.arguments.fill_in(tensors)
-            new_op = self._clone(op, node, name, args)
+            flat = [
+                t
+                for t in keras.tree.flatten((args, kwargs))
+                if isinstance(t, keras.KerasTensor)
+            ]
+            new_op = self._clone(op, node, name, flat)
             if id(op) in self.views:
                 # A traced layer's view takes its input tensors as one flat list.
-                flat = [
-                    t
-                    for t in keras.tree.flatten((args, kwargs))
-                    if isinstance(t, keras.KerasTensor)
-                ]
                 outputs = new_op(flat if len(flat) > 1 else flat[0])
             else:
                 outputs = new_op(*args, **kwargs)
@@ -167,15 +167,12 @@ class _Replay:
         inputs = keras.tree.map_structure(lambda t: tensors[id(t)], input_struct)
         return keras.Model(inputs, outputs, name=model.name)
 
-    def _clone(self, op, node, name, args):
+    def _clone(self, op, node, name, new_inputs):
         key = id(op)
         if key in self.clones:
             return self.clones[key]
         inner = graph.inner_graph(op, node)
         if inner is not None:
-            new_inputs = [
-                t for t in keras.tree.flatten(args) if isinstance(t, keras.KerasTensor)
-            ]
             clone = self.model(inner, f"{name}/", new_inputs)
             self.done.add(id(clone))
             if inner is not op:
@@ -310,9 +307,7 @@ def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.nda
     channel_graph = graph.channel_groups(model, warn=False)
     specs = _slice_specs(model, plan, channel_graph)
     return {
-        name: _weight_mask(
-            channel_graph.layers.get(name) or graph.get_layer(model, name), spec
-        )
+        name: _weight_mask(channel_graph.layers[name], spec)
         for name, spec in specs.items()
         if "channels" not in spec
     }

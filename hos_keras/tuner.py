@@ -391,26 +391,23 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "No trial has completed; run tuner.search(...) first."
             )
         best = tuner.oracle.get_best_trials(1)[0]
-        if self._budget_key == "predicted_ms":
-            best_ms = best.metrics.get_last_value("predicted_ms")
-            if best_ms > self._budget:
-                closest = min(t.metrics.get_last_value("predicted_ms") for t in trials)
-                raise InvalidArgumentError(
+        if best.metrics.get_last_value(self._budget_key) > self._budget:
+            closest = min(t.metrics.get_last_value(self._budget_key) for t in trials)
+            if self._budget_key == "predicted_ms":
+                missed = (
                     f"No trial met the latency budget of {self._budget:.3f} ms "
                     f"(predicted, {self.latency_model.runtime}); the closest was "
-                    f"{closest:.3f} ms. Lower the coefficient range (smaller c "
-                    "prunes more), raise the fraction range, or relax the budget."
+                    f"{closest:.3f} ms."
                 )
-            return tuner.load_model(best).student
-        best_macs = best.metrics.get_last_value("macs")
-        if best_macs > self.macs_budget:
-            closest = min(t.metrics.get_last_value("macs") for t in trials)
+            else:
+                missed = (
+                    f"No trial met the budget of {self.macs_budget:,} MACs "
+                    f"({1 - self.macs_budget / self.macs_original:.1%} fewer than "
+                    f"{self.macs_original:,}); the closest kept {closest:,.0f} MACs "
+                    f"({1 - closest / self.macs_original:.1%} fewer)."
+                )
             raise InvalidArgumentError(
-                f"No trial met the budget of {self.macs_budget:,} MACs "
-                f"({1 - self.macs_budget / self.macs_original:.1%} fewer than "
-                f"{self.macs_original:,}); the closest kept {closest:,.0f} MACs "
-                f"({1 - closest / self.macs_original:.1%} fewer). Lower the "
-                "coefficient range (smaller c prunes more), raise the fraction "
-                "range, or relax the budget."
+                f"{missed} Lower the coefficient range (smaller c prunes more), "
+                "raise the fraction range, or relax the budget."
             )
         return tuner.load_model(best).student

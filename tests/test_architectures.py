@@ -26,6 +26,17 @@ def _covered(model, shape, seed=1, ratio=0.3):
     return plan, check_invariant(model, plan, shape)
 
 
+def _check_reload(slim, shape, tmp_path, seed):
+    """The slim model saves to .keras and reloads with equal outputs."""
+    path = tmp_path / "slim.keras"
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(seed).normal(size=(2, *shape)).astype("float32")
+    np.testing.assert_allclose(
+        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(zoo.APPLICATIONS))
 def test_keras_applications_family_slims_exactly(family):
@@ -49,13 +60,7 @@ def test_mobilenet_v3_keras_ops_nodes_are_traced_and_reload(tmp_path):
     graph = hos_keras.channel_groups(model)
     assert not hos_keras.graph.frozen_by_reason(graph.groups)
     _, slim = _covered(model, shape)
-    path = tmp_path / "slim.keras"
-    slim.save(path)
-    loaded = keras.models.load_model(path)
-    x = np.random.default_rng(3).normal(size=(2, *shape)).astype("float32")
-    np.testing.assert_allclose(
-        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
-    )
+    _check_reload(slim, shape, tmp_path, seed=3)
 
 
 def test_convnext_freezes_only_the_layer_normalised_stream():
@@ -82,13 +87,7 @@ def test_keras_hub_backbone_slims_exactly_and_reloads(family, tmp_path):
         or type(layer).__name__ == "Functional"
         for layer in slim.layers
     )
-    path = tmp_path / "slim.keras"
-    slim.save(path)
-    loaded = keras.models.load_model(path)
-    x = np.random.default_rng(4).normal(size=(2, *shape)).astype("float32")
-    np.testing.assert_allclose(
-        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
-    )
+    _check_reload(slim, shape, tmp_path, seed=4)
 
 
 @pytest.mark.slow
