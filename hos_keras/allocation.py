@@ -8,13 +8,18 @@ From Chatzikonstantinou et al., "Neural Network Compression Using Higher-Order
 Statistics and Auxiliary Reconstruction Losses", CVPRW 2020, section 3.2:
 
 - `ShapiroWilkAllocation` (P1), `JarqueBeraAllocation` (P2) and
-  `CumulantAllocation` (P3): a layer statistic T measures how Gaussian the layer's
-  weights are; more Gaussian layers lose more channels by the paper's eq. 9,
+  `CumulantAllocation` (P3): a layer statistic T of the layer's weights; layers
+  with a larger T lose more channels by the paper's eq. 9,
   `r = ceil((T - T_min) / (c * (T_max - T_min)) / step) * step`, with T_min and
-  T_max taken over the network itself and the coefficient `c` a parameter.
+  T_max taken over the network itself and the coefficient `c` a parameter. For P1
+  and P2 a larger T means more Gaussian weights; for P3, as in the authors' code,
+  a larger |k3 * k4|, i.e. weights further from Gaussian.
 - `GlobalAllocation` (P4): one threshold over the scores of all prunable filters.
-- `FixedAllocation` (P5): given ratios per layer or per stage, with a skip list
+- `FixedAllocation` (P5): given ratios per layer or per stage
   (Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017).
+
+Which groups an allocation may touch at all (`scope=`, `skip=`) is the planner's
+choice, the same for every allocation (`hos_keras.plan_pruning`).
 - `TargetAllocation`: searches the coefficient (or the global fraction, or a uniform
   ratio) until the plan removes a requested share of the model's MACs.
 """
@@ -61,8 +66,10 @@ class AllocationContext:
         channels: Output channels of each prunable layer.
         scores: Filter scores of each prunable layer (lowest pruned first).
         weights: Function from a layer name to all of its kernel weights (flat).
-        reference: Layers whose statistic sets T_min and T_max (the network's
-            convolution layers, prunable or not).
+        reference: Groups and layers whose statistic sets T_min and T_max under
+            `stat_range="conv"`: every convolution of the network (a prunable
+            group's producers together, other conv layers one by one, in scope
+            or not), no Dense layer.
         keep_counts: Function from ratios to channels kept per layer, applying
             `min_channels` and `round_to`.
         macs_reduction: Function from channels kept per layer to the fraction of
@@ -171,8 +178,9 @@ class StatisticAllocation(Allocation):
         step: Rounding step of the ratios. Defaults to `0.1`.
         max_ratio: Upper bound of any layer's ratio. Defaults to `0.9`.
         stat_range: `"conv"` to take T_min/T_max over every convolution layer of
-            the network (as the paper), or `"prunable"` for the prunable layers
-            only. Defaults to `"conv"`.
+            the network and no Dense layer (as the paper), or `"prunable"` for the
+            groups the allocation prunes. A model without convolutions uses its
+            prunable groups either way. Defaults to `"conv"`.
     """
 
     def __init__(
@@ -200,12 +208,13 @@ class StatisticAllocation(Allocation):
         raise NotImplementedError
 
     def statistics(self, context: AllocationContext) -> tuple[dict, float, float]:
-        """T for the prunable layers, and T_min/T_max over the reference layers."""
-        names = list(context.layers)
-        if self.stat_range == "conv":
-            names += [n for n in context.reference if n not in context.layers]
+        """T for the prunable layers, and T_min/T_max over `stat_range`."""
+        span = list(context.layers)
+        if self.stat_range == "conv" and context.reference:
+            span = list(context.reference)
+        names = list(dict.fromkeys([*context.layers, *span]))
         values = {name: self.layer_statistic(context.weights(name)) for name in names}
-        finite = [v for v in values.values() if math.isfinite(v)]
+        finite = [values[n] for n in span if math.isfinite(values[n])]
         if not finite:
             finite = [0.0]
         t_min, t_max = min(finite), max(finite)
@@ -310,9 +319,14 @@ class JarqueBeraAllocation(StatisticAllocation):
 
 
 class CumulantAllocation(StatisticAllocation):
-    """P3: T = -log10(|k3 * k4|) of all of a layer's weights.
+    """P3: T = log10(1e13 * |k3 * k4|) / 21 of all of a layer's weights.
 
-    Cumulants near zero mean Gaussian-looking weights, pruned more.
+    The authors' formula (chatzikon/DNN-COMPRESSION,
+    cifar/step1/cifar10/res56prune_normality.py, strategy P3): a layer whose
+    weights have a LARGER |k3 * k4| - further from Gaussian - gets a larger T and
+    loses more channels, the opposite direction to P1 and P2. The scale 1e13 and
+    the divisor 21 cancel in eq. 9 (only (T - T_min) / (T_max - T_min) counts);
+    they are kept so that T matches the reference's values.
     Chatzikonstantinou et al., CVPRW 2020, sec. 3.2.
 
     Args:
@@ -326,7 +340,7 @@ class CumulantAllocation(StatisticAllocation):
         if sums.count < 4 or bool(sums.degenerate):
             return float("nan")
         value = abs(float(sums.kstat(3) * sums.kstat(4)))
-        return -math.log10(max(value, 1e-300))
+        return math.log10(1e13 * max(value, 1e-300)) / 21.0
 
 
 class GlobalAllocation(Allocation):
@@ -376,7 +390,7 @@ class GlobalAllocation(Allocation):
 
 
 class FixedAllocation(Allocation):
-    """P5: given ratios, per layer or per stage, with a skip list.
+    """P5: given ratios, per layer or per stage.
 
     Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets",
     ICLR 2017 (e.g. ResNet-56 stages [0.8, 0.5, 0.3] in the reference code).
@@ -386,7 +400,6 @@ class FixedAllocation(Allocation):
             shell-style patterns (`"stage1_*"`) to ratios; the first matching key in
             the mapping's order wins, an exact name before any pattern, and layers
             that match nothing keep all channels. Defaults to `0.3`.
-        skip: Names or patterns of layers never pruned. Defaults to `()`.
 
     Raises:
         InvalidArgumentError: for a ratio outside [0, 1).
@@ -397,33 +410,22 @@ class FixedAllocation(Allocation):
     plan = hos_keras.plan_pruning(
         model, allocation="fixed",
         ratio={"stage1_*": 0.8, "stage2_*": 0.5, "stage3_*": 0.3},
-        skip=["stage3_block9_conv1"],
+        skip=["stage3_block9_conv1"],  # a plan_pruning option
     )
     ```
     """
 
     name = "fixed"
 
-    def __init__(
-        self, ratio: float | Mapping[str, float] = 0.3, skip: Sequence[str] = ()
-    ):
+    def __init__(self, ratio: float | Mapping[str, float] = 0.3):
         if isinstance(ratio, Mapping):
             self.ratio = {
                 str(k): _check_ratio(f"ratio[{k!r}]", v) for k, v in ratio.items()
             }
         else:
             self.ratio = _check_ratio("ratio", ratio)
-        if isinstance(skip, str):
-            skip = [skip]
-        self.skip = tuple(skip)
-
-    def skipped(self, name: str) -> bool:
-        """Whether `name` matches the skip list."""
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.skip)
 
     def ratio_of(self, name: str) -> float:
-        if self.skipped(name):
-            return 0.0
         if not isinstance(self.ratio, dict):
             return self.ratio
         if name in self.ratio:
@@ -437,7 +439,7 @@ class FixedAllocation(Allocation):
         return Allocated({name: self.ratio_of(name) for name in context.layers})
 
     def get_config(self):
-        return {"ratio": self.ratio, "skip": list(self.skip)}
+        return {"ratio": self.ratio}
 
 
 class TargetAllocation(Allocation):
@@ -583,7 +585,7 @@ class TargetAllocation(Allocation):
         cap = base.ratio if isinstance(base.ratio, float) and base.ratio > 0 else 0.99
 
         def ratios_at(r):
-            return {n: 0.0 if base.skipped(n) else r for n in context.layers}
+            return {n: r for n in context.layers}
 
         if self._reduction(context, ratios_at(cap)) < self.target:
             self._unreachable(context, ratios_at(cap))

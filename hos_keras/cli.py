@@ -169,6 +169,8 @@ def _plan(model, args, strict: bool = True) -> PruningPlan:
         allocation,
         min_channels=args.min_channels,
         round_to=args.round_to,
+        scope=args.scope,
+        skip=args.skip,
         runtime=getattr(args, "runtime", "tflite"),
         **options,
     )
@@ -193,6 +195,8 @@ def _cmd_report(args) -> None:
             coefficient=coefficient,
             min_channels=args.min_channels,
             round_to=args.round_to,
+            scope=args.scope,
+            skip=args.skip,
         )
         for name in _STATISTIC_ALLOCATIONS
     }
@@ -403,6 +407,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=1,
             help="round kept channels up to a multiple of this, or 'auto' for the "
             "channel tile measured on --runtime (default: 1)",
+        )
+        sub.add_argument(
+            "--scope",
+            default="all",
+            choices=["all", "inner", "conv"],
+            help="groups that may be pruned: all, inner (no channel crossing a "
+            "residual merge; the paper's scope) or conv (default: all)",
+        )
+        sub.add_argument(
+            "--skip",
+            nargs="+",
+            default=[],
+            metavar="PATTERN",
+            help="layer names or shell patterns never pruned (default: none)",
         )
 
     report = commands.add_parser(

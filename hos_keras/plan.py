@@ -11,9 +11,10 @@ A plan is plain data: it serializes to JSON and back exactly, and later steps
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import keras
@@ -391,6 +392,8 @@ def plan_pruning(
     round_to: int | str = 1,
     seed: int | None = 0,
     group_reduction: str = "mean",
+    scope: str | Callable[[graph.ChannelGroup], bool] = "all",
+    skip: str | Sequence[str] = (),
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
     verify_latency: bool = True,
@@ -418,6 +421,17 @@ def plan_pruning(
         seed: Seed for randomized criteria. Defaults to `0`.
         group_reduction: How the scores of a group's producers combine into one
             score per channel: `"mean"`, `"max"` or `"sum"`. Defaults to `"mean"`.
+        scope: Which prunable groups the allocation may prune, for every
+            allocation: `"all"`; `"inner"`, only groups made by one producer, so
+            that no channel crossing a residual (or gating) merge is pruned and
+            the streams keep their width - the paper's scope, which prunes the
+            first conv of each residual block; `"conv"`, only groups of
+            convolution layers (no Dense); or a function from a
+            `hos_keras.ChannelGroup` to a bool. Groups out of scope keep every
+            channel. Defaults to `"all"`.
+        skip: Names or shell-style patterns (`"stage3_*"`) of groups never
+            pruned, matched against every producer of a group; for every
+            allocation. Defaults to `()`.
         runtime: The runtime a latency target is measured on: `"tflite"` (the
             TFLite interpreter, batch 1, 2 threads) or `"tf"` (TensorFlow, batch
             1). Only used with `latency_reduction=`. Defaults to `"tflite"`.
@@ -428,7 +442,7 @@ def plan_pruning(
             the runtime; `plan.details` then holds the measured latency and
             speed-up beside the predicted ones. Defaults to `True`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
-            `fraction=0.32` (global), `ratio=0.3` and `skip=[...]` (fixed),
+            `fraction=0.32` (global), `ratio=0.3` (fixed),
             `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
             (target).
 
@@ -464,6 +478,8 @@ def plan_pruning(
     scorer = criteria.get_criterion(criterion, seed=seed)
     wants_latency = getattr(allocator, "latency_reduction", None) is not None
 
+    in_scope = _scope_filter(scope, skip)
+
     channel_graph = graph.channel_groups(model)
     prunable = channel_graph.prunable
     frozen = {g.name: g.frozen for g in channel_graph.groups if g.frozen}
@@ -474,6 +490,13 @@ def plan_pruning(
             f"{reasons or 'It has no Conv or Dense layer.'}"
         )
     by_name = {g.name: g for g in prunable}
+    selected = [g.name for g in prunable if in_scope(g, channel_graph)]
+    if not selected:
+        raise NothingToPruneError(
+            f"No prunable group of model {model.name!r} is left with scope="
+            f"{scope!r} and skip={skip!r} (prunable groups: "
+            f"{[g.name for g in prunable][:8]}). Widen the scope or skip less."
+        )
     filters = {
         p: _checked_filters(p, channel_graph.layers[p])
         for g in prunable
@@ -483,13 +506,18 @@ def plan_pruning(
         g.name: _group_scores(g, channel_graph, filters, scorer, group_reduction)
         for g in prunable
     }
+    # T_min/T_max of stat_range="conv": every convolution of the network, each
+    # group's producers taken together, Dense layers left out.
     in_groups = {p for g in prunable for p in g.producers}
     filter_layers = dict(_iter_filter_layers(model))
     conv_names = [
+        g.name
+        for g in prunable
+        if not any(_is_dense(channel_graph.layers[p]) for p in g.producers)
+    ] + [
         name
         for name, layer in filter_layers.items()
-        if not isinstance(layer_rules.get_rule(layer), layer_rules.DenseRule)
-        and name not in in_groups
+        if not _is_dense(layer) and name not in in_groups
     ]
 
     def weights(name: str) -> np.ndarray:
@@ -531,7 +559,7 @@ def plan_pruning(
         return 1.0 - predicted / latency_model.base_ms
 
     context = allocation_lib.AllocationContext(
-        layers=list(by_name),
+        layers=selected,
         channels={g.name: g.channels for g in prunable},
         scores=scores,
         weights=weights,
@@ -541,7 +569,9 @@ def plan_pruning(
         latency_reduction=latency_reduction if latency_model is not None else None,
     )
     allocated = allocator.allocate(context)
-    counts = keep_counts(allocated.ratios)
+    ratios = {name: 0.0 for name in by_name}
+    ratios.update(allocated.ratios)
+    counts = keep_counts(ratios)
     after = cost(counts)
     statistics = allocated.statistics or {}
     kept_indices = kept(counts)
@@ -551,7 +581,7 @@ def plan_pruning(
             producers=g.producers,
             channels=g.channels,
             keep=kept_indices[g.name],
-            ratio=float(allocated.ratios[g.name]),
+            ratio=float(ratios[g.name]),
             statistic=statistics.get(g.name),
             scores=scores[g.name],
             members=g.members,
@@ -559,6 +589,10 @@ def plan_pruning(
         for g in prunable
     }
     details = {k: _plain(v) for k, v in allocated.details.items()}
+    if scope != "all" or skip:
+        details["scope"] = scope if isinstance(scope, str) else _name_of(scope)
+        details["skip"] = [skip] if isinstance(skip, str) else list(skip)
+        details["excluded"] = [name for name in by_name if name not in selected]
     if latency_model is not None:
         predicted = latency_model.predict(
             *_channel_counts(channel_graph, {n: g.keep for n, g in groups.items()})
@@ -590,6 +624,44 @@ def plan_pruning(
 
 
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
+_SCOPES = ("all", "inner", "conv")
+
+
+def _is_dense(layer) -> bool:
+    return isinstance(layer_rules.get_rule(layer), layer_rules.DenseRule)
+
+
+def _name_of(function) -> str:
+    return getattr(function, "__name__", repr(function))
+
+
+def _scope_filter(scope, skip) -> Callable[[graph.ChannelGroup, Any], bool]:
+    """Checks `scope` and `skip`; returns `(group, channel_graph) -> in scope`."""
+    if isinstance(skip, str):
+        skip = [skip]
+    if not isinstance(skip, Sequence) or not all(isinstance(p, str) for p in skip):
+        raise InvalidArgumentError(
+            f"Received skip={skip!r}; pass layer names or shell-style patterns, "
+            'e.g. skip=["stem_conv", "stage3_*"].'
+        )
+    if not callable(scope) and scope not in _SCOPES:
+        raise InvalidArgumentError(
+            f"Received scope={scope!r}; pass one of {list(_SCOPES)} or a function "
+            "from a hos_keras.ChannelGroup to a bool."
+        )
+
+    def in_scope(group, channel_graph) -> bool:
+        if any(fnmatch.fnmatchcase(p, s) for p in group.producers for s in skip):
+            return False
+        if callable(scope):
+            return bool(scope(group))
+        if scope == "inner":
+            return len(group.producers) == 1
+        if scope == "conv":
+            return not any(_is_dense(channel_graph.layers[p]) for p in group.producers)
+        return True
+
+    return in_scope
 
 
 def _channel_counts(

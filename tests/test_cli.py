@@ -141,8 +141,18 @@ def test_prune_with_fixed_and_global_allocations(saved, capsys):
         (["--allocation", "fixed", "--ratio", "0.5"], "fixed", {"ratio": 0.5}),
         (["--allocation", "global", "--fraction", "0.3"], "global", {"fraction": 0.3}),
         (["--allocation", "k34", "-c", "2.0"], "k34", {"coefficient": 2.0}),
+        (
+            ["--allocation", "fixed", "--ratio", "0.5", "--scope", "inner"],
+            "fixed",
+            {"ratio": 0.5, "scope": "inner"},
+        ),
+        (
+            ["--allocation", "fixed", "--ratio", "0.5", "--skip", "inn*", "wide"],
+            "fixed",
+            {"ratio": 0.5, "skip": ["inn*", "wide"]},
+        ),
     ):
-        plan_path = directory / f"{allocation}.json"
+        plan_path = directory / f"{allocation}_{len(flags)}.json"
         status, _, err = _run(
             capsys,
             "prune",
@@ -155,7 +165,20 @@ def test_prune_with_fixed_and_global_allocations(saved, capsys):
         )
         assert status == 0, err
         expected = hos_keras.plan_pruning(model, "k34", allocation, **options)
-        assert hos_keras.PruningPlan.from_json(plan_path.read_text()) == expected
+        written = hos_keras.PruningPlan.from_json(plan_path.read_text())
+        assert written == expected
+        if "scope" in options:
+            assert [len(written[n].keep) for n in ("stem", "inner", "wide")] == [
+                12,
+                5,
+                8,
+            ]
+        if "skip" in options:
+            assert [len(written[n].keep) for n in ("stem", "inner", "wide")] == [
+                6,
+                10,
+                16,
+            ]
 
 
 def test_export_tflite_and_saved_model(saved, capsys):

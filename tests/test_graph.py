@@ -201,3 +201,21 @@ def test_reference_networks_prune_what_the_paper_prunes_and_more():
     v2 = hos_keras.models.cifar_mobilenet_v2(input_shape=(16, 16, 3), alpha=0.5)
     names = {g.name for g in hos_keras.channel_groups(v2).prunable}
     assert {f"block{i}_expand" for i in range(2, 18)} <= names
+
+    # The paper's scope (scope="inner"): only the first conv of each block; the
+    # residual streams keep their width. scope="all" prunes the streams too.
+    for scope, stream_widths in (("inner", [16, 32, 64]), ("all", [8, 16, 32])):
+        plan = hos_keras.plan_pruning(
+            resnet, allocation="fixed", ratio=0.5, scope=scope
+        )
+        streams = ["stem_conv", "stage2_block1_conv2", "stage3_block1_conv2"]
+        assert [len(plan[name].keep) for name in streams] == stream_widths
+        assert all(
+            len(plan[name].keep) == resnet.get_layer(name).filters // 2
+            for name in singles
+        )
+    inner = hos_keras.plan_pruning(
+        resnet, allocation="shapiro", coefficient=3.7, scope="inner"
+    )
+    assert sorted(inner.details["excluded"]) == sorted(streams)
+    assert all(inner[name].statistic is not None for name in singles)

@@ -105,9 +105,13 @@ def test_channel_groups_of_a_plain_cnn(model):
         ("shapiro", lambda w: scipy.stats.shapiro(w).statistic),
         ("jarque_bera", lambda w: -math.log10(scipy.stats.jarque_bera(w).statistic)),
         (
+            # The authors' formula (res56prune_normality.py, strategy P3).
             "k34",
             lambda w: (
-                -math.log10(abs(scipy.stats.kstat(w, 3) * scipy.stats.kstat(w, 4)))
+                math.log10(
+                    1e13 * abs(scipy.stats.kstat(w, 3) * scipy.stats.kstat(w, 4))
+                )
+                / 21
             ),
         ),
     ],
@@ -137,6 +141,94 @@ def test_statistic_allocations_follow_eq9_with_model_range(
         )
     assert plan.details["t_min"] == pytest.approx(min(expected_t.values()), rel=1e-6)
     assert plan.details["t_max"] == pytest.approx(max(expected_t.values()), rel=1e-6)
+
+
+def test_k34_allocation_prunes_the_layer_furthest_from_gaussian_most(model):
+    # c3 holds Student-t(3) weights (heavy tails, largest |k3 * k4|), c1 Gaussian
+    # ones: the reference prunes c3 most and c1 least, unlike Shapiro-Wilk.
+    plan = hos_keras.plan_pruning(model, allocation="k34", coefficient=1.0)
+    assert plan["c1"].ratio == 0.0
+    assert plan["c3"].ratio == pytest.approx(0.9)
+    shapiro = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=1.0)
+    assert shapiro["c1"].ratio > shapiro["c3"].ratio
+
+
+def _cnn_with_hidden_dense():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(6, 3, name="c1")(inputs)
+    x = layers.Conv2D(8, 3, name="c2")(x)
+    x = layers.Flatten(name="flat")(x)
+    x = layers.Dense(12, name="fc1")(x)
+    outputs = layers.Dense(4, name="logits")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(3)
+    for layer, draw in (
+        (model.get_layer("c1"), rng.normal),
+        (model.get_layer("c2"), lambda size: rng.standard_t(4, size)),
+        (model.get_layer("fc1"), rng.laplace),
+    ):
+        layer.kernel.assign(0.1 * draw(size=tuple(layer.kernel.shape)))
+    return model
+
+
+def test_conv_stat_range_leaves_dense_layers_out():
+    model = _cnn_with_hidden_dense()
+    w = {n: model.get_layer(n).kernel.numpy().ravel() for n in ("c1", "c2", "fc1")}
+    t = {n: scipy.stats.shapiro(v).statistic for n, v in w.items()}
+    conv = hos_keras.plan_pruning(model, allocation="shapiro", coefficient=1.0)
+    assert conv.details["t_min"] == pytest.approx(min(t["c1"], t["c2"]), rel=1e-6)
+    assert conv.details["t_max"] == pytest.approx(max(t["c1"], t["c2"]), rel=1e-6)
+    assert conv["fc1"].statistic == pytest.approx(t["fc1"], rel=1e-6)
+    prunable = hos_keras.plan_pruning(
+        model, allocation="shapiro", coefficient=1.0, stat_range="prunable"
+    )
+    assert prunable.details["t_min"] == pytest.approx(min(t.values()), rel=1e-6)
+    assert prunable.details["t_max"] == pytest.approx(max(t.values()), rel=1e-6)
+    only_conv = hos_keras.plan_pruning(
+        model, allocation="fixed", ratio=0.5, scope="conv"
+    )
+    assert [len(only_conv[n].keep) for n in ("c1", "c2", "fc1")] == [3, 4, 12]
+
+
+ALLOCATIONS = {
+    "shapiro": {"coefficient": 0.5},
+    "jarque_bera": {"coefficient": 0.5},
+    "k34": {"coefficient": 0.5},
+    "global": {"fraction": 0.5},
+    "fixed": {"ratio": 0.5},
+    "target": {"macs_reduction": 0.3},
+}
+
+
+@pytest.mark.parametrize("allocation", sorted(ALLOCATIONS))
+def test_skip_and_scope_hold_for_every_allocation(model, allocation):
+    options = ALLOCATIONS[allocation]
+    plan = hos_keras.plan_pruning(model, allocation=allocation, skip="c2", **options)
+    assert plan["c2"].ratio == 0.0
+    np.testing.assert_array_equal(plan["c2"].keep, np.arange(WIDTHS[1]))
+    assert plan["c2"].statistic is None
+    assert plan.details["excluded"] == ["c2"]
+    assert len(plan["c1"].keep) < WIDTHS[0] or len(plan["c3"].keep) < WIDTHS[2]
+    assert hos_keras.PruningPlan.from_json(plan.to_json()) == plan
+
+    def outer_convs(group):
+        return group.name in ("c1", "c3")
+
+    scoped = hos_keras.plan_pruning(
+        model, allocation=allocation, scope=outer_convs, **options
+    )
+    for name in CONVS:
+        np.testing.assert_array_equal(scoped[name].keep, plan[name].keep)
+    assert scoped.details["scope"] == "outer_convs"
+
+
+def test_scope_and_skip_errors_name_the_argument(model):
+    with pytest.raises(InvalidArgumentError, match="scope='outer'"):
+        hos_keras.plan_pruning(model, scope="outer")
+    with pytest.raises(InvalidArgumentError, match="skip=3"):
+        hos_keras.plan_pruning(model, skip=3)
+    with pytest.raises(NothingToPruneError, match=r"skip='c\*'"):
+        hos_keras.plan_pruning(model, skip="c*")
 
 
 def test_larger_coefficient_prunes_less(model):
