@@ -397,6 +397,7 @@ def plan_pruning(
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
     verify_latency: bool = True,
+    latency_corrections: int = 2,
     **options,
 ) -> PruningPlan:
     """Plans which output channels of a model to prune.
@@ -441,6 +442,12 @@ def plan_pruning(
         verify_latency: With a latency target, slim the model and measure it on
             the runtime; `plan.details` then holds the measured latency and
             speed-up beside the predicted ones. Defaults to `True`.
+        latency_corrections: With a latency target and `verify_latency`, how many
+            times to plan again when the measured reduction falls short of the
+            target: each time the shortfall is added to the reduction asked of the
+            latency model (measurement in the loop, as NetAdapt). The rounds are
+            recorded in `plan.details["latency"]["rounds"]`. `0` trusts the model.
+            Defaults to `2`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` (fixed),
             `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
@@ -466,6 +473,7 @@ def plan_pruning(
     ```
     """
     min_channels = check_int("min_channels", min_channels)
+    corrections = check_int("latency_corrections", latency_corrections, minimum=0)
     if round_to == "auto":
         round_to = latency_lib.measure_tile(runtime)
     round_to = check_int("round_to", round_to)
@@ -568,61 +576,121 @@ def plan_pruning(
         macs_reduction=macs_reduction,
         latency_reduction=latency_reduction if latency_model is not None else None,
     )
-    allocated = allocator.allocate(context)
-    ratios = {name: 0.0 for name in by_name}
-    ratios.update(allocated.ratios)
-    counts = keep_counts(ratios)
-    after = cost(counts)
-    statistics = allocated.statistics or {}
-    kept_indices = kept(counts)
-    groups = {
-        g.name: GroupPlan(
-            name=g.name,
-            producers=g.producers,
-            channels=g.channels,
-            keep=kept_indices[g.name],
-            ratio=float(ratios[g.name]),
-            statistic=statistics.get(g.name),
-            scores=scores[g.name],
-            members=g.members,
-        )
-        for g in prunable
-    }
-    details = {k: _plain(v) for k, v in allocated.details.items()}
-    if scope != "all" or skip:
-        details["scope"] = scope if isinstance(scope, str) else _name_of(scope)
-        details["skip"] = [skip] if isinstance(skip, str) else list(skip)
-        details["excluded"] = [name for name in by_name if name not in selected]
-    if latency_model is not None:
-        predicted = latency_model.predict(
-            *_channel_counts(channel_graph, {n: g.keep for n, g in groups.items()})
-        )
-        details["latency"] = {
-            "runtime": latency_model.runtime,
-            "batch_size": latency_model.batch_size,
-            "threads": latency_model.threads,
-            "original_ms": latency_model.base_ms,
-            "predicted_ms": predicted,
-            "predicted_speedup": latency_model.base_ms / max(predicted, 1e-9),
+
+    def assemble(allocator) -> PruningPlan:
+        allocated = allocator.allocate(context)
+        ratios = {name: 0.0 for name in by_name}
+        ratios.update(allocated.ratios)
+        counts = keep_counts(ratios)
+        after = cost(counts)
+        statistics = allocated.statistics or {}
+        kept_indices = kept(counts)
+        groups = {
+            g.name: GroupPlan(
+                name=g.name,
+                producers=g.producers,
+                channels=g.channels,
+                keep=kept_indices[g.name],
+                ratio=float(ratios[g.name]),
+                statistic=statistics.get(g.name),
+                scores=scores[g.name],
+                members=g.members,
+            )
+            for g in prunable
         }
-    plan = PruningPlan(
-        model_name=model.name,
-        criterion=getattr(scorer, "name", getattr(scorer, "__name__", repr(scorer))),
-        allocation=allocator.name,
-        allocation_config=allocator.get_config(),
-        groups=groups,
-        frozen=frozen,
-        params_before=base_cost["params"],
-        params_after=after["params"],
-        macs_before=base_cost["macs"],
-        macs_after=after["macs"],
-        details=details,
-    )
+        details = {k: _plain(v) for k, v in allocated.details.items()}
+        if scope != "all" or skip:
+            details["scope"] = scope if isinstance(scope, str) else _name_of(scope)
+            details["skip"] = [skip] if isinstance(skip, str) else list(skip)
+            details["excluded"] = [name for name in by_name if name not in selected]
+        if latency_model is not None:
+            predicted = latency_model.predict(
+                *_channel_counts(channel_graph, {n: g.keep for n, g in groups.items()})
+            )
+            details["latency"] = {
+                "runtime": latency_model.runtime,
+                "batch_size": latency_model.batch_size,
+                "threads": latency_model.threads,
+                "original_ms": latency_model.base_ms,
+                "predicted_ms": predicted,
+                "predicted_speedup": latency_model.base_ms / max(predicted, 1e-9),
+            }
+        return PruningPlan(
+            model_name=model.name,
+            criterion=getattr(
+                scorer, "name", getattr(scorer, "__name__", repr(scorer))
+            ),
+            allocation=allocator.name,
+            allocation_config=allocator.get_config(),
+            groups=groups,
+            frozen=frozen,
+            params_before=base_cost["params"],
+            params_after=after["params"],
+            macs_before=base_cost["macs"],
+            macs_after=after["macs"],
+            details=details,
+        )
+
+    plan = assemble(allocator)
     if latency_model is not None and verify_latency:
-        details["latency"].update(latency_lib.measure_plan(model, plan, latency_model))
+        plan = _measured(model, plan, allocator, assemble, latency_model, corrections)
     return plan
 
 
+def _measured(model, plan, allocator, assemble, latency_model, corrections):
+    """Measures `plan` on the runtime; for a latency target it misses, plans again
+    asking the latency model for the shortfall more (again while the widths do not
+    change), measuring each new plan, up to `corrections` times."""
+    target = getattr(allocator, "latency_reduction", None)
+    asked = target
+    rounds = []
+    while True:
+        info = plan.details["latency"]
+        info.update(latency_lib.measure_plan(model, plan, latency_model))
+        achieved = 1.0 - 1.0 / info["measured_speedup"]
+        rounds.append(
+            {
+                "asked_latency_reduction": asked,
+                "predicted_speedup": info["predicted_speedup"],
+                "measured_speedup": info["measured_speedup"],
+            }
+        )
+        if target is None or achieved >= target - _LATENCY_TOLERANCE:
+            break
+        if len(rounds) > corrections:
+            break
+        retry = _wider_ask(plan, allocator, assemble, asked, target - achieved)
+        if retry is None:
+            break
+        plan, asked = retry
+    if target is not None:
+        plan.details["requested_latency_reduction"] = target
+        plan.details["latency"]["rounds"] = rounds
+    return plan
+
+
+def _wider_ask(plan, allocator, assemble, asked, shortfall):
+    """The first plan, asking `shortfall` more each time, whose widths differ from
+    `plan`'s, with what it asked; `None` once the target is unreachable."""
+    while asked + shortfall < 0.99:
+        asked += shortfall
+        retry = allocation_lib.TargetAllocation(
+            latency_reduction=asked, base=allocator.base, **allocator.base_options
+        )
+        try:
+            candidate = assemble(retry)
+        except InvalidArgumentError:
+            return None
+        if any(
+            len(candidate[name].keep) != len(group.keep)
+            for name, group in plan.groups.items()
+        ):
+            return candidate, asked
+    return None
+
+
+# Measured reductions within this of the target count as met (timing noise).
+_LATENCY_TOLERANCE = 0.01
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 _SCOPES = ("all", "inner", "conv")
 

@@ -86,7 +86,7 @@ def test_latency_target_prunes_where_time_goes(monkeypatch):
 
     def fake_time(models, runtime, batch_size, threads, runs):
         timed.append([m.count_params() for m in models])
-        return [9.0, 5.5]
+        return [9.0, 5.4]
 
     monkeypatch.setattr(latency, "_time_models", fake_time)
     # All the time is in c2's outputs (c2 and c3's inputs cost nothing).
@@ -116,8 +116,9 @@ def test_latency_target_prunes_where_time_goes(monkeypatch):
     assert info["predicted_speedup"] == pytest.approx(9.0 / 5.0)
     # The slim model was built and timed beside the original (the fake timer).
     assert timed == [[model.count_params(), plan.params_after]]
-    assert info["measured_original_ms"] == 9.0 and info["measured_slim_ms"] == 5.5
-    assert info["measured_speedup"] == pytest.approx(9.0 / 5.5)
+    assert info["measured_original_ms"] == 9.0 and info["measured_slim_ms"] == 5.4
+    assert info["measured_speedup"] == pytest.approx(9.0 / 5.4)
+    assert len(info["rounds"]) == 1  # 40% measured: met, no correction
     assert plan.details["requested_latency_reduction"] == 0.4
     assert plan.details["predicted_latency_reduction"] >= 0.4
     assert plan.allocation_config["latency_reduction"] == 0.4
@@ -235,6 +236,45 @@ def test_macs_timer_model_predicts_the_macs_of_any_plan(macs_timer):
     # Times are MACs here, so the prediction of the pruned model is its MACs.
     assert info["predicted_ms"] == pytest.approx(info["measured_slim_ms"], rel=1e-3)
     assert info["measured_slim_ms"] == pytest.approx(plan.macs_after * 1e-6 + 0.001)
+
+
+def test_a_measured_miss_is_corrected_by_planning_again(macs_timer, monkeypatch):
+    model = _cnn()
+    table = latency.build_latency_model(model)  # predicts MACs exactly
+
+    def slow_runtime(models, runtime, batch_size, threads, runs):
+        # The runtime pays 0.02 "ms" per model on top of its MACs: the table
+        # over-predicts every speed-up, so plans miss their target.
+        return [t + 0.02 for t in _macs_timer(models, runtime, batch_size, threads, 1)]
+
+    monkeypatch.setattr(latency, "_time_models", slow_runtime)
+    options = dict(
+        criterion="l1",
+        allocation="target",
+        base="fixed",
+        latency_reduction=0.5,
+        latency_model=table,
+    )
+    trusted = hos_keras.plan_pruning(model, latency_corrections=0, **options)
+    first = trusted.details["latency"]
+    assert first["measured_speedup"] < 1.98 < first["predicted_speedup"]
+    plan = hos_keras.plan_pruning(model, **options)
+    rounds = plan.details["latency"]["rounds"]
+    assert rounds[0]["asked_latency_reduction"] == 0.5
+    assert rounds[0]["measured_speedup"] == pytest.approx(first["measured_speedup"])
+    # Each retry asks for the measured shortfall more, as many times as it takes
+    # the widths to change (the uniform ratio moves in steps on so small a model).
+    for before, after in zip(rounds, rounds[1:]):
+        shortfall = 0.5 - (1 - 1 / before["measured_speedup"])
+        steps = (
+            after["asked_latency_reduction"] - before["asked_latency_reduction"]
+        ) / shortfall
+        assert steps == pytest.approx(round(steps)) and round(steps) >= 1
+        assert after["predicted_speedup"] > before["predicted_speedup"]
+    assert 2 <= len(rounds) <= 3
+    assert plan.details["latency"]["measured_speedup"] >= 1 / (1 - 0.49)
+    assert plan.details["requested_latency_reduction"] == 0.5
+    assert plan.macs_after < trusted.macs_after
 
 
 def test_compress_with_a_latency_target(macs_timer):
