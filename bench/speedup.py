@@ -9,6 +9,9 @@ k34 criterion and the Shapiro-Wilk allocation searched for:
   `hos_keras.latency`), with `round_to` 1, 8 and `"auto"` (the measured channel
   tile), and with the global allocation as the base (`round_to` 1 and 8); a plan
   that cannot reach the target is recorded as unreachable;
+- the same latency target measured in the loop (`verify_latency=True`: a plan
+  that misses on the runtime is planned again, `latency_corrections=2`), with
+  scope "all" and "inner" (residual streams kept whole, the paper's scope);
 
 then every slim model and the original are timed in turn, in one run: the TFLite
 interpreter (batch 1, 2 threads) and the TensorFlow runtime (batch 64). Also
@@ -17,7 +20,8 @@ speed-up and its build time, and the machine's load average before and after.
 Goal for the latency plans: at least 1.9x measured in TFLite.
 
 Run alone (another process on the cores skews the ratios):
-    .venv/bin/python bench/speedup.py [--quick]   (writes bench/results/speedup.json)
+    .venv/bin/python bench/speedup.py [--quick] [--models cifar_resnet56 ...]
+(writes bench/results/speedup.json; with --models, only those entries are replaced)
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ VARIANTS = {
         "base": "global",
         "round_to": 8,
     },
+    "latency_target_measured": {"latency_reduction": 0.5, "verify_latency": True},
+    "latency_target_measured_inner": {
+        "latency_reduction": 0.5,
+        "verify_latency": True,
+        "scope": "inner",
+    },
 }
 
 
@@ -62,14 +72,16 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
     table = latency.build_latency_model(model, "tflite", cache_dir=cache_dir)
     build_s = time.perf_counter() - start
     plans, slims, unreachable = {}, {}, {}
+    load_before = os.getloadavg()
     for variant, options in VARIANTS.items():
+        options = {"verify_latency": False, **options}
+        start = time.perf_counter()
         try:
             plans[variant] = hos_keras.plan_pruning(
                 model,
                 criterion="k34",
                 allocation="target",
                 latency_model=table,
-                verify_latency=False,
                 **options,
             )
         except hos_keras.errors.InvalidArgumentError as error:
@@ -77,6 +89,7 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
             print(f"{name} {variant}: {error}", flush=True)
             continue
         slims[variant] = hos_keras.slim_model(model, plans[variant])
+        plans[variant].details["plan_s"] = time.perf_counter() - start
     models = {"original": model, **slims}
     lite = latency.tflite_latency(models, None, runs=runs * 10, threads=2)
     sample = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
@@ -90,6 +103,8 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
         "tflite_ms": lite,
         "tf_batch64_ms": {k: v[64] for k, v in tf64.items()},
         "unreachable": unreachable,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     for variant, plan in plans.items():
         result[variant] = {
@@ -99,7 +114,11 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
             "predicted_tflite_speedup": plan.details["latency"]["predicted_speedup"],
             "speedup_tflite_batch1": lite["original"] / lite[variant],
             "speedup_tf_batch64": tf64["original"][64] / tf64[variant][64],
+            "plan_s": plan.details["plan_s"],
         }
+        rounds = plan.details["latency"].get("rounds")
+        if rounds:
+            result[variant]["rounds"] = rounds
         row = result[variant]
         print(
             f"{name} {variant}: MACs x{row['macs_ratio']:.2f} | TFLite b1 "
@@ -118,6 +137,12 @@ def main() -> None:
         action="store_true",
         help="fewer repeats (a smoke run, not for the README)",
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["cifar_resnet56", "MobileNetV2", "ResNet50"],
+        help="benchmark only these (default: all three)",
+    )
     args = parser.parse_args()
     runs = 3 if args.quick else 15
     size = (128, 128, 3)
@@ -132,19 +157,24 @@ def main() -> None:
             size,
         ),
     }
-    load_before = os.getloadavg()
     results = {}
+    if args.models and RESULTS.exists():
+        results = json.loads(RESULTS.read_text())
+        earlier = results.get("machine", {})
+        for entry in results.values():  # runs written before loads were per model
+            if "tflite_ms" in entry and "load_average_before" not in entry:
+                for key in ("runs", "load_average_before", "load_average_after"):
+                    entry[key] = earlier.get(key)
     with tempfile.TemporaryDirectory() as cache_dir:  # measure afresh every run
         for name, (build, shape) in cases.items():
-            results[name] = bench(name, build, shape, runs, cache_dir)
+            if not args.models or name in args.models:
+                results[name] = bench(name, build, shape, runs, cache_dir)
+                results[name]["runs"] = runs
     results["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "runs": runs,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
