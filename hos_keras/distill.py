@@ -19,18 +19,23 @@ therefore a sibling, not a subclass; the frozen-teacher convention is the same.
 The reference code computed the teacher's targets once, on differently augmented
 images, and its intermediate targets stayed zero through a comparison bug; here
 the teacher runs in inference mode on the same batch at every step.
+
+Files cited as "the reference" are in the authors' repository
+chatzikon/DNN-COMPRESSION, under `cifar/step3/`.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.ops import numpy as numpy_ops
 
-from hos_keras import graph
+from hos_keras import graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan
 
@@ -38,53 +43,227 @@ __all__ = ["HOSDistiller", "auto_pivots", "fit_distributed", "pivot_weights"]
 
 _OUTPUT_LOSSES = ("softmax_mse", "logits_mse")
 
+# A residual merge: the Add layer (and its subclasses) or keras.ops.add / `a + b`
+# on two tensors of the same shape.
+_ADDITIONS = (keras.layers.Add, numpy_ops.Add)
+
+# Layers that act on each channel alone and end a block or stage when they follow
+# its last operation directly (ReLU after the residual Add, BN and ReLU after a
+# strided conv). Noise layers such as Dropout are left out: a pivot after them
+# would compare random masks.
+_POINTWISE = (
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+    keras.layers.Activation,
+)
+
+# The positions the reference hard-codes for its CIFAR ResNets with one or two
+# losses (net_for_multiloss_ft.py, lines 60-70), by (blocks, losses): ResNet-56
+# has 27 blocks, ResNet-110 54, both in three stages of equal length.
+_REFERENCE_POSITIONS = {
+    (27, 1): [18],
+    (27, 2): [9, 18],
+    (54, 1): [18],
+    (54, 2): [18, 36],
+}
+
+
+def _spatial_size(tensor) -> int | None:
+    """Number of positions per channel of a feature map, or None if unknown."""
+    shape = tuple(tensor.shape)
+    if len(shape) < 3:
+        return None
+    first = keras.config.image_data_format() == "channels_first"
+    dims = shape[2:] if first else shape[1:-1]
+    if any(d is None for d in dims):
+        return None
+    return int(np.prod(dims))
+
+
+def _is_pointwise(node) -> bool:
+    """Whether a call acts on each channel alone (an activation or BN)."""
+    op = node.operation
+    if isinstance(op, _POINTWISE):
+        return True
+    # keras.ops.relu and the other keras.ops.nn activations on one tensor.
+    return (
+        isinstance(layer_rules.get_rule(op), layer_rules.ElementwiseOp)
+        and type(op).__module__ == "keras.src.ops.nn"
+        and len(node.input_tensors) == 1
+    )
+
+
+def _is_residual_merge(node) -> bool:
+    tensors = node.input_tensors
+    return (
+        isinstance(node.operation, _ADDITIONS)
+        and len(tensors) >= 2
+        and len({tuple(t.shape) for t in tensors}) == 1
+    )
+
+
+def _is_downsampling(node) -> bool:
+    tensors, outputs = node.input_tensors, node.output_tensors
+    if len(tensors) != 1 or len(outputs) != 1:
+        return False
+    if len(tensors[0].shape) != len(outputs[0].shape):
+        return False
+    before, after = _spatial_size(tensors[0]), _spatial_size(outputs[0])
+    return before is not None and after is not None and after < before
+
+
+def _candidates(model: keras.Model) -> tuple[list, bool]:
+    """The output nodes of the residual blocks (or downsampling stages), in order.
+
+    Returns:
+        `(nodes, residual)`: `residual` is False when the model has no residual
+        merge and the nodes end its downsampling stages.
+    """
+    nodes = graph.functional_nodes(model)
+    consumers: dict[int, list] = {}
+    for node in nodes:
+        for tensor in node.input_tensors:
+            consumers.setdefault(id(tensor), []).append(node)
+
+    def last_of(node):
+        while True:
+            after = consumers.get(id(node.output_tensors[0]), [])
+            if len(after) != 1 or not _is_pointwise(after[0]):
+                return node
+            node = after[0]
+
+    merges = [node for node in nodes if _is_residual_merge(node)]
+    if merges:
+        return [last_of(node) for node in merges], True
+    return [last_of(node) for node in nodes if _is_downsampling(node)], False
+
 
 def block_outputs(model: keras.Model) -> list[str]:
-    """Names of the residual block outputs: each Add, or the activation after it."""
-    names = []
-    consumers: dict[int, list] = {}
-    for node in graph.functional_nodes(model):
-        for tensor in node.input_tensors:
-            consumers.setdefault(id(tensor), []).append(node.operation)
-    for node in graph.functional_nodes(model):
-        if isinstance(node.operation, keras.layers.Add):
-            after = consumers.get(id(node.output_tensors[0]), [])
-            if len(after) == 1 and isinstance(
-                after[0], (keras.layers.ReLU, keras.layers.Activation)
-            ):
-                names.append(after[0].name)
-            else:
-                names.append(node.operation.name)
-    return names
+    """Names of the pivot candidates of a model, in depth order.
+
+    A residual block ends at its merge (an `Add` layer, or `keras.ops.add` /
+    `a + b` on two tensors of the same shape) or at the activations and
+    BatchNormalization that directly follow it. A model without residual merges
+    (a VGG-like chain) has instead one candidate per downsampling stage: each layer
+    or operation that reduces the spatial size (pooling, strided convolution),
+    again with the activations and BatchNormalization that directly follow it.
+    Only the model's own graph is searched, not nested models.
+
+    Args:
+        model: A functional or Sequential model.
+
+    Returns:
+        Layer (or operation) names, each the output of one block or stage.
+    """
+    return [node.operation.name for node in _candidates(model)[0]]
+
+
+def _stage_ends(nodes, residual: bool) -> list[int]:
+    """1-based positions of the candidates after which the resolution drops."""
+    if not residual:
+        return list(range(1, len(nodes)))
+    sizes = [_spatial_size(node.output_tensors[0]) for node in nodes]
+    return [
+        k
+        for k in range(1, len(nodes))
+        if sizes[k - 1] is not None and sizes[k] is not None and sizes[k] < sizes[k - 1]
+    ]
+
+
+def _cal_pivot(n: int, blocks: int) -> list[int]:
+    """The reference's `cal_pivot`: pivot positions spread over the blocks.
+
+    `per = blocks // (n + 1) + 1`, position i (0-based) is
+    `min(per * (i + 1), blocks - 1)` (net_for_multiloss_ft.py, lines 115-133).
+    """
+    per = blocks // (n + 1) + 1
+    return [min(per * (i + 1), blocks - 1) for i in range(n)]
+
+
+def _closest(targets: list[int], ends: list[int]) -> list[int]:
+    """The len(targets) ends closest to the targets, in order (least total
+    distance; ties go to the earlier ends)."""
+    return list(
+        min(
+            itertools.combinations(ends, len(targets)),
+            key=lambda chosen: sum(
+                abs(a - b) for a, b in zip(chosen, targets, strict=True)
+            ),
+        )
+    )
 
 
 def auto_pivots(model: keras.Model, n: int = 2) -> list[str]:
-    """Pivot layers spread over the residual blocks, as in the paper.
+    """Pivot layers placed as the paper's code places them.
 
-    With B blocks and n losses, pivot i (1-based block number) is
-    `min(B // (n + 1) * (i + 1), B - 1)`: for ResNet-56 (27 blocks) and two losses,
-    blocks 9 and 18, the ends of the first two stages.
+    The candidates are the B residual block outputs of `block_outputs`, or, in a
+    model without residual merges, the outputs of its downsampling stages.
+    The "stage ends" are the candidates after which the spatial resolution drops
+    (every candidate but the last in a model without residual merges). Positions
+    (1-based, in blocks) are chosen in this order:
+
+    1. The positions the reference hard-codes for its CIFAR ResNets, for a model
+       laid out like them (27 or 54 blocks in three equal stages) and n <= 2:
+       ResNet-56 n = 1 -> [18], n = 2 -> [9, 18]; ResNet-110 n = 1 -> [18],
+       n = 2 -> [18, 36] (net_for_multiloss_ft.py, lines 60-70).
+    2. If n is at most the number of stage ends: the n stage ends closest to the
+       reference's `cal_pivot` positions of 3. (least total distance, ties to the
+       earlier end). This alone reproduces the table of 1. except for ResNet-110
+       with one loss, where it would pick block 36.
+    3. Otherwise the `cal_pivot` positions themselves
+       (net_for_multiloss_ft.py, lines 115-133): `per = B // (n + 1) + 1`,
+       position i `min(per * (i + 1), B - 1)`; ResNet-56 n = 3 -> [7, 14, 21],
+       ResNet-110 n = 3 -> [14, 28, 42].
+
+    The reference counts the 13 blocks of its MobileNet with `cal_pivot`; here a
+    model without residual merges is counted in downsampling stages.
 
     Args:
         model: The (student) model.
         n: Number of intermediate losses. Defaults to `2`.
 
     Returns:
-        Layer names, in depth order.
+        Layer (or operation) names, in depth order.
 
     Raises:
-        InvalidArgumentError: if the model has fewer than n + 1 residual blocks.
+        InvalidArgumentError: if n is not an integer >= 0, or the model has too
+            few blocks or stages for n distinct pivots.
+
+    Example:
+
+    ```python
+    model = hos_keras.models.resnet56()
+    hos_keras.auto_pivots(model, 2)  # ['stage1_block9_out', 'stage2_block9_out']
+    ```
     """
-    blocks = block_outputs(model)
-    if len(blocks) < n + 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise InvalidArgumentError(
-            f"pivots='auto' needs at least {n + 1} residual blocks (Add layers); "
-            f"model {model.name!r} has {len(blocks)}. Name the pivot layers "
-            "instead: pivots=['layer_a', 'layer_b']."
+            f"Received n={n!r} pivots; pass an integer >= 0 (the number of "
+            "intermediate losses)."
         )
-    per = len(blocks) // (n + 1)
-    numbers = [min(per * (i + 1), len(blocks) - 1) for i in range(n)]
-    return [blocks[k - 1] for k in numbers]
+    if n == 0:
+        return []
+    nodes, residual = _candidates(model)
+    blocks = len(nodes)
+    ends = _stage_ends(nodes, residual)
+    positions = None
+    if residual and ends == [blocks // 3, 2 * blocks // 3]:
+        positions = _REFERENCE_POSITIONS.get((blocks, n))
+    if positions is None and blocks > 1:
+        positions = _cal_pivot(n, blocks)
+        if n <= len(ends):
+            positions = _closest(positions, ends)
+    if positions is None or len(set(positions)) < n:
+        kind = "residual blocks" if residual else "downsampling stages (no residual)"
+        raise InvalidArgumentError(
+            f"Model {model.name!r} has {blocks} {kind}, too few for {n} "
+            "distinct automatic pivots. Ask for fewer (n_pivots) or name the pivot "
+            "layers: pivots=['layer_a', 'layer_b']."
+        )
+    return [nodes[k - 1].operation.name for k in positions]
 
 
 def pivot_weights(positions, decay: float = 3.0, floor: float = 0.01) -> list[float]:
@@ -93,15 +272,35 @@ def pivot_weights(positions, decay: float = 3.0, floor: float = 0.01) -> list[fl
     return [max(floor, (p / last) ** decay) for p in positions]
 
 
-def _check_names(model, names, what):
-    known = [layer.name for layer in model.layers]
+def _pivot_outputs(model, names) -> list:
+    """The output tensor of each named layer or keras.ops operation of a model."""
+    nodes: dict[str, list] = {}
+    for node in graph.functional_nodes(model):
+        nodes.setdefault(node.operation.name, []).append(node)
+    tensors = []
     for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
+        found = nodes.get(name, [])
+        if not found:
+            close = difflib.get_close_matches(name, list(nodes), n=3)
             hint = f" Close names: {close}." if close else ""
             raise InvalidArgumentError(
-                f"{what} {name!r} is not a layer of model {model.name!r}.{hint}"
+                f"Pivot {name!r} is not a layer of model {model.name!r}.{hint}"
             )
+        if len(found) > 1:
+            raise InvalidArgumentError(
+                f"Pivot {name!r} is called {len(found)} times in model "
+                f"{model.name!r}, so its output is ambiguous; pick a layer called "
+                "once."
+            )
+        tensors.append(found[0].output_tensors[0])
+    return tensors
+
+
+def _non_negative(value) -> bool:
+    try:
+        return float(value) >= 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _model_inputs(model):
@@ -116,8 +315,21 @@ class HOSDistiller(keras.Model):
          + output_weight * MSE(student output, teacher output)   (softmax or logits)
          + sum_k gamma_k * MSE(student features at pivot k, teacher's there),
     gamma_k = max(0.01, (block_k / block_last) ** decay). The teacher runs in
-    inference mode on the same batch; its weights never change. With a plan, the
-    teacher's pivot features are gathered at the student's kept channels.
+    inference mode on the same batch; its weights never change.
+
+    The pivot terms compare raw feature maps, as the reference does
+    (main_finetune_dimen_mult_loss.py, `auxnet_forward`: `F.mse_loss` between a
+    segment's output and the teacher's). With a plan, the teacher's maps are
+    gathered at the student's kept channels, so a pivot may sit where channels were
+    pruned; the reference's pivots are block outputs, whose shapes its pruning
+    never changes. Without a plan, a pivot whose shapes differ gets a head of
+    hos_keras's own: global average pooling and a trainable Dense layer to the
+    teacher's channel count on the student side, global average pooling on the
+    teacher side, and the MSE between the two pooled vectors. The reference's
+    auxiliary heads are something else: `AuxClassifier` (net_for_multiloss_ft.py,
+    lines 23-42: spatial mean, then a Linear layer to the number of classes)
+    outputs class scores that only serve its per-segment accuracy logs and a
+    test-time cross-entropy; they take no part in the training loss.
 
     Args:
         student: The slimmed model to train (e.g. `slim_model(teacher, plan)`).
@@ -126,16 +338,23 @@ class HOSDistiller(keras.Model):
             as they are.
         plan: The `PruningPlan` that made the student from the teacher: the
             teacher's pivot features are then gathered at the kept channels. With
-            `None`, pivots whose shapes differ get a small trainable auxiliary head
-            (global average pooling + Dense to the teacher's width), as in the
-            paper's code. Defaults to `None`.
-        pivots: `"auto"` (spread over the residual blocks, see `auto_pivots`), a
-            list of layer names present in both models, or `None` for no
+            `None`, pivots whose shapes differ get a trainable head (global
+            average pooling + Dense to the teacher's width; see above). Defaults
+            to `None`.
+        pivots: `"auto"` (at the residual stage ends or spread over the blocks
+            as the reference does, or at the downsampling stages of a model
+            without residual blocks; see `auto_pivots`), a list of layer or
+            keras.ops operation names present in both models, or `None` for no
             intermediate losses. Defaults to `"auto"`.
         n_pivots: Number of automatic pivots. Defaults to `2`.
         output_loss: `"softmax_mse"` (the paper's text) or `"logits_mse"` (the
             reference code). Defaults to `"softmax_mse"`.
-        output_weight: Weight of the output term, >= 0. Defaults to `1.0`.
+        output_weight: Weight of the output term, >= 0, or `None` for the
+            reference's `mse_factor`: 5 when there are pivot terms
+            (main_finetune_dimen_mult_loss.py, `__main__`), 1 without
+            (main_finetune_dimen_loss.py, `__main__`). The reference weighs a
+            logits MSE; with `"softmax_mse"` the term is smaller for the same
+            weight. Defaults to `None`.
         decay: Exponent of the pivot weights. Defaults to `3.0`.
         auxiliary: Whether the output and pivot terms are used; switch off with
             `set_auxiliary(False)` for the last fine-tuning stage. Defaults to
@@ -143,8 +362,9 @@ class HOSDistiller(keras.Model):
 
     Raises:
         InvalidArgumentError: for mismatched input/output shapes, unknown pivots
-            (close names are listed), a negative output weight or an unknown
-            output loss.
+            (close names are listed) or pivots called more than once, too few
+            blocks for `n_pivots`, a negative output weight or an unknown output
+            loss.
         PlanMismatchError: if the plan does not map the teacher to the student.
 
     Example:
@@ -172,7 +392,7 @@ class HOSDistiller(keras.Model):
         pivots="auto",
         n_pivots: int = 2,
         output_loss: str = "softmax_mse",
-        output_weight: float = 1.0,
+        output_weight: float | None = None,
         decay: float = 3.0,
         auxiliary: bool = True,
         name: str = "hos_distiller",
@@ -194,15 +414,20 @@ class HOSDistiller(keras.Model):
                 f"Received output_loss={output_loss!r}; pass one of "
                 f"{list(_OUTPUT_LOSSES)}."
             )
-        if not float(output_weight) >= 0:
+        if output_weight is not None and not _non_negative(output_weight):
             raise InvalidArgumentError(
-                f"Received output_weight={output_weight!r}; pass a number >= 0."
+                f"Received output_weight={output_weight!r}; pass a number >= 0, "
+                "or None for the reference's weight (5 with pivots, 1 without)."
             )
         if pivots == "auto":
             pivots = auto_pivots(student, n_pivots)
         pivots = list(pivots or [])
-        _check_names(student, pivots, "Pivot")
-        _check_names(teacher, pivots, "Pivot")
+        if output_weight is None:
+            # The reference's `mse_factor`: 5 with its intermediate losses
+            # (main_finetune_dimen_mult_loss.py), 1 without (..._dimen_loss.py).
+            output_weight = 5.0 if pivots else 1.0
+        s_pivots = _pivot_outputs(student, pivots)
+        t_pivots = _pivot_outputs(teacher, pivots)
         blocks = block_outputs(student)
         positions = [
             blocks.index(p) + 1 if p in blocks else i + 1 for i, p in enumerate(pivots)
@@ -219,14 +444,12 @@ class HOSDistiller(keras.Model):
         self.auxiliary = bool(auxiliary)
         self._plan = plan
         self.aux_heads: list[keras.Model] = []
-        self._gathers = self._teacher_gathers(plan)
+        self._gathers = self._teacher_gathers(plan, s_pivots, t_pivots)
         self._student_features = keras.Model(
-            _model_inputs(student),
-            [student.outputs[0]] + [student.get_layer(p).output for p in pivots],
+            _model_inputs(student), [student.outputs[0], *s_pivots]
         )
         self._teacher_features = keras.Model(
-            _model_inputs(teacher),
-            [teacher.outputs[0]] + [teacher.get_layer(p).output for p in pivots],
+            _model_inputs(teacher), [teacher.outputs[0], *t_pivots]
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_tracker = keras.metrics.Mean(name="task_loss")
@@ -236,19 +459,21 @@ class HOSDistiller(keras.Model):
         # and loaded before the first call (e.g. by KerasTuner's checkpoints).
         self.built = True
 
-    def _teacher_gathers(self, plan):
-        """For each pivot, the teacher channels matching the student's, or None."""
+    def _teacher_gathers(self, plan, s_pivots, t_pivots):
+        """For each pivot, the teacher channels matching the student's (or the
+        student-side head, without a plan), or None where the shapes match."""
         gathers = []
         if plan is None:
-            for p in self.pivots:
-                s_shape = self.student.get_layer(p).output.shape
-                t_shape = self.teacher.get_layer(p).output.shape
+            for p, s_tensor, t_tensor in zip(
+                self.pivots, s_pivots, t_pivots, strict=True
+            ):
+                s_shape, t_shape = s_tensor.shape, t_tensor.shape
                 if tuple(s_shape) == tuple(t_shape):
                     gathers.append(None)
                     continue
-                # As the paper's code: an auxiliary head (global average pooling
-                # and a Dense layer to the teacher's width) on the student side,
-                # global average pooling on the teacher side.
+                # hos_keras's own head (not the reference's AuxClassifier): global
+                # average pooling and a Dense layer to the teacher's width on the
+                # student side, global average pooling on the teacher side.
                 head = keras.Sequential(
                     [keras.Input(tuple(s_shape[1:]))]
                     + (
@@ -270,9 +495,9 @@ class HOSDistiller(keras.Model):
                 if g.name in channel_graph.classes
             }
         )
-        for p in self.pivots:
+        for p, s_tensor in zip(self.pivots, s_pivots, strict=True):
             classes = channel_graph.tensors.get(p)
-            s_channels = int(self.student.get_layer(p).output.shape[-1])
+            s_channels = int(s_tensor.shape[-1])
             if classes is None:
                 keep = None
             else:

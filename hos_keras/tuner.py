@@ -102,7 +102,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
         coefficient: Search space of c. Defaults to `(1.5, 8.0)`.
         fraction: Search space of the global fraction. Defaults to `(0.1, 0.7)`.
         criterion: Criterion name(s). Defaults to `["k34", "abs_k34"]`.
-        output_weight: Defaults to `(0.3, 3.0)`.
+        output_weight: Search space of the output-term weight. Defaults to
+            `(1.0, 10.0)`: it holds the reference's `mse_factor`, 5 with pivot
+            terms and 1 without (see `HOSDistiller`).
         decay: Pivot-weight exponent. Defaults to `(1.0, 3.0)`.
         learning_rate: Of SGD with Nesterov momentum 0.9. Defaults to
             `(1e-3, 3e-2)`.
@@ -148,7 +150,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         coefficient=(1.5, 8.0),
         fraction=(0.1, 0.7),
         criterion=("k34", "abs_k34"),
-        output_weight=(0.3, 3.0),
+        output_weight=(1.0, 10.0),
         decay=(1.0, 3.0),
         learning_rate=(1e-3, 3e-2),
         distill_epochs: int = 1,

@@ -1,5 +1,7 @@
 """HOSDistiller: losses against a hand computation, frozen teacher, logs, errors."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -145,11 +147,165 @@ def test_fit_trains_the_student_only_and_logs_every_term(pair):
     assert history.history["loss"] == pytest.approx(history.history["task_loss"])
 
 
-def test_auto_pivots_follow_the_paper_on_resnet56():
-    model = hos_keras.models.resnet56()
-    assert hos_keras.auto_pivots(model, 2) == ["stage1_block9_out", "stage2_block9_out"]
+@functools.cache
+def _cifar_resnet(depth):
+    return hos_keras.models.cifar_resnet(depth=depth)
+
+
+# Block numbers from the reference (chatzikon/DNN-COMPRESSION,
+# cifar/step3/net_for_multiloss_ft.py): its hard-coded positions for one and two
+# losses (lines 60-70), and cal_pivot for three (lines 115-133): per = B // 4 + 1,
+# [per, 2 per, 3 per], i.e. B = 27 -> [7, 14, 21] and B = 54 -> [14, 28, 42].
+# ResNet-56 has 9 blocks per stage, ResNet-110 18.
+@pytest.mark.parametrize(
+    "depth, n, expected",
+    [
+        (56, 1, ["stage2_block9_out"]),  # 18
+        (56, 2, ["stage1_block9_out", "stage2_block9_out"]),  # 9, 18
+        (56, 3, ["stage1_block7_out", "stage2_block5_out", "stage3_block3_out"]),
+        (110, 1, ["stage1_block18_out"]),  # 18
+        (110, 2, ["stage1_block18_out", "stage2_block18_out"]),  # 18, 36
+        (110, 3, ["stage1_block14_out", "stage2_block10_out", "stage3_block6_out"]),
+    ],
+)
+def test_auto_pivots_follow_the_reference_on_resnet56_and_resnet110(depth, n, expected):
+    assert hos_keras.auto_pivots(_cifar_resnet(depth), n) == expected
+
+
+def test_auto_pivots_prefer_stage_ends_elsewhere():
+    # ResNet-20 (9 blocks, stage ends 3 and 6): cal_pivot gives [5] and [4, 8];
+    # the closest stage ends are [6] and [3, 6]; with three losses, [3, 6, 8].
+    model = _cifar_resnet(20)
+    blocks = hos_keras.distill.block_outputs(model)
+    positions = {
+        n: [blocks.index(p) + 1 for p in hos_keras.auto_pivots(model, n)]
+        for n in (1, 2, 3)
+    }
+    assert positions == {1: [6], 2: [3, 6], 3: [3, 6, 8]}
     assert hos_keras.pivot_weights([9, 18], 3.0) == pytest.approx([0.125, 1.0])
     assert hos_keras.pivot_weights([1, 18], 3.0) == pytest.approx([0.01, 1.0])
+
+
+def _chain(seed=0):
+    """A VGG-like chain: pooling and a strided conv (with BN and ReLU) downsample."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Conv2D(6, 3, strides=2, padding="same", name="down2")(x)
+    x = layers.BatchNormalization(name="down2_bn")(x)
+    x = layers.ReLU(name="down2_relu")(x)
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="c3")(x)
+    x = layers.MaxPooling2D(name="pool3")(x)
+    x = layers.Flatten(name="flat")(x)
+    return keras.Model(inputs, layers.Dense(3, name="out")(x), name="chain")
+
+
+def test_auto_pivots_on_a_chain_are_the_downsampling_stages():
+    teacher = _chain()
+    assert hos_keras.distill.block_outputs(teacher) == [
+        "pool1",
+        "down2_relu",
+        "pool3",
+    ]
+    # Three stages: cal_pivot gives [2] for one loss; for two, [2, 2] moves to
+    # the two distinct stage ends [1, 2].
+    assert hos_keras.auto_pivots(teacher, 1) == ["down2_relu"]
+    assert hos_keras.auto_pivots(teacher, 2) == ["pool1", "down2_relu"]
+    with pytest.raises(InvalidArgumentError, match="3 downsampling stages.*n_pivots"):
+        hos_keras.auto_pivots(teacher, 3)
+    plan = hos_keras.plan_pruning(
+        teacher, criterion="l1", allocation="fixed", ratio=0.5
+    )
+    student = hos_keras.slim_model(teacher, plan)
+    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan)
+    assert distiller.pivots == ["pool1", "down2_relu"]
+    distiller.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+    logs = distiller.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
+    # The first stage keeps a subset of the teacher's filters and nothing before
+    # it changed: the gathered teacher channels match exactly.
+    assert logs["mse_pool1"] == pytest.approx(0.0, abs=1e-12)
+    assert logs["mse_down2_relu"] > 0
+
+
+@keras.saving.register_keras_serializable(package="test_distill")
+class _SubclassedAdd(layers.Add):
+    pass
+
+
+def _ops_resnet(seed=0):
+    """Residual merges written as keras.ops.add, `a + b` and an Add subclass."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    branches = []
+    for i in range(3):
+        y = layers.Conv2D(6, 3, padding="same", activation="relu", name=f"b{i}a")(x)
+        branches.append(layers.Conv2D(4, 3, padding="same", name=f"b{i}b")(y))
+        if i == 0:
+            x = keras.ops.relu(keras.ops.add(x, branches[-1]))
+        elif i == 1:
+            x = layers.ReLU(name="b1_out")(x + branches[-1])
+        else:
+            x = _SubclassedAdd(name="b2_add")([x, branches[-1]])
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(3, name="out")(x), name="ops_resnet")
+
+
+def test_residual_merges_written_with_keras_ops_count_as_blocks():
+    teacher = _ops_resnet()
+    relu = [op for op in teacher.operations if type(op).__name__ == "Relu"]
+    assert len(relu) == 1  # keras.ops.relu after keras.ops.add
+    assert hos_keras.distill.block_outputs(teacher) == [
+        relu[0].name,
+        "b1_out",
+        "b2_add",
+    ]
+    plan = hos_keras.plan_pruning(
+        teacher, criterion="l1", allocation="fixed", ratio=0.5
+    )
+    student = hos_keras.slim_model(teacher, plan)
+    distiller = hos_keras.HOSDistiller(
+        student, teacher, plan=plan, pivots=[relu[0].name, "b1_out"]
+    )
+    assert distiller.gammas == pytest.approx([max(0.01, 0.5**3), 1.0])
+    distiller.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    logs = distiller.train_on_batch(x, np.array([0, 1, 2, 0]), return_dict=True)
+    assert logs[f"mse_{relu[0].name}"] > 0 and logs["mse_b1_out"] > 0
+
+
+@pytest.mark.parametrize("pivots, weight", [(["r"], 5.0), (None, 1.0)])
+def test_output_weight_defaults_to_the_reference_mse_factor(pair, pivots, weight):
+    # The reference's mse_factor: 5 with intermediate losses, 1 without.
+    teacher, plan, student = pair
+    distiller = hos_keras.HOSDistiller(
+        student, teacher, plan=plan, pivots=pivots, output_loss="logits_mse"
+    )
+    assert distiller.output_weight == weight
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = _data()
+    logs = distiller.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    pivot_terms = sum(
+        g * logs[f"mse_{p}"] for p, g in zip(distiller.pivots, distiller.gammas)
+    )
+    assert logs["loss"] == pytest.approx(
+        logs["task_loss"] + weight * logs["output_mse"] + pivot_terms, rel=1e-5
+    )
+    config = distiller.get_config()
+    assert config["output_weight"] == weight
+    clone = hos_keras.HOSDistiller.from_config(config)
+    assert clone.output_weight == weight and clone.get_config() == config
 
 
 def test_resnet_student_with_auto_pivots_runs_a_step():
@@ -173,8 +329,20 @@ def test_bad_arguments(pair):
         hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=[], output_weight=-1)
     with pytest.raises(InvalidArgumentError, match="'r3'.*Close names"):
         hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=["r3"])
+    with pytest.raises(InvalidArgumentError, match="output_weight='auto'.*None"):
+        hos_keras.HOSDistiller(student, teacher, pivots=[], output_weight="auto")
     with pytest.raises(InvalidArgumentError, match="output_loss"):
         hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=[], output_loss="kl")
+    with pytest.raises(InvalidArgumentError, match="n=-1"):
+        hos_keras.auto_pivots(teacher, -1)
+    with pytest.raises(InvalidArgumentError, match="0 downsampling stages"):
+        hos_keras.HOSDistiller(student, teacher, plan=plan, n_pivots=1)
+    assert hos_keras.auto_pivots(teacher, 0) == []
+    shared_in = keras.Input((5,))
+    shared = layers.Dense(5, name="twice")
+    twice = keras.Model(shared_in, layers.Dense(3)(shared(shared(shared_in))))
+    with pytest.raises(InvalidArgumentError, match="'twice' is called 2 times"):
+        hos_keras.HOSDistiller(twice, teacher, pivots=["twice"])
     other_out = keras.Input((5,))
     wider = keras.Model(other_out, layers.Dense(4)(other_out))
     with pytest.raises(InvalidArgumentError, match="output shape"):
@@ -356,3 +524,68 @@ def test_teacher_flags_are_left_alone_and_later_students_train(pair):
         for a, b in zip(start, again.get_weights(), strict=True)
     ]
     assert all(changed)
+
+
+def test_teacher_with_batchnorm_and_dropout_is_frozen_in_inference_mode():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    x = layers.Dense(6, name="h")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="r")(x)
+    x = layers.Dropout(0.5, name="drop")(x)
+    teacher = keras.Model(inputs, layers.Dense(3, name="out")(x), name="teacher")
+    bn = teacher.get_layer("bn")
+    rng = np.random.default_rng(2)
+    bn.moving_mean.assign(rng.normal(size=6).astype("float32"))
+    bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=6).astype("float32"))
+    # A student without BN or Dropout: its training-mode outputs are its outputs.
+    s_inputs = keras.Input((5,))
+    s = layers.ReLU(name="r")(layers.Dense(6, name="h")(s_inputs))
+    student = keras.Model(s_inputs, layers.Dense(3, name="out")(s), name="student")
+    distiller = hos_keras.HOSDistiller(
+        student, teacher, pivots=["r"], output_loss="logits_mse"
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = _data(32)
+
+    def run(model, training):
+        features = keras.Model(model.input, [model.output, model.get_layer("r").output])
+        return [keras.ops.convert_to_numpy(t) for t in features(x, training=training)]
+
+    s_out, s_r = run(student, False)
+    t_out, t_r = run(teacher, False)
+    before = [w.copy() for w in teacher.get_weights()]
+    moving = [bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()]
+    logs = distiller.train_on_batch(x, y, return_dict=True)
+    # The terms of the step used teacher(x, training=False) ...
+    assert logs["output_mse"] == pytest.approx(np.mean((s_out - t_out) ** 2), rel=1e-5)
+    assert logs["mse_r"] == pytest.approx(np.mean((s_r - t_r) ** 2), rel=1e-5)
+    # ... which differs from the teacher in training mode (batch statistics and
+    # dropout), run here on a copy so the teacher's statistics stay put.
+    copy = keras.models.clone_model(teacher)
+    copy.set_weights(teacher.get_weights())
+    train_out, train_r = run(copy, True)
+    assert not np.allclose(train_out, t_out) and not np.allclose(train_r, t_r)
+
+    distiller.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    for old, new in zip(before, teacher.get_weights(), strict=True):
+        assert old.tobytes() == np.asarray(new).tobytes()
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), moving[0])
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), moving[1])
+    assert not np.array_equal(s_out, keras.ops.convert_to_numpy(student(x)))
+
+
+def test_callers_default_to_the_reference_output_weight():
+    import inspect
+
+    from hos_keras.tuner import HOSHyperModel
+
+    assert (
+        inspect.signature(hos_keras.compress).parameters["output_weight"].default
+        is None
+    )
+    low, high = inspect.signature(HOSHyperModel).parameters["output_weight"].default
+    assert low <= 1.0 and 5.0 <= high  # both values of the reference's mse_factor
