@@ -117,6 +117,10 @@ class HOSHyperModel(keras_tuner.HyperModel):
         over_budget: `"reject"` (do not train such trials) or `"penalize"` (train
             them, score them by their excess). Defaults to `"reject"`.
         min_channels: Fewest channels any layer keeps. Defaults to `1`.
+        scope: Which groups may be pruned (`"all"`, `"inner"` for the paper's
+            block-inner scope, `"conv"`, or a function; see
+            `hos_keras.plan_pruning`). Defaults to `"all"`.
+        skip: Names or patterns of groups never pruned. Defaults to `()`.
 
     Raises:
         InvalidArgumentError: for an empty search space (every entry fixed),
@@ -159,6 +163,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
         metrics: Sequence = ("accuracy",),
         over_budget: str = "reject",
         min_channels: int = 1,
+        scope="all",
+        skip=(),
         name: str | None = "hos_hypermodel",
     ):
         super().__init__(name=name, tunable=True)
@@ -245,6 +251,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
         self.metrics = list(metrics)
         self.over_budget = over_budget
         self.min_channels = int(min_channels)
+        self.scope = scope
+        self.skip = skip
 
     @property
     def objective(self) -> keras_tuner.Objective:
@@ -275,6 +283,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
             criterion,
             allocation,
             min_channels=self.min_channels,
+            scope=self.scope,
+            skip=self.skip,
             latency_model=self.latency_model,
             verify_latency=False,
             **{knob: value},

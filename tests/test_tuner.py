@@ -223,3 +223,15 @@ def test_bad_input(base):
     model = hypermodel.build(hp)
     with pytest.raises(InvalidArgumentError, match="validation_data"):
         hypermodel.fit(hp, model, *_data(8, 0))
+
+
+def test_scope_and_skip_reach_every_trial_plan(base):
+    hypermodel = HOSHyperModel(
+        base, target_reduction=0.3, allocation="global", fraction=0.5, skip=["c2"]
+    )
+    plan = hypermodel.plan(keras_tuner.HyperParameters())
+    assert len(plan["c2"].keep) == 16
+    assert plan.details["excluded"] == ["c2"]
+    assert plan == hos_keras.plan_pruning(
+        base, "k34", "global", fraction=0.5, skip=["c2"]
+    )
