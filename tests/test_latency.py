@@ -1,5 +1,6 @@
 """Latency targets: the planner against hand-made latency tables (no timing)."""
 
+import itertools
 import json
 
 import keras
@@ -248,13 +249,13 @@ def test_a_measured_miss_is_corrected_by_planning_again(macs_timer, monkeypatch)
         return [t + 0.02 for t in _macs_timer(models, runtime, batch_size, threads, 1)]
 
     monkeypatch.setattr(latency, "_time_models", slow_runtime)
-    options = dict(
-        criterion="l1",
-        allocation="target",
-        base="fixed",
-        latency_reduction=0.5,
-        latency_model=table,
-    )
+    options = {
+        "criterion": "l1",
+        "allocation": "target",
+        "base": "fixed",
+        "latency_reduction": 0.5,
+        "latency_model": table,
+    }
     trusted = hos_keras.plan_pruning(model, latency_corrections=0, **options)
     first = trusted.details["latency"]
     assert first["measured_speedup"] < 1.98 < first["predicted_speedup"]
@@ -264,7 +265,7 @@ def test_a_measured_miss_is_corrected_by_planning_again(macs_timer, monkeypatch)
     assert rounds[0]["measured_speedup"] == pytest.approx(first["measured_speedup"])
     # Each retry asks for the measured shortfall more, as many times as it takes
     # the widths to change (the uniform ratio moves in steps on so small a model).
-    for before, after in zip(rounds, rounds[1:]):
+    for before, after in itertools.pairwise(rounds):
         shortfall = 0.5 - (1 - 1 / before["measured_speedup"])
         steps = (
             after["asked_latency_reduction"] - before["asked_latency_reduction"]
