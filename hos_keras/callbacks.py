@@ -2,10 +2,13 @@
 
 At the end of each listed epoch the callback scores the current weights, lets the
 allocation decide the ratios, and masks the pruned channels in place; the masks are
-re-applied after every training batch, so masked weights stay exactly zero whatever
-the optimizer (momentum, Adam, weight decay) does. After training,
-`callback.slim_model()` returns the physically smaller model. The callback only
-orchestrates: scoring, allocation and surgery live in their own modules.
+re-applied after every training batch (to the optimizer's moving averages too, when
+it keeps them) and when training ends, so masked weights stay exactly zero whatever
+the optimizer (momentum, Adam, weight decay, EMA) does. Steps after the first plan
+on the slim model of the previous step, so that the zeros of masked channels never
+enter a statistic or a score. After training, `callback.slim_model()` returns the
+physically smaller model. The callback only orchestrates: scoring, allocation and
+surgery live in their own modules.
 
 Chatzikonstantinou et al., "Neural Network Compression Using Higher-Order
 Statistics and Auxiliary Reconstruction Losses", CVPRW 2020.
@@ -13,15 +16,20 @@ Statistics and Auxiliary Reconstruction Losses", CVPRW 2020.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 
+from hos_keras import allocation as allocation_lib
 from hos_keras import graph, surgery
-from hos_keras.errors import InvalidArgumentError
+from hos_keras import latency as latency_lib
+from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 
 __all__ = ["HOSPruneCallback"]
@@ -52,18 +60,204 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
+def _per_step(key: str, value) -> bool:
+    """Whether an option holds one value per pruning step: a list or tuple, except
+    `skip`, which is itself a list (one list per step is a list of lists)."""
+    if not isinstance(value, list | tuple):
+        return False
+    if key == "skip":
+        return bool(value) and all(isinstance(v, list | tuple) for v in value)
+    return True
+
+
+def _split_options(options: Mapping) -> tuple[dict, dict]:
+    """`(plan_pruning's own keywords, the allocation's options)` of `options`."""
+    own = {
+        name
+        for name, parameter in inspect.signature(plan_pruning).parameters.items()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    } - {"model", "criterion", "allocation"}
+    planner = {k: v for k, v in options.items() if k in own}
+    return planner, {k: v for k, v in options.items() if k not in own}
+
+
+class _CumulativeAllocation(allocation_lib.Allocation):
+    """Runs an allocation on the slim model of earlier steps as on the original.
+
+    Planned on the slim model, the wrapped allocation still sees the original
+    model's widths (`channels`), with the slim model's weights and scores (the
+    channels removed earlier score `-inf`, below any other) and MACs and latency
+    reductions relative to the original model, so per-step values keep their
+    cumulative meaning (`ratio=0.5`: half of the original channels). Its ratios
+    are turned into ratios of the slim widths; a group asked to keep more channels
+    than earlier steps left keeps all of them.
+
+    Args:
+        allocation: The wrapped `Allocation`.
+        previous: The plan the slim model was made with.
+        latency_left: Latency of the slim model over the original's, for latency
+            targets; else `None`.
+
+    Attributes:
+        original_ratios: After `allocate`, the ratios the wrapped allocation gave,
+            of the original widths.
+    """
+
+    def __init__(
+        self,
+        allocation: allocation_lib.Allocation,
+        previous: PruningPlan,
+        latency_left: float | None = None,
+    ):
+        self.allocation = allocation
+        self.name = allocation.name
+        self.previous = previous
+        self.latency_left = latency_left
+        self.original_ratios: dict[str, float] = {}
+
+    def get_config(self) -> dict:
+        return self.allocation.get_config()
+
+    def allocate(self, context):
+        previous = self.previous
+        groups = previous.groups
+        left = {name: len(group.keep) for name, group in groups.items()}
+        if dict(context.channels) != left:
+            raise PlanMismatchError(
+                f"The slim model's channel groups {dict(context.channels)} differ "
+                f"from the channels the previous plan kept, {left}, so the next "
+                "plan cannot be mapped back to the model; prune in one step (one "
+                "entry in prune_epochs)."
+            )
+
+        def slim_ratios(ratios: Mapping[str, float]) -> dict[str, float]:
+            counts = {
+                name: math.floor(groups[name].channels * (1.0 - ratio) + 1e-9)
+                for name, ratio in ratios.items()
+            }
+            return {
+                name: 1.0 - min(c, left[name]) / left[name]
+                for name, c in counts.items()
+            }
+
+        def slim_counts(counts: Mapping[str, int]) -> dict[str, int]:
+            return {name: min(int(c), left[name]) for name, c in counts.items()}
+
+        def scores(name: str) -> np.ndarray:
+            full = np.full(groups[name].channels, -np.inf)
+            full[groups[name].keep] = context.scores[name]
+            return full
+
+        macs_left = (
+            previous.macs_after / previous.macs_before if previous.macs_before else 1.0
+        )
+
+        def macs_reduction(counts):
+            return 1.0 - (1.0 - context.macs_reduction(slim_counts(counts))) * macs_left
+
+        latency_reduction = None
+        if context.latency_reduction is not None and self.latency_left is not None:
+
+            def latency_reduction(counts):
+                saved = context.latency_reduction(slim_counts(counts))
+                return 1.0 - (1.0 - saved) * self.latency_left
+
+        allocated = self.allocation.allocate(
+            dataclasses.replace(
+                context,
+                channels={name: groups[name].channels for name in context.channels},
+                scores={name: scores(name) for name in context.scores},
+                keep_counts=lambda ratios: context.keep_counts(slim_ratios(ratios)),
+                macs_reduction=macs_reduction,
+                latency_reduction=latency_reduction,
+            )
+        )
+        self.original_ratios = dict(allocated.ratios)
+        return dataclasses.replace(allocated, ratios=slim_ratios(allocated.ratios))
+
+
+def _in_original_channels(
+    slim_plan: PruningPlan, previous: PruningPlan, ratios: Mapping[str, float]
+) -> PruningPlan:
+    """A plan of the slim model of `previous`, in the original model's channels.
+
+    Kept positions map through `previous`'s kept channels; the channels removed
+    earlier keep the scores they were removed with; `ratios` are the ratios of the
+    original widths the allocation asked for, replaced by `1 - kept / channels`
+    where earlier steps had already removed more.
+    """
+    groups = {}
+    for name, before in previous.groups.items():
+        entry = slim_plan.groups[name]
+        keep = before.keep[entry.keep]
+        scores = before.scores.copy()
+        scores[before.keep] = entry.scores
+        ratio = float(ratios.get(name, 0.0))
+        if len(keep) < math.floor(before.channels * (1.0 - ratio) + 1e-9):
+            ratio = 1.0 - len(keep) / before.channels
+        groups[name] = dataclasses.replace(
+            before, keep=keep, ratio=ratio, statistic=entry.statistic, scores=scores
+        )
+    return dataclasses.replace(
+        slim_plan,
+        model_name=previous.model_name,
+        groups=groups,
+        frozen=dict(previous.frozen),
+        params_before=previous.params_before,
+        macs_before=previous.macs_before,
+    )
+
+
+def _moving_averages(model: keras.Model) -> dict[str, keras.Variable]:
+    """The optimizer's moving average of each trainable variable, by variable path.
+
+    Empty unless the optimizer keeps them (`use_ema=True`) and has been built.
+    Keras writes them into the model when fit ends (`finalize_variable_values`),
+    every `ema_overwrite_frequency` steps, and when `keras.callbacks.SwapEMAWeights`
+    swaps; Keras has no public accessor, hence the private attributes.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # loss scaling
+    averages = getattr(optimizer, "_model_variables_moving_average", None)
+    if not getattr(optimizer, "use_ema", False) or not averages:
+        return {}
+    return {
+        variable.path: average
+        for variable, average in zip(
+            optimizer._trainable_variables, averages, strict=True
+        )
+        if average is not None
+    }
+
+
 class HOSPruneCallback(keras.callbacks.Callback):
     """Prunes channels at chosen epochs of `fit` by masking them to zero.
 
     Progressive pruning: give several epochs and, for the step sizes, a list for
     the allocation's main option (e.g. `ratio=[0.2, 0.4]` for `"fixed"` or
     `macs_reduction=[0.25, 0.5]` or `latency_reduction=[0.25, 0.5]` for
-    `"target"`), one cumulative value per epoch. A latency target plans against a
-    latency model of the model on `runtime=` (`hos_keras.latency`, built once and
-    cached); the masked model is not re-timed at each step unless
-    `verify_latency=True`.
+    `"target"`), one cumulative value per epoch: `ratio=0.4` means 40% of the
+    original channels, `macs_reduction=0.5` half of the original MACs.
     Channels masked once stay masked: each plan also removes what earlier plans
     removed, so `callback.plan` always describes every masked channel.
+    Every step after the first scores and allocates on the slim model of the
+    previous step (`hos_keras.slim_model`), never on the masked one: zeroed
+    channels and input rows would otherwise enter every layer statistic and
+    filter score. The plan is then mapped back to the original channels; in it,
+    channels removed earlier keep the scores they were removed with, and a group
+    that earlier steps had already cut below its new ratio reports the ratio it
+    has, `1 - kept / channels`.
+    A latency target plans against a latency model on `runtime=`
+    (`hos_keras.latency`, cached by architecture): of the original model at the
+    first step, of the slim model after it; a plan is not re-timed unless
+    `verify_latency=True`.
+
+    Masks hold under every optimizer: they are re-applied after each batch, to
+    the optimizer's moving averages too (`use_ema=True`, which Keras writes into
+    the model at the end of fit and when `keras.callbacks.SwapEMAWeights` swaps),
+    and again when training ends. Compile with `steps_per_execution=1`: with
+    several steps per call the optimizer could move masked weights between
+    re-maskings.
 
     Resuming: with `plan_path` set, a fit that starts after a pruning epoch (as
     with `keras.callbacks.BackupAndRestore`) reloads the plan and its masks.
@@ -80,12 +274,16 @@ class HOSPruneCallback(keras.callbacks.Callback):
             `hos/macs_reduction`, and histograms `hos/scores/<group>`. Defaults to
             `None`.
         verbose: Print a line per pruning step. Defaults to `1`.
-        **allocation_options: Passed to `plan_pruning`; a list value is read as
-            one value per pruning epoch.
+        **allocation_options: Passed to `plan_pruning` (`scope=` and `skip=`
+            included); a list value is read as one value per pruning epoch,
+            except `skip=["a", "b"]`, which holds for every step (give a list of
+            lists for one skip list per step).
 
     Raises:
         InvalidArgumentError: for an empty, unsorted or non-positive
-            `prune_epochs`, or a per-step list of the wrong length.
+            `prune_epochs`, or a per-step list of the wrong length; when fit
+            starts, for `prune_epochs` beyond its epochs or a model compiled with
+            `steps_per_execution` other than 1.
 
     Example:
 
@@ -121,7 +319,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 "increasing list of 1-based epoch numbers, e.g. [2, 4]."
             )
         for key, value in allocation_options.items():
-            if isinstance(value, list | tuple) and len(value) != len(epochs):
+            if _per_step(key, value) and len(value) != len(epochs):
                 raise InvalidArgumentError(
                     f"Received {key}={value!r} with {len(value)} values for "
                     f"{len(epochs)} pruning epochs; give one value per epoch."
@@ -146,6 +344,14 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 f"prune_epochs={self.prune_epochs} goes beyond the {planned} epochs "
                 "of this fit; prune earlier or train longer."
             )
+        steps = getattr(self.model, "steps_per_execution", 1)
+        if steps != 1:
+            raise InvalidArgumentError(
+                f"Received steps_per_execution={steps!r} (model.compile): "
+                "HOSPruneCallback re-applies its masks after every batch, and with "
+                "several steps per execution the optimizer moves masked weights "
+                "between them. Compile with steps_per_execution=1."
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         # A fit that starts after a pruning epoch is a resumed one (e.g. through
@@ -163,7 +369,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
 
     def _options_for(self, step: int) -> dict:
         return {
-            key: value[step] if isinstance(value, list | tuple) else value
+            key: value[step] if _per_step(key, value) else value
             for key, value in self.allocation_options.items()
         }
 
@@ -174,15 +380,15 @@ class HOSPruneCallback(keras.callbacks.Callback):
         options = self._options_for(step)
         if "latency_reduction" in options:
             options.setdefault("verify_latency", False)
-        plan = plan_pruning(
-            self.model,
-            criterion=self.criterion,
-            allocation=self.allocation,
-            **options,
-        )
-        if self.plan is not None:
-            # Cumulative: channels masked at earlier steps stay pruned.
-            plan = restrict_plan(self.model, plan, self.plan)
+        if self.plan is None:
+            plan = plan_pruning(
+                self.model,
+                criterion=self.criterion,
+                allocation=self.allocation,
+                **options,
+            )
+        else:
+            plan = self._plan_on_slim_model(options)
         self._masks = surgery.weight_masks(self.model, plan)
         self._apply_masks()
         self.plan = plan
@@ -200,6 +406,57 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 f"fewer MACs ({plan.macs_before:,} -> {plan.macs_after:,})"
             )
 
+    def _plan_on_slim_model(self, options: dict) -> PruningPlan:
+        """The plan of a later step, made on the slim model of the previous one.
+
+        Masked channels would enter the statistics and scores as zeros (a
+        consumer's zeroed input rows change every filter's moments); the slim
+        model has exactly the weights that remain. The plan comes back in the
+        original model's channels and keeps every channel removed before.
+        """
+        planner, allocation_options = _split_options(options)
+        allocation = allocation_lib.get_allocation(
+            self.allocation, **allocation_options
+        )
+        verify = planner.pop("verify_latency", False)
+        slim = surgery.slim_model(self.model, self.plan)
+        original = latency_left = None
+        # A latency model prices one architecture: the slim model needs its own.
+        given = planner.pop("latency_model", None)
+        if getattr(allocation, "latency_reduction", None) is not None:
+            original = given
+            if original is None:
+                original = latency_lib.build_latency_model(
+                    self.model, planner.get("runtime", "tflite")
+                )
+            planner["latency_model"] = latency_lib.build_latency_model(
+                slim,
+                original.runtime,
+                threads=original.threads,
+                batch_size=original.batch_size,
+            )
+            latency_left = planner["latency_model"].base_ms / original.base_ms
+        cumulative = _CumulativeAllocation(allocation, self.plan, latency_left)
+        slim_plan = plan_pruning(
+            slim,
+            criterion=self.criterion,
+            allocation=cumulative,
+            verify_latency=False,
+            **planner,
+        )
+        plan = _in_original_channels(slim_plan, self.plan, cumulative.original_ratios)
+        # Costs counted on the original model; masked channels stay pruned.
+        plan = restrict_plan(self.model, plan, self.plan)
+        if original is not None:
+            info = plan.details["latency"]
+            info["original_ms"] = original.base_ms
+            info["predicted_speedup"] = original.base_ms / max(
+                info["predicted_ms"], 1e-9
+            )
+            if verify:
+                info.update(latency_lib.measure_plan(self.model, plan, original))
+        return plan
+
     def _summarize(self, plan: PruningPlan, step: int) -> None:
         import tensorflow as tf
 
@@ -215,6 +472,10 @@ class HOSPruneCallback(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
+        # fit has just written the optimizer's moving averages (use_ema=True)
+        # into the model: mask again.
+        if self._masks:
+            self._apply_masks()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -224,11 +485,18 @@ class HOSPruneCallback(keras.callbacks.Callback):
             self._apply_masks()
 
     def _apply_masks(self) -> None:
+        """Zeroes the masked entries of the model and of the optimizer's moving
+        averages, which Keras may write back into the model."""
+        averages = _moving_averages(self.model)
         for name, masks in self._masks.items():
             layer = graph.get_layer(self.model, name)
             for variable, mask in zip(layer.weights, masks, strict=True):
-                if not mask.all():
-                    variable.assign(variable.numpy() * mask)
+                if mask.all():
+                    continue
+                variable.assign(variable.numpy() * mask)
+                average = averages.get(variable.path)
+                if average is not None:
+                    average.assign(average.numpy() * mask)
 
     def slim_model(self) -> keras.Model:
         """The physically smaller model of the last plan, with the trained weights.

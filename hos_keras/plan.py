@@ -54,7 +54,9 @@ class GroupPlan:
         channels: Channels of the group before pruning.
         keep: Sorted indices of the group channels kept (int64 array).
         ratio: The ratio the allocation asked for (the kept count also respects
-            `min_channels` and `round_to`).
+            `min_channels` and `round_to`); `0.0` for a group out of `scope` or
+            in `skip`; in progressive pruning, `1 - kept / channels` where earlier
+            steps had removed more than the step asked.
         statistic: The layer statistic T of P1-P3 allocations, else `None`.
         scores: Score of every group channel: the producers' filter scores
             combined (mean by default).
@@ -761,11 +763,18 @@ def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
     return profile(model, in_channels, out_channels)
 
 
-def restrict_plan(model: keras.Model, plan: PruningPlan, previous: PruningPlan):
+def restrict_plan(
+    model: keras.Model, plan: PruningPlan, previous: PruningPlan
+) -> PruningPlan:
     """A copy of `plan` that also removes every channel `previous` removed.
 
     Used by progressive pruning so that the latest plan describes all channels
-    masked so far; the costs after pruning are recomputed.
+    masked so far. Each group keeps the channels both plans keep. Where that leaves
+    a producer of the group with none of its channels, the producer keeps the one
+    channel, among those `previous` kept, that `plan` scores highest: a channel
+    removed earlier never comes back. A group whose kept count changes gets the
+    ratio it now has, `1 - kept / channels`, so that ratio and kept count agree.
+    The costs after pruning are recomputed.
 
     Args:
         model: The model both plans were made for.
@@ -775,22 +784,38 @@ def restrict_plan(model: keras.Model, plan: PruningPlan, previous: PruningPlan):
     Returns:
         A new `PruningPlan`.
     """
+    channel_graph = graph.channel_groups(model, warn=False)
     groups = {}
     for name, entry in plan.groups.items():
-        keep = entry.keep
-        if name in previous.groups:
-            keep = np.intersect1d(keep, previous.groups[name].keep)
-            if len(keep) == 0:
-                keep = entry.keep[[int(np.argmax(entry.scores[entry.keep]))]]
-        groups[name] = dataclasses.replace(entry, keep=keep.astype(np.int64))
-    after = _cost(
-        model,
-        graph.channel_groups(model, warn=False),
-        {n: g.keep for n, g in groups.items()},
-    )
+        if name not in previous.groups:
+            groups[name] = entry
+            continue
+        earlier = previous.groups[name].keep
+        positions = _producer_positions(channel_graph.group(name), channel_graph)
+        keep = _kept_in_both(entry, earlier, positions or [np.arange(entry.channels)])
+        ratio = entry.ratio
+        if len(keep) != len(entry.keep):
+            ratio = 1.0 - len(keep) / entry.channels
+        groups[name] = dataclasses.replace(entry, keep=keep, ratio=ratio)
+    after = _cost(model, channel_graph, {n: g.keep for n, g in groups.items()})
     return dataclasses.replace(
         plan, groups=groups, params_after=after["params"], macs_after=after["macs"]
     )
+
+
+def _kept_in_both(
+    entry: GroupPlan, earlier: np.ndarray, positions: list[np.ndarray]
+) -> np.ndarray:
+    """The channels `entry` and `earlier` both keep, plus, for each producer's
+    `positions` none of which is left, the one in `earlier` that `entry` scores
+    highest (ties: the higher index, as in `_kept_indices`)."""
+    kept = set(np.intersect1d(entry.keep, earlier).tolist())
+    for candidates in positions:
+        allowed = np.intersect1d(candidates, earlier)
+        if len(allowed) and not kept.intersection(allowed.tolist()):
+            best = np.argsort(entry.scores[allowed], kind="stable")[-1]
+            kept.add(int(allowed[best]))
+    return np.array(sorted(kept), dtype=np.int64)
 
 
 def _producer_positions(group, channel_graph) -> list[np.ndarray]:

@@ -1,14 +1,17 @@
 """HOSPruneCallback inside model.fit: masks stay zero, slim equals masked."""
 
+import dataclasses
 import json
 
 import keras
 import numpy as np
 import pytest
+import scipy.stats
 from keras import layers
 
 import hos_keras
 from hos_keras.errors import InvalidArgumentError
+from hos_keras.plan import restrict_plan
 
 
 def _cnn():
@@ -218,3 +221,203 @@ def test_masks_are_the_same_on_every_replica(script_report):
     for path, entry in report["layers"].items():
         assert entry["copies"] == 2, path
         assert entry["equal"] and entry["masked_zero"], path
+
+
+# _cnn's prunable groups and their producers; "c1" is tied to "c2" by the Add.
+_GROUPS = {"c1": ("c1", "c2"), "c3": ("c3",)}
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Keeps the kernels and the plan a pruning callback sees at an epoch's end
+    (listed before it, so the callback has not pruned yet)."""
+
+    def __init__(self, pruner, epoch):
+        super().__init__()
+        self.pruner, self.epoch = pruner, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.plan = self.pruner.plan
+            self.kernels = {
+                name: np.asarray(self.model.get_layer(name).kernel)
+                for name in ("c1", "c2", "c3")
+            }
+
+
+def _step_two(**options):
+    """The plan of a second pruning step, the plan before it and the kernels the
+    second step saw, from a short fit."""
+    model = _compiled_cnn()
+    pruner = hos_keras.HOSPruneCallback(prune_epochs=[1, 2], verbose=0, **options)
+    snapshot = _Snapshot(pruner, epoch=1)
+    x, y = _data(16)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[snapshot, pruner])
+    return pruner.plan, snapshot.plan, snapshot.kernels
+
+
+def _slim_kernels(kernels, plan):
+    """_cnn's kernels minus the channels `plan` removes, sliced by hand."""
+    keep1, keep3 = plan["c1"].keep, plan["c3"].keep
+    return {
+        "c1": kernels["c1"][..., keep1],
+        "c2": kernels["c2"][:, :, keep1][..., keep1],
+        "c3": kernels["c3"][:, :, keep1][..., keep3],
+    }
+
+
+def _k34(kernel):
+    filters = kernel.reshape(-1, kernel.shape[-1])
+    return np.array(
+        [
+            scipy.stats.kstat(f, 3) * scipy.stats.kstat(f, 4)
+            for f in filters.T.astype(np.float64)
+        ]
+    )
+
+
+def test_later_steps_take_statistics_on_the_slim_model():
+    plan, first, kernels = _step_two(allocation="shapiro", coefficient=2.0)
+    assert any(len(g.keep) < g.channels for g in first.groups.values())
+    slim = _slim_kernels(kernels, first)
+    differs = False
+    for group, producers in _GROUPS.items():
+        on_slim = np.concatenate([slim[p].ravel() for p in producers])
+        on_masked = np.concatenate([kernels[p].ravel() for p in producers])
+        expected = scipy.stats.shapiro(on_slim).statistic
+        assert plan[group].statistic == pytest.approx(expected, rel=1e-5)
+        masked = scipy.stats.shapiro(on_masked).statistic
+        differs |= not np.isclose(masked, expected, rtol=1e-3)
+    assert differs
+
+
+def test_later_steps_rank_filters_on_the_slim_model():
+    plan, first, kernels = _step_two(
+        criterion="k34",
+        allocation="fixed",
+        ratio=[{"c1": 0.25, "c3": 0.5}, {"c1": 0.5, "c3": 0.25}],
+    )
+    slim = _slim_kernels(kernels, first)
+    # Ratios are of the original widths: c1 8 -> 6 -> 4; c3 6 -> 3, and 0.25
+    # asks for no more, so c3 reports the ratio it has.
+    assert [len(plan[g].keep) for g in _GROUPS] == [4, 3]
+    assert [plan[g].ratio for g in _GROUPS] == [0.5, 0.5]
+    differs = False
+    for group, producers in _GROUPS.items():
+        earlier = first[group].keep
+        expected = np.mean([_k34(slim[p]) for p in producers], axis=0)
+        np.testing.assert_allclose(plan[group].scores[earlier], expected, rtol=1e-5)
+        masked = np.mean([_k34(kernels[p]) for p in producers], axis=0)[earlier]
+        differs |= not np.allclose(masked, expected, rtol=1e-3)
+        # The highest slim scores are the ones kept.
+        best = np.argsort(expected)[len(expected) - len(plan[group].keep) :]
+        np.testing.assert_array_equal(plan[group].keep, np.sort(earlier[best]))
+    assert differs
+
+
+def test_later_macs_targets_stay_relative_to_the_original_model():
+    plan, first, _ = _step_two(
+        criterion="l1", allocation="target", base="fixed", macs_reduction=[0.2, 0.4]
+    )
+    assert 0.2 <= first.macs_reduction < plan.macs_reduction
+    assert plan.macs_reduction >= 0.4
+    assert plan.details["achieved_macs_reduction"] == pytest.approx(plan.macs_reduction)
+    for group in _GROUPS:
+        assert set(plan[group].keep) <= set(first[group].keep)
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["ema", "swap_ema_weights"])
+def test_masks_hold_with_an_ema_optimizer(swap):
+    model = _cnn()
+    model.compile(
+        optimizer=keras.optimizers.AdamW(0.01, use_ema=True, ema_momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    pruner = hos_keras.HOSPruneCallback(
+        prune_epochs=[1], criterion="l1", allocation="fixed", ratio=0.5, verbose=0
+    )
+    callbacks = [pruner]
+    if swap:
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    x, y = _data(8)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=callbacks)
+    masks = hos_keras.weight_masks(model, pruner.plan)
+    averages = dict(
+        zip(
+            [v.path for v in model.optimizer._trainable_variables],
+            model.optimizer._model_variables_moving_average,
+            strict=True,
+        )
+    )
+    checked = 0
+    for name, layer_masks in masks.items():
+        layer = model.get_layer(name)
+        for variable, mask in zip(layer.weights, layer_masks, strict=True):
+            assert np.all(np.asarray(variable)[~mask] == 0), variable.path
+            if variable.path in averages:
+                average = np.asarray(averages[variable.path])
+                assert np.all(average[~mask] == 0), variable.path
+                checked += int(np.count_nonzero(~mask))
+    assert checked > 0
+
+
+def test_several_steps_per_execution_are_refused():
+    model = _cnn()
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        steps_per_execution=2,
+    )
+    pruner = hos_keras.HOSPruneCallback(prune_epochs=[1], verbose=0)
+    x, y = _data(8)
+    with pytest.raises(InvalidArgumentError, match="steps_per_execution=2"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[pruner])
+
+
+def _with_groups(plan, **groups):
+    """`plan` with the given groups' keep, ratio and scores replaced."""
+    replaced = dict(plan.groups)
+    for name, (keep, ratio, scores) in groups.items():
+        replaced[name] = dataclasses.replace(
+            plan.groups[name],
+            keep=np.array(keep, dtype=np.int64),
+            ratio=ratio,
+            scores=np.array(scores, dtype=np.float64),
+        )
+    return dataclasses.replace(plan, groups=replaced)
+
+
+def test_restrict_plan_never_brings_back_a_channel_and_updates_ratios():
+    model = _cnn()
+    base = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
+    previous = _with_groups(
+        base,
+        c1=([0, 1, 2, 3], 0.5, np.zeros(8)),
+        c3=([0, 1, 2, 3], 0.3, np.zeros(6)),
+    )
+    newer = _with_groups(
+        base,
+        # No overlap with the earlier keep; channel 1 scores best among it.
+        c1=([4, 5, 6, 7], 0.5, [0.1, 0.9, 0.3, 0.2, 5.0, 5.0, 5.0, 5.0]),
+        # Overlap of 2 of the 3 kept channels.
+        c3=([2, 3, 4], 0.5, [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]),
+    )
+    restricted = restrict_plan(model, newer, previous)
+    np.testing.assert_array_equal(restricted["c1"].keep, [1])
+    assert restricted["c1"].ratio == pytest.approx(1 - 1 / 8)
+    np.testing.assert_array_equal(restricted["c3"].keep, [2, 3])
+    assert restricted["c3"].ratio == pytest.approx(1 - 2 / 6)
+    slim = hos_keras.slim_model(model, restricted)
+    assert restricted.macs_after == hos_keras.profile(slim)["macs"]
+    # A kept count that does not change keeps the ratio asked for.
+    same = restrict_plan(
+        model, _with_groups(newer, c3=([0, 1, 2], 0.5, np.zeros(6))), previous
+    )
+    np.testing.assert_array_equal(same["c3"].keep, [0, 1, 2])
+    assert same["c3"].ratio == 0.5
+
+
+def test_a_skip_list_holds_for_every_step():
+    plan, first, _ = _step_two(allocation="fixed", ratio=[0.25, 0.5], skip=["c3"])
+    assert [len(first[g].keep) for g in _GROUPS] == [6, 6]
+    assert [len(plan[g].keep) for g in _GROUPS] == [4, 6]
+    assert plan.details["excluded"] == ["c3"]
