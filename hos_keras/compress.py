@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -344,6 +346,55 @@ def _fresh_optimizer(identifier, default: Callable[[], keras.optimizers.Optimize
     return keras.optimizers.get(identifier)
 
 
+def _check_lr_schedule(name: str, schedule):
+    """A `*_lr_schedule` argument of `compress`, checked.
+
+    Returns None, the `LearningRateSchedule` itself, or a checked version of the
+    epoch function in the `(epoch, lr)` form `LearningRateScheduler` calls.
+    """
+    if schedule is None or isinstance(
+        schedule, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        return schedule
+    if not callable(schedule):
+        raise InvalidArgumentError(
+            f"Received {name}={schedule!r}; pass a function of the epoch returning "
+            "the learning rate (e.g. lambda epoch: 1e-3 * 0.1 ** (epoch >= 80)) or "
+            "a keras.optimizers.schedules.LearningRateSchedule."
+        )
+
+    def rate(epoch: int, _current_rate: float | None = None) -> float:
+        value = schedule(epoch)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise InvalidArgumentError(
+                f"{name} returned {value!r} for epoch {epoch}; return a finite "
+                "learning rate >= 0 as a Python float."
+            )
+        return float(value)
+
+    rate(0)  # a bad schedule fails before any training
+    return rate
+
+
+def _scheduled(optimizer: keras.optimizers.Optimizer, schedule):
+    """`optimizer` rebuilt with `schedule` as its learning rate, and the callbacks
+    that apply it (a `LearningRateScheduler` for an epoch function)."""
+    if schedule is None:
+        return optimizer, []
+    config = optimizer.get_config()
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = schedule
+        return type(optimizer).from_config(config), []
+    config["learning_rate"] = schedule(0)
+    scheduler = keras.callbacks.LearningRateScheduler(schedule)
+    return type(optimizer).from_config(config), [scheduler]
+
+
 def _resolve_allocation(allocation, target, options, target_latency=None):
     if target is not None and target_latency is not None:
         raise InvalidArgumentError(
@@ -377,17 +428,21 @@ def compress(
     latency_model: latency_lib.LatencyModel | None = None,
     criterion="k34",
     allocation="shapiro",
+    scope="all",
+    skip=(),
     distill_epochs: int = 1,
     finetune_epochs: int = 1,
     loss=None,
     metrics: Sequence = ("accuracy",),
     distill_optimizer=None,
     finetune_optimizer=None,
+    distill_lr_schedule=None,
+    finetune_lr_schedule=None,
     batch_size: int = 64,
     pivots="auto",
     n_pivots: int = 2,
     output_loss: str = "softmax_mse",
-    output_weight: float = 1.0,
+    output_weight: float | None = None,
     decay: float = 3.0,
     min_channels: int = 1,
     round_to: int | str = 1,
@@ -435,6 +490,10 @@ def compress(
         criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
+        scope: Which channel groups may be pruned: `"all"`, `"inner"` (the
+            paper's scope: no channel crossing a residual merge), `"conv"` or a
+            function (see `plan_pruning`). Defaults to `"all"`.
+        skip: Names or patterns of groups never pruned. Defaults to `()`.
         distill_epochs: Epochs with the auxiliary losses; `0` skips. Defaults to `1`.
         finetune_epochs: Epochs with the task loss only; `0` skips. Defaults to `1`.
         loss: Task loss. Defaults to `None`: the model's compiled loss if it has
@@ -446,15 +505,27 @@ def compress(
             the paper's setting.
         finetune_optimizer: The same for the fine-tuning. Defaults to `None`:
             SGD(1e-4, momentum 0.9, Nesterov).
+        distill_lr_schedule: The learning rate of the distillation over time,
+            replacing the optimizer's: a function of the epoch (counted from 0
+            within the stage) returning the learning rate, applied at the start
+            of every epoch as `keras.callbacks.LearningRateScheduler` does, so
+            decay epochs hold whatever the number of steps per epoch; or a
+            `keras.optimizers.schedules.LearningRateSchedule`, a function of the
+            optimizer's step within the stage. The paper's MultiStepLR (x0.1 at
+            epochs 80 and 120) is `lambda epoch: 1e-3 * 0.1 ** ((epoch >= 80) +
+            (epoch >= 120))`. Defaults to `None` (the optimizer's own rate).
+        finetune_lr_schedule: The same for the fine-tuning. Defaults to `None`.
         batch_size: Batch size when the data are arrays. Defaults to `64`.
         pivots: `"auto"`, layer names or `None` (see `HOSDistiller`). With `"auto"`
-            on a model without enough residual blocks there are no pivot losses
-            (a message says so). Defaults to `"auto"`.
+            on a model with too few residual blocks or downsampling stages there
+            are no pivot losses (a message says so). Defaults to `"auto"`.
         n_pivots: Number of automatic pivots. Defaults to `2`.
         output_loss: `"softmax_mse"` or `"logits_mse"`. When the model already
             ends with a softmax the output MSE is taken on its probabilities (no
             second softmax). Defaults to `"softmax_mse"`.
-        output_weight: Weight of the output MSE. Defaults to `1.0`.
+        output_weight: Weight of the output MSE, or `None` for the reference's:
+            5 with pivot losses, 1 without (see `HOSDistiller`). Defaults to
+            `None`.
         decay: Exponent of the pivot weights. Defaults to `3.0`.
         min_channels: Fewest channels any layer keeps. Defaults to `1`.
         round_to: Kept channels rounded up to a multiple of this. Defaults to `1`.
@@ -478,8 +549,9 @@ def compress(
 
     Raises:
         InvalidArgumentError: for missing or malformed data, negative epochs, a
-            target together with an allocation instance, or bad allocation
-            options.
+            target together with an allocation instance, bad allocation
+            options, or a learning-rate schedule that is not callable or gives
+            a rate that is not a finite number >= 0.
         NothingToPruneError: if the model has no prunable channels.
         UnsupportedModelError: for subclassed or unbuilt models.
 
@@ -497,6 +569,10 @@ def compress(
     _check_data("val_data", val_data)
     distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
+    schedules = {
+        "distill": _check_lr_schedule("distill_lr_schedule", distill_lr_schedule),
+        "finetune": _check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule),
+    }
     if output_dir is not None and not os.path.isdir(output_dir):
         try:
             os.makedirs(output_dir, exist_ok=True)
@@ -517,6 +593,8 @@ def compress(
         min_channels=min_channels,
         round_to=round_to,
         seed=seed,
+        scope=scope,
+        skip=skip,
         runtime=runtime,
         latency_model=latency_model,
         **options,
@@ -555,9 +633,9 @@ def compress(
             pivots = distill.auto_pivots(student, n_pivots)
         except InvalidArgumentError:
             say(
-                f"[hos_keras] {model.name!r} has fewer than {n_pivots + 1} residual "
-                "blocks: distilling with the output loss only (pass pivots=[...] "
-                "to match intermediate layers)."
+                f"[hos_keras] {model.name!r} has too few residual blocks or "
+                f"downsampling stages for {n_pivots} pivots: distilling with the "
+                "output loss only (pass pivots=[...] to match intermediate layers)."
             )
             pivots = []
     distiller = distill.HOSDistiller(
@@ -580,16 +658,16 @@ def compress(
         if not epochs:
             continue
         distiller.set_auxiliary(auxiliary)
-        distiller.compile(
-            optimizer=_fresh_optimizer(
+        optimizer, schedulers = _scheduled(
+            _fresh_optimizer(
                 optimizer,
                 lambda lr=default: keras.optimizers.SGD(
                     lr, momentum=0.9, nesterov=True
                 ),
             ),
-            loss=loss,
-            metrics=metrics,
+            schedules[stage],
         )
+        distiller.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         say(
             f"[hos_keras] {stage}: {epochs} epochs "
             f"{'with' if auxiliary else 'without'} the auxiliary losses"
@@ -598,7 +676,7 @@ def compress(
             **fit_kwargs,
             validation_data=val_data,
             epochs=epochs,
-            callbacks=list(callbacks or []),
+            callbacks=[*schedulers, *(callbacks or [])],
             verbose=verbose,
         )
         history[stage] = {k: [float(v) for v in vs] for k, vs in run.history.items()}

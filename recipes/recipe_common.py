@@ -3,6 +3,16 @@
 A recipe names its dataset, network and the paper's settings; this module trains
 (or reloads) the baseline and runs `hos_keras.compress` with those settings, then
 saves the slim model, plan, report and a PNG of the per-layer ratios.
+
+The paper recipes' distillation decays the learning rate x0.1 at the epochs a
+recipe gives as `distill_decay_epochs`, as the reference's MultiStepLR does
+(chatzikon/DNN-COMPRESSION at ab38a4a, cifar/step3/main_finetune_dimen_mult_loss.py
+lines 656 and 660: milestones 80 and 120 of its 140 epochs, line 35). They are the
+epochs of the recipe's full run; with fewer `--distill-epochs` they are scaled in
+proportion (80 and 120 of 140 become 8 and 12 of 14), and the recipe says so.
+The reference calls `scheduler.step(epoch)` after each epoch (lines 758 and 762),
+which with torch's closed form lands each drop one epoch late (from epoch 81 and
+121); the recipes drop at the milestones themselves, as MultiStepLR is meant to.
 """
 
 from __future__ import annotations
@@ -16,13 +26,23 @@ import hos_keras
 
 
 def parser(description: str, **defaults) -> argparse.ArgumentParser:
-    """The recipe flags; `defaults` sets the recipe's own values."""
+    """The recipe flags; `defaults` sets the recipe's own values.
+
+    Besides the flags' values, `defaults` may hold `distill_decay_epochs` (the
+    epochs of the full `distill_epochs` run where the distillation's learning
+    rate drops x0.1; none by default) and `finetune_nesterov` (Nesterov momentum
+    for the fine-tuning; True by default).
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data-dir", help="dataset directory (tfds data_dir / IDX files)")
     p.add_argument("--output-dir", help="where the models and the report go")
     p.add_argument("--epochs", type=int, help="baseline training epochs")
     p.add_argument("--lr", type=float, help="baseline peak learning rate")
-    p.add_argument("--distill-epochs", type=int, help="epochs with auxiliary losses")
+    p.add_argument(
+        "--distill-epochs",
+        type=int,
+        help="epochs with auxiliary losses (learning-rate decay epochs scale with it)",
+    )
     p.add_argument("--finetune-epochs", type=int, help="epochs without them")
     p.add_argument("--distill-lr", type=float, help="distillation learning rate")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
@@ -30,18 +50,80 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, help="fraction of MACs to remove")
     p.add_argument("--coefficient", type=float, help="eq. 9 coefficient c")
     p.add_argument("--criterion", help="filter criterion (default k34)")
+    p.add_argument(
+        "--scope",
+        choices=["all", "inner", "conv"],
+        help="groups that may be pruned (inner: no channel crossing a residual "
+        "merge, the paper's scope)",
+    )
+    p.add_argument("--skip", nargs="*", metavar="PATTERN", help="layers never pruned")
     p.add_argument("--steps", type=int, help="batches per epoch (quick runs)")
-    p.add_argument("--latency-runs", type=int, help="timed calls per model")
+    p.add_argument(
+        "--latency-runs", type=int, help="timed calls per model (0: no timing)"
+    )
     p.add_argument("--baseline", help="a trained .keras model to compress instead")
     p.add_argument("--retrain", action="store_true", help="ignore a saved baseline")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(**{"criterion": "k34", "latency_runs": 20, **defaults})
+    p.set_defaults(
+        **{
+            "criterion": "k34",
+            "scope": "all",
+            "skip": [],
+            "latency_runs": 20,
+            "distill_decay_epochs": (),
+            "finetune_nesterov": True,
+            "full_distill_epochs": defaults.get("distill_epochs"),
+            **defaults,
+        }
+    )
     return p
 
 
 def limited(dataset, steps):
     """The first `steps` batches of a dataset (all of it when steps is None)."""
     return dataset.take(steps) if steps else dataset
+
+
+def decay_epochs(milestones, full_epochs: int, epochs: int) -> tuple[int, ...]:
+    """The decay epochs `milestones` of a `full_epochs` run, scaled to `epochs`.
+
+    Each becomes round(m * epochs / full_epochs), at least 1, so a shorter run
+    decays at the same fractions of its length.
+    """
+    return tuple(max(1, round(m * epochs / full_epochs)) for m in milestones)
+
+
+def step_decay(lr: float, milestones, factor: float = 0.1):
+    """epoch -> lr * factor ** (number of milestones <= epoch).
+
+    PyTorch's MultiStepLR(milestones, gamma=factor) stepped once per epoch: with
+    milestones (80, 120), epochs 0-79 train at lr, 80-119 at lr/10, then lr/100.
+    """
+
+    def rate(epoch: int) -> float:
+        return lr * factor ** sum(epoch >= m for m in milestones)
+
+    return rate
+
+
+def _distill_schedule(args):
+    """The distillation's epoch -> learning rate, or None for a constant rate."""
+    if not args.distill_decay_epochs:
+        return None
+    milestones = decay_epochs(
+        args.distill_decay_epochs, args.full_distill_epochs, args.distill_epochs
+    )
+    scaled = ""
+    if args.distill_epochs != args.full_distill_epochs:
+        scaled = (
+            f" (epochs {list(args.distill_decay_epochs)} of "
+            f"{args.full_distill_epochs}, scaled to {args.distill_epochs})"
+        )
+    print(
+        f"[recipe] distillation lr {args.distill_lr:g}, x0.1 at epochs "
+        f"{list(milestones)}{scaled}"
+    )
+    return step_decay(args.distill_lr, milestones)
 
 
 def _optimizer(lr, steps_per_epoch, epochs):
@@ -89,14 +171,18 @@ def compress_and_report(model, train, val, args, **settings):
         train,
         val,
         criterion=args.criterion,
+        scope=args.scope,
+        skip=args.skip,
         distill_epochs=args.distill_epochs,
         finetune_epochs=args.finetune_epochs,
         distill_optimizer=keras.optimizers.SGD(
             args.distill_lr, momentum=0.9, nesterov=True
         ),
+        distill_lr_schedule=_distill_schedule(args),
         finetune_optimizer=keras.optimizers.SGD(
-            args.finetune_lr, momentum=0.9, nesterov=True
+            args.finetune_lr, momentum=0.9, nesterov=args.finetune_nesterov
         ),
+        latency_batch_sizes=(1, 32) if args.latency_runs else (),
         latency_runs=args.latency_runs,
         output_dir=args.output_dir,
         verbose=2,

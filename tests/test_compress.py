@@ -253,3 +253,65 @@ def test_plot_writes_a_png(resnet_run, tmp_path):
     )
     with pytest.raises(InvalidArgumentError, match="no pruned layers"):
         empty.plot(str(tmp_path / "none.png"))
+
+
+class _LearningRates(keras.callbacks.Callback):
+    """The learning rate the optimizer applies, read before every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        self.seen.append(float(rate))
+
+
+def test_learning_rate_schedules_reach_the_optimizer():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            layers.Conv2D(4, 3, activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(3),
+        ]
+    )
+    rates = _LearningRates()
+    # 16 images in batches of 8: two steps per epoch. The distillation decays
+    # x0.1 at epochs 1 and 3 (MultiStepLR-style, by epoch); the fine-tuning
+    # x0.1 after its third step, within its second epoch (a step schedule). Both
+    # replace the optimizers' own rates (0.5 here, 1e-4 by default).
+    _, report = hos_keras.compress(
+        model,
+        _data(16, 6),
+        _data(8, 7),
+        allocation="fixed",
+        ratio=0.5,
+        distill_epochs=4,
+        finetune_epochs=2,
+        distill_optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
+        distill_lr_schedule=lambda epoch: 0.1 * 0.1 ** ((epoch >= 1) + (epoch >= 3)),
+        finetune_lr_schedule=keras.optimizers.schedules.PiecewiseConstantDecay(
+            [2], [0.01, 0.001]
+        ),
+        batch_size=8,
+        callbacks=[rates],
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    distill, finetune = rates.seen[:8], rates.seen[8:]
+    np.testing.assert_allclose(
+        distill, [0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.001, 0.001], rtol=1e-6
+    )
+    np.testing.assert_allclose(finetune, [0.01, 0.01, 0.01, 0.001], rtol=1e-6)
+    np.testing.assert_allclose(
+        report.history["distill"]["learning_rate"], [0.1, 0.01, 0.01, 0.001], rtol=1e-6
+    )
+    cnn = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(4, 3)])
+    images = _data(8, 8)
+    with pytest.raises(InvalidArgumentError, match="distill_lr_schedule=0.1"):
+        hos_keras.compress(cnn, images, images, distill_lr_schedule=0.1)
+    with pytest.raises(InvalidArgumentError, match="returned nan for epoch 0"):
+        hos_keras.compress(cnn, images, images, finetune_lr_schedule=lambda e: np.nan)

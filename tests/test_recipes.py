@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -44,6 +45,66 @@ def _check_outputs(out, slim, report):
     assert plan == report.plan
 
 
+def test_decay_epochs_scale_with_the_run_as_multisteplr():
+    common = _recipe("recipe_common")
+    assert common.decay_epochs((80, 120), 140, 140) == (80, 120)
+    assert common.decay_epochs((80, 120), 140, 14) == (8, 12)
+    assert common.decay_epochs((80, 120), 140, 1) == (1, 1)
+    rate = common.step_decay(1e-3, (80, 120))
+    # torch.optim.lr_scheduler.MultiStepLR(milestones=[80, 120], gamma=0.1) stepped
+    # once per epoch, written out.
+    expected = [1e-3] * 80 + [1e-4] * 40 + [1e-5] * 20
+    np.testing.assert_allclose([rate(e) for e in range(140)], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name, coefficient, finetune_lr",
+    [("cifar10_resnet56", 3.7, 1e-4), ("cifar100_resnet56", 8.7, 1e-5)],
+)
+def test_paper_recipes_give_compress_the_reference_settings(
+    monkeypatch, tmp_path, capsys, name, coefficient, finetune_lr
+):
+    common = _recipe("recipe_common")
+    received = {}
+
+    class Report:
+        def plot(self, path):
+            received["plot"] = path
+
+    def compress(model, train, val, **kwargs):
+        received.update(kwargs)
+        return None, Report()
+
+    monkeypatch.setattr(common.hos_keras, "compress", compress)
+    args = _recipe(name).arguments(["--output-dir", str(tmp_path)])
+    common.compress_and_report(None, None, None, args)
+    assert received["coefficient"] == coefficient
+    assert received["scope"] == "inner"  # the first conv of each block only
+    assert (args.batch_size, args.distill_epochs, args.finetune_epochs) == (64, 140, 30)
+    assert received["distill_epochs"] == 140 and received["finetune_epochs"] == 30
+    for key, lr, nesterov in (
+        ("distill_optimizer", 1e-3, True),
+        ("finetune_optimizer", finetune_lr, False),
+    ):
+        optimizer = received[key]
+        assert float(optimizer.learning_rate) == pytest.approx(lr)
+        assert (optimizer.momentum, optimizer.nesterov) == (0.9, nesterov)
+    rate = received["distill_lr_schedule"]
+    assert [rate(e) for e in (79, 80, 119, 120)] == pytest.approx(
+        [1e-3, 1e-4, 1e-4, 1e-5]
+    )
+    # Fewer epochs: the decay epochs scale (80, 120 of 140 -> 8, 12 of 14).
+    args = _recipe(name).arguments(
+        ["--output-dir", str(tmp_path), "--distill-epochs", "14"]
+    )
+    common.compress_and_report(None, None, None, args)
+    rate = received["distill_lr_schedule"]
+    assert [rate(e) for e in (7, 8, 11, 12)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-5])
+    assert "x0.1 at epochs [8, 12] (epochs [80, 120] of 140, scaled to 14)" in (
+        capsys.readouterr().out
+    )
+
+
 @pytest.mark.slow
 def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
     recipe = _recipe("fashion_mnist_resnet20")
@@ -56,7 +117,10 @@ def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "accuracy right after pruning" in text and "latency b1" in text
     baseline = (out / "baseline.keras").stat().st_mtime_ns
-    recipe.main(args + ["--distill-epochs", "0", "--finetune-epochs", "0"])
+    recipe.main(
+        args
+        + ["--distill-epochs", "0", "--finetune-epochs", "0", "--latency-runs", "0"]
+    )
     assert "reusing the baseline" in capsys.readouterr().out
     assert (out / "baseline.keras").stat().st_mtime_ns == baseline
 
@@ -74,8 +138,14 @@ def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
 def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
     recipe = _recipe(name)
     out = tmp_path / "out"
+    # The baseline is built, compiled and saved but not trained (--epochs 0), and
+    # nothing is timed (--latency-runs 0): the Fashion-MNIST test runs both paths.
     argv = [
         *QUICK,
+        "--epochs",
+        "0",
+        "--latency-runs",
+        "0",
         "--batch-size",
         "4",
         "--data-dir",
@@ -92,6 +162,9 @@ def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
         assert report.pivots == pivots
     if "--target" in extra:
         assert report.details["achieved_macs_reduction"] >= 0.3
+    if "resnet56" in name:  # scope="inner": the residual streams keep their width
+        widths = [slim.get_layer(f"stage{s}_block9_conv2").filters for s in (1, 2, 3)]
+        assert widths == [16, 32, 64]
 
 
 @pytest.mark.slow
