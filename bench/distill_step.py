@@ -33,6 +33,7 @@ REPEATS = 15
 
 
 def main() -> None:
+    load_before = os.getloadavg()
     keras.utils.set_random_seed(0)
     teacher = hos_keras.models.resnet56()
     plan = hos_keras.plan_pruning(teacher, allocation="target", macs_reduction=0.5)
@@ -84,6 +85,8 @@ def main() -> None:
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
