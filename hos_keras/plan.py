@@ -446,10 +446,12 @@ def plan_pruning(
             speed-up beside the predicted ones. Defaults to `True`.
         latency_corrections: With a latency target and `verify_latency`, how many
             times to plan again when the measured reduction falls short of the
-            target: each time the shortfall is added to the reduction asked of the
-            latency model (measurement in the loop, as NetAdapt). The rounds are
-            recorded in `plan.details["latency"]["rounds"]`. `0` trusts the model.
-            Defaults to `2`.
+            target (or exceeds it by more than 0.05): each time the difference is
+            added to the reduction asked of the latency model (measurement in the
+            loop, as NetAdapt), and the least pruned plan that met the target is
+            returned. The rounds are recorded in
+            `plan.details["latency"]["rounds"]`. `0` trusts the model. Defaults to
+            `2`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` (fixed),
             `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
@@ -640,12 +642,15 @@ def plan_pruning(
 
 
 def _measured(model, plan, allocator, assemble, latency_model, corrections):
-    """Measures `plan` on the runtime; for a latency target it misses, plans again
-    asking the latency model for the shortfall more (again while the widths do not
-    change), measuring each new plan, up to `corrections` times."""
+    """Measures `plan` on the runtime. For a latency target it misses (or beats by
+    more than `_LATENCY_OVERSHOOT`), plans again asking the latency model for the
+    measured difference more (or less), again while the widths do not change, and
+    measures the new plan, up to `corrections` times; returns the least pruned
+    plan that met the target, else the last one."""
     target = getattr(allocator, "latency_reduction", None)
     asked = target
     rounds = []
+    best = None
     while True:
         info = plan.details["latency"]
         info.update(latency_lib.measure_plan(model, plan, latency_model))
@@ -657,25 +662,34 @@ def _measured(model, plan, allocator, assemble, latency_model, corrections):
                 "measured_speedup": info["measured_speedup"],
             }
         )
-        if target is None or achieved >= target - _LATENCY_TOLERANCE:
+        if target is None:
+            return plan
+        if achieved >= target - _LATENCY_TOLERANCE and (
+            best is None or achieved < best[1]
+        ):
+            best = plan, achieved
+        difference = target - achieved
+        if -_LATENCY_OVERSHOOT <= difference <= _LATENCY_TOLERANCE:
             break
         if len(rounds) > corrections:
             break
-        retry = _wider_ask(plan, allocator, assemble, asked, target - achieved)
+        retry = _replan(plan, allocator, assemble, asked, difference)
         if retry is None:
             break
         plan, asked = retry
-    if target is not None:
-        plan.details["requested_latency_reduction"] = target
-        plan.details["latency"]["rounds"] = rounds
+    if best is not None:
+        plan = best[0]
+    plan.details["requested_latency_reduction"] = target
+    plan.details["latency"]["rounds"] = rounds
     return plan
 
 
-def _wider_ask(plan, allocator, assemble, asked, shortfall):
-    """The first plan, asking `shortfall` more each time, whose widths differ from
-    `plan`'s, with what it asked; `None` once the target is unreachable."""
-    while asked + shortfall < 0.99:
-        asked += shortfall
+def _replan(plan, allocator, assemble, asked, step):
+    """The first plan, asking `step` more each time, whose widths differ from
+    `plan`'s, with what it asked; `None` once the ask leaves (0, 0.99) or the
+    target is unreachable."""
+    while 0.0 < asked + step < 0.99:
+        asked += step
         retry = allocation_lib.TargetAllocation(
             latency_reduction=asked, base=allocator.base, **allocator.base_options
         )
@@ -691,8 +705,10 @@ def _wider_ask(plan, allocator, assemble, asked, shortfall):
     return None
 
 
-# Measured reductions within this of the target count as met (timing noise).
+# A measured reduction this far below the target counts as met (timing noise);
+# one more than _LATENCY_OVERSHOOT above it prunes more than asked: plan again.
 _LATENCY_TOLERANCE = 0.01
+_LATENCY_OVERSHOOT = 0.05
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 _SCOPES = ("all", "inner", "conv")
 

@@ -278,6 +278,39 @@ def test_a_measured_miss_is_corrected_by_planning_again(macs_timer, monkeypatch)
     assert plan.macs_after < trusted.macs_after
 
 
+def test_an_overshoot_is_corrected_and_the_least_pruned_plan_kept(
+    macs_timer, monkeypatch
+):
+    model = _cnn()
+    table = latency.build_latency_model(model)
+
+    def fast_runtime(models, runtime, batch_size, threads, runs):
+        # The runtime runs every pruned model at 70% of its MACs' time: the table
+        # under-predicts the speed-ups, so plans prune more than asked.
+        original, *slims = _macs_timer(models, runtime, batch_size, threads, 1)
+        return [original, *(0.7 * t for t in slims)]
+
+    monkeypatch.setattr(latency, "_time_models", fast_runtime)
+    options = {
+        "criterion": "l1",
+        "allocation": "target",
+        "base": "fixed",
+        "latency_reduction": 0.4,
+        "latency_model": table,
+    }
+    trusted = hos_keras.plan_pruning(model, latency_corrections=0, **options)
+    assert trusted.details["latency"]["measured_speedup"] > 1 / (1 - 0.45)
+    plan = hos_keras.plan_pruning(model, **options)
+    rounds = plan.details["latency"]["rounds"]
+    assert rounds[1]["asked_latency_reduction"] < 0.4
+    measured = plan.details["latency"]["measured_speedup"]
+    assert measured >= 1 / (1 - 0.39)
+    # The least pruned of the measured plans that met the target is returned.
+    met = [r["measured_speedup"] for r in rounds if r["measured_speedup"] >= 1 / 0.61]
+    assert measured == pytest.approx(min(met))
+    assert plan.macs_after > trusted.macs_after
+
+
 def test_compress_with_a_latency_target(macs_timer):
     model = _cnn()
     x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
