@@ -35,8 +35,15 @@ setup(
     entry_points={"console_scripts": ["hos-keras = hos_keras.cli:main"]},
     extras_require={
         # keras-hub: real CNN backbones (random weights) for the coverage tests;
-        # hypothesis: the property tests over random architectures.
-        "test": ["pytest>=8", "ruff>=0.5", "keras-hub>=0.32", "hypothesis>=6.100"],
+        # hypothesis: the property tests over random architectures;
+        # tensorly: an independent HOOI to test hos_keras.decompose against.
+        "test": [
+            "pytest>=8",
+            "ruff>=0.5",
+            "keras-hub>=0.32",
+            "hypothesis>=6.100",
+            "tensorly>=0.9",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

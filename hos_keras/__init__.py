@@ -29,6 +29,7 @@ from hos_keras.criteria import (
     get_criterion,
     register_criterion,
 )
+from hos_keras.decompose import DecompositionReport, decompose
 from hos_keras.distill import (
     HOSDistiller,
     auto_pivots,
@@ -59,6 +60,7 @@ __all__ = [
     "CompressionReport",
     "CumulantAllocation",
     "CumulantCriterion",
+    "DecompositionReport",
     "FixedAllocation",
     "GlobalAllocation",
     "GroupPlan",
@@ -77,6 +79,7 @@ __all__ = [
     "compress",
     "criterion_names",
     "data",
+    "decompose",
     "errors",
     "filter_matrix",
     "fit_distributed",
