@@ -24,6 +24,7 @@ import numpy as np
 
 from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, export
+from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
@@ -302,6 +303,40 @@ def _cmd_prune(args) -> None:
         print(f"plan written to {args.plan}")
 
 
+def _cmd_decompose(args) -> None:
+    _check_output(args.out, ".keras", "--out")
+    model = _load(args.model)
+    small, report = decompose(
+        model,
+        method=args.method,
+        factor=args.factor,
+        layers=args.layers,
+        return_report=True,
+    )
+    rows = [
+        (
+            name,
+            "x".join(str(r) for r in entry["ranks"]),
+            f"{entry['kernel_error']:.4f}",
+            f"{entry['output_error']:.4f}",
+            entry["macs"]["original"],
+            entry["macs"]["decomposed"],
+        )
+        for name, entry in report.layers.items()
+    ]
+    ranks = "R3xR4" if args.method == "tucker2" else "groupsxrank"
+    headers = ("layer", ranks, "kernel err", "output err", "MACs", "MACs after")
+    for line in _table(headers, rows):
+        print(line)
+    print(
+        f"{args.method}, factor {args.factor:g}: params {report.params['original']:,}"
+        f" -> {report.params['decomposed']:,}, MACs {report.macs['original']:,} -> "
+        f"{report.macs['decomposed']:,}"
+    )
+    small.save(args.out)
+    print(f"decomposed model written to {args.out}")
+
+
 def _cmd_export(args) -> None:
     if not args.tflite and not args.saved_model:
         raise CommandError(
@@ -459,6 +494,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply this saved plan (e.g. from HOSPruneCallback) instead of planning",
     )
     prune.set_defaults(func=_cmd_prune)
+
+    dec = commands.add_parser(
+        "decompose", help="factorize convs into smaller ones (Tucker-2 or FGA)"
+    )
+    dec.add_argument("model", metavar="MODEL.keras", help="a saved .keras model")
+    dec.add_argument(
+        "--out", required=True, metavar="OUT.keras", help="where to save the result"
+    )
+    dec.add_argument(
+        "--method",
+        choices=["tucker2", "fga"],
+        default="tucker2",
+        help="Tucker-2 by HOOI or filter group approximation (default: tucker2)",
+    )
+    dec.add_argument(
+        "--factor",
+        type=float,
+        default=1.71,
+        help="compression factor X of each layer (default: 1.71, the reference's)",
+    )
+    dec.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="NAME",
+        help="the convs to decompose (default: every kxk conv with >= 8 channels)",
+    )
+    dec.set_defaults(func=_cmd_decompose)
 
     export = commands.add_parser("export", help="convert for deployment")
     export.add_argument("model", metavar="SLIM.keras", help="a saved .keras model")

@@ -311,3 +311,23 @@ def test_installed_console_script(saved, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"hos-keras profile: error: {tmp_path / 'none.keras'}: no such file."
     )
+
+
+def test_decompose_writes_the_library_model_and_a_layer_table(saved, capsys):
+    model, path, directory = saved
+    out = directory / "decomposed.keras"
+    status, text, err = _run(
+        capsys, "decompose", path, "--out", out, "--factor", "2", "--layers", "stem"
+    )
+    assert status == 0, err
+    expected, report = hos_keras.decompose(
+        model, factor=2.0, layers=["stem"], return_report=True
+    )
+    written = keras.models.load_model(out)
+    assert [layer.name for layer in written.layers] == [
+        layer.name for layer in expected.layers
+    ]
+    np.testing.assert_allclose(written(_x()), expected(_x()), rtol=1e-5, atol=1e-6)
+    row = _rows(text, {"stem"})["stem"]
+    assert row[1] == "x".join(str(r) for r in report.layers["stem"]["ranks"])
+    assert f"MACs {report.macs['original']:,} -> {report.macs['decomposed']:,}" in text

@@ -278,3 +278,16 @@ def test_no_selected_layer_warns_and_copies():
         new = hos_keras.decompose(model)
     assert len(new.layers) == 2
     assert new.get_layer("small_conv").kernel.shape == (3, 3, 4, 4)
+
+
+def test_a_decomposed_model_plans_and_slims_like_any_other():
+    decomposed = hos_keras.decompose(_small_model(), factor=1.5)
+    plan = hos_keras.plan_pruning(
+        decomposed, criterion="l1", allocation="fixed", ratio=0.5
+    )
+    # The factor convs' channels are ordinary groups of the planner.
+    assert {"stem", "conv_a_in", "conv_a_core", "conv_b_in"} <= set(plan.groups)
+    slim = hos_keras.slim_model(decomposed, plan)
+    masked = hos_keras.mask_model(decomposed, plan)
+    np.testing.assert_allclose(slim(X), masked(X), rtol=1e-4, atol=1e-5)
+    assert hos_keras.profile(slim)["macs"] == plan.macs_after
