@@ -51,11 +51,10 @@ from hos_keras import graph
 from hos_keras.errors import (
     InvalidArgumentError,
     UnknownNameError,
-    UnsupportedModelError,
     check_int,
 )
 from hos_keras.profile import profile
-from hos_keras.surgery import _Replay
+from hos_keras.surgery import _rebuild, _Replay
 
 __all__ = ["DecompositionReport", "decompose"]
 
@@ -203,17 +202,7 @@ def decompose(
         factorized[name] = _factorize(name, kernel, method, factor, rank, tol, max_iter)
     _check_names(top, factorized)
 
-    replay = _DecomposingReplay(factorized)
-    try:
-        new_model = replay.model(source, "")
-    except UnsupportedModelError:
-        raise
-    except (TypeError, ValueError) as error:
-        raise UnsupportedModelError(
-            f"Could not rebuild model {model.name!r}: {type(error).__name__}: "
-            f"{error} If the model contains custom layers, register them with "
-            "@keras.saving.register_keras_serializable()."
-        ) from error
+    new_model = _rebuild(_DecomposingReplay(factorized), source, model.name)
     if new_model.name != model.name:
         new_model = keras.Model(new_model.input, new_model.output, name=model.name)
     if not return_report:

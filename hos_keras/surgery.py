@@ -241,13 +241,19 @@ def _input_name(tensor) -> str | None:
 
 
 def _replay(model: keras.Model, specs: dict, slim: bool) -> keras.Model:
+    return _rebuild(_Replay(specs, slim), model)
+
+
+def _rebuild(replay: _Replay, model: keras.Model, name: str = "") -> keras.Model:
+    """`model` replayed by `replay`; a layer that cannot be re-created raises
+    UnsupportedModelError naming the model (`name`, else `model.name`)."""
     try:
-        return _Replay(specs, slim).model(model, "")
+        return replay.model(model, "")
     except UnsupportedModelError:
         raise
     except (TypeError, ValueError) as error:
         raise UnsupportedModelError(
-            f"Could not rebuild model {model.name!r}: {type(error).__name__}: "
+            f"Could not rebuild model {name or model.name!r}: {type(error).__name__}: "
             f"{error} If the model contains custom layers, register them with "
             "@keras.saving.register_keras_serializable()."
         ) from error
