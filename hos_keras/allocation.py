@@ -39,6 +39,7 @@ from hos_keras.errors import (
     ArgumentTypeError,
     InvalidArgumentError,
     UnknownNameError,
+    UnreachableTargetError,
 )
 
 __all__ = [
@@ -466,9 +467,10 @@ class TargetAllocation(Allocation):
 
     Raises:
         InvalidArgumentError: for a reduction outside (0, 1), both targets, or an
-            unknown base; at allocation time, if even the most aggressive setting
-            cannot reach the target (the message gives the largest reachable
-            reduction).
+            unknown base.
+        UnreachableTargetError: at allocation time, if even the most aggressive
+            setting cannot reach the target (the message gives the largest
+            reachable reduction).
     """
 
     name = "target"
@@ -612,7 +614,7 @@ class TargetAllocation(Allocation):
     def _unreachable(self, context, ratios):
         best = self._reduction(context, ratios)
         what = "MACs" if self.metric == "macs" else "predicted latency"
-        raise InvalidArgumentError(
+        raise UnreachableTargetError(
             f"Cannot reach {self.metric}_reduction={self.target}: with base="
             f"{self.base!r} the most aggressive setting removes {best:.1%} of the "
             f"{what}. Ask for less, raise max_ratio, or use base='global'."

@@ -49,11 +49,11 @@ class CompressionReport:
             compiled metric); a stage that did not run is absent.
         params: `{"original": n, "slim": n}`.
         macs: `{"original": n, "slim": n}` (per sample, see `hos_keras.profile`).
-        latency_ms: `{"original": {batch: ms}, "slim": {batch: ms}}`, median time of
+        latency_ms: `{"original": {batch: ms}, "slim": {batch: ms}}`, time of
             one inference call in the TensorFlow runtime.
         file_bytes: `{"original": n, "slim": n}`, size of the `.keras` files of the
             uncompiled models (no optimizer state in either).
-        tflite_latency_ms: `{"original": ms, "slim": ms}`, median batch-1 time in
+        tflite_latency_ms: `{"original": ms, "slim": ms}`, batch-1 time in
             the TFLite interpreter (2 threads); empty when not measured.
         layers: One dict per pruned channel group: name, channels, kept, ratio,
             statistic.

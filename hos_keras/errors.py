@@ -18,6 +18,11 @@ class InvalidArgumentError(HOSKerasError, ValueError):
     """An argument has a value outside its valid range or set."""
 
 
+class UnreachableTargetError(InvalidArgumentError):
+    """A MACs or latency target cannot be met even by the most aggressive setting
+    of the allocation (by the cost model's prediction)."""
+
+
 class ArgumentTypeError(HOSKerasError, TypeError):
     """An argument is of the wrong kind (e.g. not callable, an unknown keyword)."""
 

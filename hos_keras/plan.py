@@ -28,6 +28,7 @@ from hos_keras.errors import (
     InvalidArgumentError,
     NonFiniteWeightsError,
     NothingToPruneError,
+    UnreachableTargetError,
     check_int,
 )
 from hos_keras.profile import profile
@@ -399,7 +400,7 @@ def plan_pruning(
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
     verify_latency: bool = True,
-    latency_corrections: int = 2,
+    latency_corrections: int = 4,
     **options,
 ) -> PruningPlan:
     """Plans which output channels of a model to prune.
@@ -445,13 +446,16 @@ def plan_pruning(
             the runtime; `plan.details` then holds the measured latency and
             speed-up beside the predicted ones. Defaults to `True`.
         latency_corrections: With a latency target and `verify_latency`, how many
-            times to plan again when the measured reduction falls short of the
-            target (or exceeds it by more than 0.05): each time the difference is
-            added to the reduction asked of the latency model (measurement in the
-            loop, as NetAdapt), and the least pruned plan that met the target is
-            returned. The rounds are recorded in
-            `plan.details["latency"]["rounds"]`. `0` trusts the model. Defaults to
-            `2`.
+            more plans may be measured when the measured reduction falls short of
+            the target (or exceeds it by more than 0.05), as NetAdapt measures in
+            the loop. First the difference is added to the reduction asked of the
+            latency model; once the model cannot give new widths (or predicts the
+            target unreachable, which small networks' noisy one-layer timings can
+            make it do wrongly), the search goes on over the MACs reduction,
+            interpolating between the measured plans. The least pruned plan that
+            met the target is returned; each round is recorded in
+            `plan.details["latency"]["rounds"]`, and `["met"]` says whether any
+            did. `0` trusts the model. Defaults to `4`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` (fixed),
             `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
@@ -463,6 +467,9 @@ def plan_pruning(
     Raises:
         UnknownNameError: for an unknown criterion or allocation name.
         InvalidArgumentError: for out-of-range options (the message names them).
+        UnreachableTargetError: if the allocation cannot reach a MACs target, or
+            a latency target by the latency model's prediction when the plan is
+            not measured (`verify_latency=False` or `latency_corrections=0`).
         NonFiniteWeightsError: if a prunable layer has NaN/Inf weights.
         NothingToPruneError: if the model has no prunable layer.
         UnsupportedModelError: for a subclassed or unbuilt model.
@@ -635,52 +642,74 @@ def plan_pruning(
             details=details,
         )
 
-    plan = assemble(allocator)
-    if latency_model is not None and verify_latency:
+    search = latency_model is not None and verify_latency
+    try:
+        plan = assemble(allocator)
+    except UnreachableTargetError:
+        if not (search and wants_latency and corrections):
+            raise
+        plan = None  # the latency model says no; measurements may say yes
+    if search:
         plan = _measured(model, plan, allocator, assemble, latency_model, corrections)
     return plan
 
 
 def _measured(model, plan, allocator, assemble, latency_model, corrections):
-    """Measures `plan` on the runtime. For a latency target it misses (or beats by
-    more than `_LATENCY_OVERSHOOT`), plans again asking the latency model for the
-    measured difference more (or less), again while the widths do not change, and
-    measures the new plan, up to `corrections` times; returns the least pruned
-    plan that met the target, else the last one."""
+    """Measures `plan` on the runtime and, for a latency target it misses (or
+    beats by more than `_LATENCY_OVERSHOOT`), measures up to `corrections` more
+    plans: first asking the latency model for the measured difference more (or
+    less), then, once the model has no new widths to offer (or `plan` is `None`:
+    it predicted the target unreachable), searching the MACs reduction between
+    the measured plans. Returns the least pruned plan that met the target, else
+    the most pruned one measured."""
     target = getattr(allocator, "latency_reduction", None)
     asked = target
-    rounds = []
-    best = None
+    rounds, points = [], []  # points: (MACs reduction, measured reduction, plan)
+    by_model = plan is not None
     while True:
-        info = plan.details["latency"]
-        info.update(latency_lib.measure_plan(model, plan, latency_model))
-        achieved = 1.0 - 1.0 / info["measured_speedup"]
-        rounds.append(
-            {
-                "asked_latency_reduction": asked,
-                "predicted_speedup": info["predicted_speedup"],
-                "measured_speedup": info["measured_speedup"],
-            }
-        )
-        if target is None:
-            return plan
-        if achieved >= target - _LATENCY_TOLERANCE and (
-            best is None or achieved < best[1]
-        ):
-            best = plan, achieved
-        difference = target - achieved
-        if -_LATENCY_OVERSHOOT <= difference <= _LATENCY_TOLERANCE:
-            break
+        if plan is not None:
+            info = plan.details["latency"]
+            info.update(latency_lib.measure_plan(model, plan, latency_model))
+            achieved = 1.0 - 1.0 / info["measured_speedup"]
+            rounds.append(
+                {
+                    "search": "latency model" if by_model else "measured",
+                    f"asked_{'latency' if by_model else 'macs'}_reduction": asked,
+                    "macs_reduction": plan.macs_reduction,
+                    "predicted_speedup": info["predicted_speedup"],
+                    "measured_speedup": info["measured_speedup"],
+                }
+            )
+            if target is None:
+                return plan
+            points.append((plan.macs_reduction, achieved, plan))
+            difference = target - achieved
+            if -_LATENCY_OVERSHOOT <= difference <= _LATENCY_TOLERANCE:
+                break
         if len(rounds) > corrections:
             break
-        retry = _replan(plan, allocator, assemble, asked, difference)
+        retry = None
+        if by_model:
+            retry = _replan(plan, allocator, assemble, asked, difference)
+        if retry is None:
+            by_model = False
+            retry = _next_by_macs(points, target, allocator, assemble)
         if retry is None:
             break
         plan, asked = retry
-    if best is not None:
-        plan = best[0]
+    met = [p for p in points if p[1] >= target - _LATENCY_TOLERANCE]
+    if met:
+        plan = min(met, key=lambda p: p[1])[2]
+    elif points:
+        plan = max(points, key=lambda p: p[1])[2]
+    else:
+        raise UnreachableTargetError(
+            f"Cannot reach latency_reduction={target}: no plan of base="
+            f"{allocator.base!r} could be measured. Ask for less."
+        )
     plan.details["requested_latency_reduction"] = target
     plan.details["latency"]["rounds"] = rounds
+    plan.details["latency"]["met"] = bool(met)
     return plan
 
 
@@ -697,18 +726,81 @@ def _replan(plan, allocator, assemble, asked, step):
             candidate = assemble(retry)
         except InvalidArgumentError:
             return None
-        if any(
-            len(candidate[name].keep) != len(group.keep)
-            for name, group in plan.groups.items()
-        ):
-            return candidate, asked
+        if _same_widths(candidate, plan):
+            continue
+        return candidate, asked
     return None
+
+
+def _next_by_macs(points, target, allocator, assemble):
+    """The next plan of a measured search over the MACs reduction, with the MACs
+    reduction asked; `None` when the search has nowhere left to go.
+
+    `points` are the measured `(MACs reduction, latency reduction, plan)` so far.
+    Between a plan that missed the target and one that met it, the next MACs
+    reduction is interpolated linearly; beyond all of them it is extrapolated
+    from the two nearest (slope 1 from one point, or from none: the target
+    itself), in steps of at most `_MACS_STEP`.
+    """
+    low = max(
+        (p for p in points if p[1] < target - _LATENCY_TOLERANCE),
+        key=lambda p: p[0],
+        default=None,
+    )
+    high = min(
+        (p for p in points if p[1] >= target - _LATENCY_TOLERANCE),
+        key=lambda p: p[0],
+        default=None,
+    )
+    if low is None and high is None:
+        guess = target
+    elif low is not None and high is not None:
+        if high[0] - low[0] <= _MACS_RESOLUTION:
+            return None
+        slope = (high[1] - low[1]) / max(high[0] - low[0], 1e-9)
+        guess = low[0] + (target - low[1]) / max(slope, 1e-9)
+        guess = min(
+            max(guess, low[0] + _MACS_RESOLUTION / 2), high[0] - _MACS_RESOLUTION / 2
+        )
+    else:
+        near = sorted(points, key=lambda p: p[0])
+        near = near[-2:] if high is None else near[:2]
+        end = near[-1] if high is None else near[0]
+        slope = 1.0
+        if len(near) == 2 and near[1][0] - near[0][0] > 1e-6:
+            slope = max((near[1][1] - near[0][1]) / (near[1][0] - near[0][0]), 0.25)
+        step = (target - end[1]) / slope
+        step = math.copysign(min(max(abs(step), _MACS_RESOLUTION), _MACS_STEP), step)
+        guess = end[0] + step
+    guess = min(max(guess, 0.01), _MACS_MAX)
+    if any(abs(guess - p[0]) < _MACS_RESOLUTION / 4 for p in points):
+        return None
+    try:
+        candidate = assemble(
+            allocation_lib.TargetAllocation(
+                macs_reduction=guess, base=allocator.base, **allocator.base_options
+            )
+        )
+    except UnreachableTargetError:
+        return None
+    if any(_same_widths(candidate, p[2]) for p in points):
+        return None
+    return candidate, guess
+
+
+def _same_widths(one: PruningPlan, other: PruningPlan) -> bool:
+    return all(len(one[name].keep) == len(g.keep) for name, g in other.groups.items())
 
 
 # A measured reduction this far below the target counts as met (timing noise);
 # one more than _LATENCY_OVERSHOOT above it prunes more than asked: plan again.
 _LATENCY_TOLERANCE = 0.01
 _LATENCY_OVERSHOOT = 0.05
+# The measured search over the MACs reduction: largest step beyond the measured
+# plans, the closest two plans may be, and the most it asks for.
+_MACS_STEP = 0.15
+_MACS_RESOLUTION = 0.02
+_MACS_MAX = 0.95
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}
 _SCOPES = ("all", "inner", "conv")
 

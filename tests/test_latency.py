@@ -10,7 +10,7 @@ from keras import layers
 
 import hos_keras
 from hos_keras import latency
-from hos_keras.errors import InvalidArgumentError
+from hos_keras.errors import InvalidArgumentError, UnreachableTargetError
 
 
 def _cnn():
@@ -148,14 +148,18 @@ def test_latency_target_search_is_minimal_for_every_base(base):
 
 def test_unreachable_latency_target_says_what_is_reachable():
     table = _table({n: (0.1, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
-    with pytest.raises(InvalidArgumentError, match="latency_reduction=0.5.*0.0%"):
+    with pytest.raises(
+        UnreachableTargetError, match="latency_reduction=0.5.*0.0%"
+    ) as caught:
         hos_keras.plan_pruning(
             _cnn(),
             allocation="target",
             base="fixed",
             latency_reduction=0.5,
             latency_model=table,
+            verify_latency=False,
         )
+    assert isinstance(caught.value, InvalidArgumentError)
 
 
 def test_both_targets_or_bad_runtime_are_refused():
@@ -309,6 +313,88 @@ def test_an_overshoot_is_corrected_and_the_least_pruned_plan_kept(
     met = [r["measured_speedup"] for r in rounds if r["measured_speedup"] >= 1 / 0.61]
     assert measured == pytest.approx(min(met))
     assert plan.macs_after > trusted.macs_after
+
+
+def _fixed_cost_runtime(share):
+    """A runtime whose every model pays `share` of the first model's MACs time
+    on top of its own: latency falls slower than MACs, as on small networks."""
+
+    def runtime(models, runtime, batch_size, threads, runs):
+        times = _macs_timer(models, runtime, batch_size, threads, 1)
+        return [t + share * times[0] for t in times]
+
+    return runtime
+
+
+def test_a_target_the_model_calls_unreachable_is_found_by_measuring(
+    macs_timer, monkeypatch
+):
+    model = _cnn()
+    # A latency model that sees no saving anywhere: every target is unreachable.
+    table = _table({n: (0.1, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
+    monkeypatch.setattr(latency, "_time_models", _fixed_cost_runtime(0.3))
+    plan = hos_keras.plan_pruning(
+        model,
+        criterion="l1",
+        allocation="target",
+        base="global",
+        latency_reduction=0.5,
+        latency_model=table,
+    )
+    info = plan.details["latency"]
+    rounds = info["rounds"]
+    assert info["met"] and {r["search"] for r in rounds} == {"measured"}
+    # The first guess is the target itself, as a MACs reduction.
+    assert rounds[0]["asked_macs_reduction"] == 0.5
+    assert rounds[0]["measured_speedup"] < 1 / 0.51
+    # Time here is MACs plus 0.3 of the original's: a latency reduction r needs a
+    # MACs reduction of 1.3 r, i.e. 0.65 for 2x.
+    macs = hos_keras.profile(model)["macs"] * 1e-6
+    expected = (macs + 0.001 + 0.3 * (macs + 0.001)) / (
+        (macs - plan.macs_reduction * macs) + 0.001 + 0.3 * (macs + 0.001)
+    )
+    assert info["measured_speedup"] == pytest.approx(expected, rel=1e-6)
+    assert info["measured_speedup"] >= 1 / 0.51
+    assert plan.macs_reduction >= 0.64
+    assert len(rounds) <= 5
+    # The least pruned plan that met the target is the one returned.
+    met = [r for r in rounds if r["measured_speedup"] >= 1 / 0.51]
+    assert plan.macs_reduction == pytest.approx(min(r["macs_reduction"] for r in met))
+    # Without measuring, the model's verdict stands.
+    with pytest.raises(UnreachableTargetError):
+        hos_keras.plan_pruning(
+            model,
+            criterion="l1",
+            allocation="target",
+            base="global",
+            latency_reduction=0.5,
+            latency_model=table,
+            latency_corrections=0,
+        )
+
+
+def test_a_target_no_plan_reaches_returns_the_fastest_and_says_so(
+    macs_timer, monkeypatch
+):
+    table = _table({n: (0.1, 0.0, 0.0, 0.0) for n in ("c1", "c2", "c3", "out")})
+    # A fixed cost of 1.5x the original's MACs: no pruning reaches 2x.
+    monkeypatch.setattr(latency, "_time_models", _fixed_cost_runtime(1.5))
+    plan = hos_keras.plan_pruning(
+        _cnn(),
+        criterion="l1",
+        allocation="target",
+        base="global",
+        latency_reduction=0.5,
+        latency_model=table,
+        latency_corrections=3,
+    )
+    info = plan.details["latency"]
+    assert not info["met"] and len(info["rounds"]) == 4
+    fastest = max(r["measured_speedup"] for r in info["rounds"])
+    assert info["measured_speedup"] == fastest < 2.0
+    # Each guess beyond the measured plans asks for more MACs reduction.
+    asked = [r["asked_macs_reduction"] for r in info["rounds"]]
+    assert asked == sorted(asked) and len(set(asked)) == 4
 
 
 def test_compress_with_a_latency_target(macs_timer):
