@@ -11,7 +11,17 @@ losses against the teacher (HOSDistiller, auxiliary=True) and once with the task
 loss only, for several seeds (data order; also the random criterion's draw).
 Test accuracy on the 10,000 test images: mean and standard deviation.
 
-Run: .venv/bin/python bench/accuracy.py   (about 50 minutes on 2 CPU cores)
+With `--approaches`, the paper's three approaches at the same MACs instead (METHOD.md
+section 4), each fine-tuned with the auxiliary losses for the same budget: A1 prunes
+with k34 to the target; A2 decomposes every 3x3 conv by Tucker-2 (HOOI) with the
+compression factor X bisected until the MACs fall by the target; A3 prunes with k34
+to `--a3-prune` of the MACs, then decomposes with X bisected to the same total.
+The student starts from the decomposed weights (the reconstruction of the teacher's
+kernels); the distiller's pivots are the same block outputs, found by name.
+
+Run: .venv/bin/python bench/accuracy.py   (about 60 minutes on 2 CPU cores)
+     .venv/bin/python bench/accuracy.py --approaches   (about 55 minutes, baseline
+     training included; writes bench/results/accuracy_approaches.json)
 Writes bench/results/accuracy.json.
 """
 
@@ -45,7 +55,15 @@ def parse_args():
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, help="training images (quick checks)")
     p.add_argument("--cache-dir", default="runs/bench_accuracy")
-    p.add_argument("--out", default=os.path.join(RESULTS, "accuracy.json"))
+    p.add_argument("--out", help="results file (default: bench/results/accuracy.json)")
+    p.add_argument(
+        "--approaches",
+        action="store_true",
+        help="compare A1 (prune), A2 (decompose), A3 (prune+decompose) instead",
+    )
+    p.add_argument(
+        "--a3-prune", type=float, default=0.3, help="MACs A3 prunes before decomposing"
+    )
     return p.parse_args()
 
 
@@ -85,6 +103,135 @@ def train_baseline(args, train, test):
     return model, elapsed
 
 
+def copy(model):
+    twin = type(model).from_config(model.get_config())
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def approaches(args, teacher, train, test, base_accuracy, began):
+    """A1, A2 and A3 at the same MACs, fine-tuned alike; writes the JSON."""
+    macs = hos_keras.profile(teacher)["macs"]
+    a1 = hos_keras.plan_pruning(
+        teacher, "k34", "target", macs_reduction=args.target, base="shapiro"
+    )
+    a3_plan = hos_keras.plan_pruning(
+        teacher, "k34", "target", macs_reduction=args.a3_prune, base="shapiro"
+    )
+    a3_slim = hos_keras.slim_model(teacher, a3_plan)
+    a3_macs = hos_keras.profile(a3_slim)["macs"]
+    a2_factor = hos_keras.factor_for_macs(teacher, args.target)
+    a2_model = hos_keras.decompose(teacher, factor=a2_factor)
+    a3_factor = hos_keras.factor_for_macs(
+        a3_slim, 1 - (1 - args.target) * macs / a3_macs
+    )
+    a3_model = hos_keras.decompose(a3_slim, factor=a3_factor)
+    students = {
+        "A1 prune (k34)": (hos_keras.slim_model(teacher, a1), a1, None),
+        "A2 decompose": (a2_model, None, a2_factor),
+        "A3 prune + decompose": (a3_model, a3_plan, a3_factor),
+    }
+    costs = {name: hos_keras.profile(entry[0]) for name, entry in students.items()}
+    for name, cost in costs.items():
+        print(f"{name}: {1 - cost['macs'] / macs:.1%} fewer MACs", flush=True)
+    runs = []
+    steps = int(train.cardinality()) * args.finetune_epochs
+    for seed in range(args.seeds):
+        for name, (model, plan, _) in students.items():
+            keras.utils.set_random_seed(seed)
+            student = copy(model)
+            compressed = accuracy(student, test)
+            distiller = hos_keras.HOSDistiller(
+                student, teacher, plan=plan, output_weight=1.0
+            )
+            distiller.compile(
+                optimizer=sgd(args.finetune_lr, steps),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            start = time.perf_counter()
+            distiller.fit(
+                train.shuffle(64, seed=seed), epochs=args.finetune_epochs, verbose=0
+            )
+            seconds = time.perf_counter() - start
+            final = accuracy(student, test)
+            runs.append(
+                {
+                    "seed": seed,
+                    "approach": name,
+                    "pivots": list(distiller.pivots),
+                    "compressed_accuracy": compressed,
+                    "accuracy": final,
+                    "seconds": seconds,
+                }
+            )
+            print(
+                f"seed {seed} {name:<22} compressed {compressed:.4f} -> fine-tuned "
+                f"{final:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
+    table = []
+    for name, (_, plan, factor) in students.items():
+        chosen = [r for r in runs if r["approach"] == name]
+        values = np.array([r["accuracy"] for r in chosen])
+        before = np.array([r["compressed_accuracy"] for r in chosen])
+        table.append(
+            {
+                "approach": name,
+                "tucker2_factor": factor,
+                "pruned_macs_reduction": None if plan is None else plan.macs_reduction,
+                "macs_reduction": 1 - costs[name]["macs"] / macs,
+                "params": costs[name]["params"],
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "compressed_mean": float(before.mean()),
+                "n": len(values),
+            }
+        )
+    result = {
+        "config": {
+            "network": "cifar_resnet(20) widths 16-32-64, 28x28x1",
+            "baseline_epochs": args.epochs,
+            "finetune_epochs": args.finetune_epochs,
+            "seeds": args.seeds,
+            "target_macs_reduction": args.target,
+            "a3_pruned_macs_reduction": args.a3_prune,
+            "pruning": "k34 criterion, target allocation (shapiro base)",
+            "decomposition": "Tucker-2 (HOOI) of every 3x3 conv with >= 8 "
+            "channels, the factor bisected to the MACs target",
+            "finetuning": "HOSDistiller with the auxiliary losses (output_weight "
+            "1.0, automatic pivots)",
+            "finetune_lr": args.finetune_lr,
+            "batch_size": args.batch_size,
+            "training_images": args.limit or 60000,
+            "optimizer": "SGD momentum 0.9 Nesterov, weight decay 5e-4, cosine",
+        },
+        "baseline_accuracy": base_accuracy,
+        "params": hos_keras.profile(teacher)["params"],
+        "macs": macs,
+        "table": table,
+        "runs": runs,
+        "total_minutes": (time.perf_counter() - began) / 60,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "load_average_end": os.getloadavg(),
+        },
+    }
+    out = args.out or os.path.join(RESULTS, "accuracy_approaches.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as stream:
+        json.dump(result, stream, indent=1)
+    print(f"\nbaseline {base_accuracy:.4f}")
+    for row in table:
+        print(
+            f"{row['approach']:<22}{row['macs_reduction']:>8.1%} fewer MACs "
+            f"{row['compressed_mean']:>8.4f} -> {row['mean']:.4f} +- {row['std']:.4f}"
+        )
+    print(f"total {result['total_minutes']:.1f} min; wrote {out}")
+
+
 def main():
     args = parse_args()
     began = time.perf_counter()
@@ -93,6 +240,9 @@ def main():
     teacher, baseline_seconds = train_baseline(args, train, test)
     base_accuracy = accuracy(teacher, test)
     print(f"baseline test accuracy {base_accuracy:.4f}")
+    if args.approaches:
+        return approaches(args, teacher, train, test, base_accuracy, began)
+    args.out = args.out or os.path.join(RESULTS, "accuracy.json")
 
     plans = {
         c: hos_keras.plan_pruning(

@@ -15,6 +15,12 @@ k34 criterion and the Shapiro-Wilk allocation searched for:
   `latency_corrections=4` more plans), with scope "all" and "inner" (residual
   streams kept whole, the paper's scope);
 
+- the paper's low-rank step (`hos_keras.decompose`, Tucker-2 by HOOI of every kxk
+  conv with at least 8 channels): at the reference's factor X = 1.71, at the factor
+  that removes half the MACs (`factor_for_macs`), and after the MACs-target plan
+  (A3: prune, then decompose at X = 1.71); MobileNetV2 has no such conv (its kxk
+  convs are depthwise) and gets no decomposed row;
+
 then every slim model and the original are timed in turn, in one run: the TFLite
 interpreter (batch 1, 2 threads) and the TensorFlow runtime (batch 64). Also
 recorded: the MACs reduction each plan needed, the latency model's predicted
@@ -34,6 +40,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -67,6 +74,34 @@ VARIANTS = {
 }
 
 
+def decomposed(model, plans) -> tuple[dict, dict]:
+    """The decomposed variants of `model` and their details."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no layer is selected" on MobileNetV2
+        if hos_keras.decompose(model, max_iter=0).count_params() >= (
+            model.count_params()
+        ):
+            return {}, {}
+    variants, details = {}, {}
+    start = time.perf_counter()
+    half = hos_keras.factor_for_macs(model, 0.5)
+    search_s = time.perf_counter() - start
+    slim = hos_keras.slim_model(model, plans["macs_target"])
+    for variant, source, factor in (
+        ("tucker2_x1.71", model, 1.71),
+        ("tucker2_macs_0.5", model, half),
+        ("macs_target_then_tucker2_x1.71", slim, 1.71),
+    ):
+        start = time.perf_counter()
+        variants[variant] = hos_keras.decompose(source, factor=factor)
+        details[variant] = {
+            "factor": factor,
+            "decompose_s": time.perf_counter() - start,
+        }
+    details["tucker2_macs_0.5"]["factor_search_s"] = search_s
+    return variants, details
+
+
 def bench(name, build, shape, runs, cache_dir) -> dict:
     keras.utils.set_random_seed(0)
     model = build()
@@ -92,7 +127,8 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
             continue
         slims[variant] = hos_keras.slim_model(model, plans[variant])
         plans[variant].details["plan_s"] = time.perf_counter() - start
-    models = {"original": model, **slims}
+    low_rank, low_rank_details = decomposed(model, plans)
+    models = {"original": model, **slims, **low_rank}
     lite = latency.tflite_latency(models, None, runs=runs * 10, threads=2)
     sample = np.random.default_rng(0).normal(size=(1, *shape)).astype("float32")
     tf64 = latency.measure_latency(models, sample, (64,), runs=runs)
@@ -127,6 +163,23 @@ def bench(name, build, shape, runs, cache_dir) -> dict:
             f"{name} {variant}: MACs x{row['macs_ratio']:.2f} | TFLite b1 "
             f"x{row['speedup_tflite_batch1']:.2f} (predicted "
             f"x{row['predicted_tflite_speedup']:.2f}) | TF b64 "
+            f"x{row['speedup_tf_batch64']:.2f}",
+            flush=True,
+        )
+    for variant, small in low_rank.items():
+        cost = hos_keras.profile(small)
+        result[variant] = {
+            **low_rank_details[variant],
+            "macs_after": cost["macs"],
+            "macs_ratio": result["macs"] / cost["macs"],
+            "params_after": cost["params"],
+            "speedup_tflite_batch1": lite["original"] / lite[variant],
+            "speedup_tf_batch64": tf64["original"][64] / tf64[variant][64],
+        }
+        row = result[variant]
+        print(
+            f"{name} {variant}: MACs x{row['macs_ratio']:.2f} | TFLite b1 "
+            f"x{row['speedup_tflite_batch1']:.2f} | TF b64 "
             f"x{row['speedup_tf_batch64']:.2f}",
             flush=True,
         )

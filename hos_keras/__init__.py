@@ -29,7 +29,7 @@ from hos_keras.criteria import (
     get_criterion,
     register_criterion,
 )
-from hos_keras.decompose import DecompositionReport, decompose
+from hos_keras.decompose import DecompositionReport, decompose, factor_for_macs
 from hos_keras.distill import (
     HOSDistiller,
     auto_pivots,
@@ -81,6 +81,7 @@ __all__ = [
     "data",
     "decompose",
     "errors",
+    "factor_for_macs",
     "filter_matrix",
     "fit_distributed",
     "get_allocation",

@@ -26,6 +26,7 @@ import tensorflow as tf
 from hos_keras import allocation as allocation_lib
 from hos_keras import distill, graph, surgery
 from hos_keras import latency as latency_lib
+from hos_keras.decompose import decompose
 from hos_keras.errors import InvalidArgumentError, check_int
 from hos_keras.latency import measure_latency
 from hos_keras.plan import PruningPlan, plan_pruning
@@ -34,6 +35,8 @@ from hos_keras.profile import profile
 __all__ = ["CompressionReport", "compress"]
 
 STAGES = ("original", "pruned", "distilled", "finetuned")
+# compress's approaches, the paper's A1, A2 and A3 (METHOD.md section 4).
+APPROACHES = ("prune", "decompose", "prune+decompose")
 
 
 @dataclasses.dataclass
@@ -42,11 +45,12 @@ class CompressionReport:
 
     Attributes:
         model_name: Name of the original model.
-        criterion: Filter criterion used.
-        allocation: Allocation used (its name).
-        metrics: Stage (`"original"`, `"pruned"`, `"distilled"`, `"finetuned"`) ->
-            the `evaluate` results on the validation data (loss and every
-            compiled metric); a stage that did not run is absent.
+        criterion: Filter criterion used (`"none"` without pruning).
+        allocation: Allocation used (its name; `"none"` without pruning).
+        metrics: Stage (`"original"`, `"pruned"` - right after pruning and/or
+            decomposition -, `"distilled"`, `"finetuned"`) -> the `evaluate`
+            results on the validation data (loss and every compiled metric); a
+            stage that did not run is absent.
         params: `{"original": n, "slim": n}`.
         macs: `{"original": n, "slim": n}` (per sample, see `hos_keras.profile`).
         latency_ms: `{"original": {batch: ms}, "slim": {batch: ms}}`, time of
@@ -62,7 +66,11 @@ class CompressionReport:
         details: What the allocation reported (e.g. the coefficient a target
             search found and the reduction it achieved).
         plan: The `PruningPlan` (not part of `to_dict`; save it with
-            `plan.to_json()`).
+            `plan.to_json()`); `None` for `approach="decompose"`.
+        approach: `"prune"`, `"decompose"` or `"prune+decompose"`.
+        decomposition: `hos_keras.DecompositionReport.to_dict()` of the low-rank
+            step (per-layer ranks, kernel and output errors, params and MACs), or
+            `None` without one.
     """
 
     model_name: str
@@ -79,6 +87,8 @@ class CompressionReport:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     tflite_latency_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     plan: PruningPlan | None = dataclasses.field(default=None, repr=False)
+    approach: str = "prune"
+    decomposition: dict[str, Any] | None = None
 
     def accuracy(self, stage: str) -> float | None:
         """The accuracy metric of a stage, or None if it was not measured.
@@ -188,10 +198,15 @@ class CompressionReport:
             rows.append(("TFLite latency b1 (ms)", self.tflite_latency_ms))
         rows.append((".keras file (bytes)", self.file_bytes))
         header = f"{'':<22}{'original':>14}{'slim':>14}{'ratio':>9}"
-        print_fn(
-            f"Compression of {self.model_name!r}: criterion={self.criterion}, "
-            f"allocation={self.allocation}"
-        )
+        how = []
+        if self.approach != "decompose":
+            how.append(f"criterion={self.criterion}, allocation={self.allocation}")
+        if self.decomposition is not None:
+            how.append(
+                f"decomposition={self.decomposition['method']} (factor "
+                f"{self.decomposition['factor']:g})"
+            )
+        print_fn(f"Compression of {self.model_name!r}: {', '.join(how)}")
         print_fn("-" * len(header))
         print_fn(header)
         print_fn("-" * len(header))
@@ -202,7 +217,11 @@ class CompressionReport:
         print_fn("-" * len(header))
         stages = {
             "original": "original",
-            "pruned": "right after pruning",
+            "pruned": {
+                "prune": "right after pruning",
+                "decompose": "right after decomposition",
+                "prune+decompose": "right after both",
+            }[self.approach],
             "distilled": "after distillation",
             "finetuned": "after fine-tuning",
         }
@@ -214,6 +233,10 @@ class CompressionReport:
                 extra = "" if loss is None else f"  (loss {loss:.4f})"
                 print_fn(f"accuracy {label:<22}{shown:>10}{extra}")
         print_fn("-" * len(header))
+        if self.decomposition is not None:
+            self._decomposition_table(print_fn)
+        if not self.layers:
+            return
         width = max([len("layer")] + [len(layer["name"]) for layer in self.layers])
         print_fn(
             f"{'layer':<{width + 2}}{'channels':>9}{'kept':>7}{'ratio':>7}{'T':>10}"
@@ -225,6 +248,22 @@ class CompressionReport:
                 f"{layer['name']:<{width + 2}}{layer['channels']:>9}"
                 f"{layer['kept']:>7}{layer['ratio']:>7.2f}{shown:>10}"
             )
+
+    def _decomposition_table(self, print_fn) -> None:
+        layers = self.decomposition["layers"]
+        width = max([len("decomposed layer")] + [len(n) for n in layers])
+        print_fn(
+            f"{'decomposed layer':<{width + 2}}{'ranks':>10}{'kernel err':>12}"
+            f"{'params':>10}{'->':>4}{'':>8}"
+        )
+        for name, entry in layers.items():
+            ranks = "x".join(str(r) for r in entry["ranks"])
+            params = entry["params"]
+            print_fn(
+                f"{name:<{width + 2}}{ranks:>10}{entry['kernel_error']:>12.4f}"
+                f"{params['original']:>10,}{'->':>4}{params['decomposed']:>8,}"
+            )
+        print_fn("-" * (width + 44))
 
 
 def _fmt(value) -> str:
@@ -422,10 +461,15 @@ def compress(
     train_data,
     val_data,
     *,
+    approach: str = "prune",
     target: float | None = None,
     target_latency: float | None = None,
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
+    decompose_method: str = "tucker2",
+    decompose_factor: float = 1.71,
+    decompose_ranks=None,
+    decompose_layers: Sequence[str] | None = None,
     criterion="k34",
     allocation="shapiro",
     scope="all",
@@ -455,10 +499,14 @@ def compress(
     verbose: int = 1,
     **allocation_options,
 ) -> tuple[keras.Model, CompressionReport]:
-    """Prunes, slims, distills and fine-tunes a model; reports before and after.
+    """Prunes and/or decomposes, distills and fine-tunes a model; reports both.
 
-    1. Plans the pruning on the model's weights (`plan_pruning`: criterion,
-       allocation or a MACs `target`) and slims it (`slim_model`).
+    1. Compresses the model by `approach`, the paper's three (METHOD.md section
+       4): `"prune"` (A1) plans the pruning on the model's weights
+       (`plan_pruning`: criterion, allocation or a MACs or latency target) and
+       slims it (`slim_model`); `"decompose"` (A2) replaces its convs by low-rank
+       factorizations (`hos_keras.decompose`); `"prune+decompose"` (A3) prunes,
+       then decomposes the slim model.
     2. Trains the slim student against the unpruned teacher with the task loss,
        the output MSE and the pivot MSEs (`HOSDistiller`, paper section 3.4) for
        `distill_epochs`.
@@ -474,6 +522,10 @@ def compress(
         train_data: `(x, y)` arrays, a batched `tf.data.Dataset` or a
             `keras.utils.PyDataset`.
         val_data: The same kinds, for the accuracies of the report.
+        approach: `"prune"`, `"decompose"` or `"prune+decompose"` (see above).
+            With `"decompose"` the pruning arguments (`target`, `target_latency`,
+            `scope`, `skip`, allocation options) are refused. Defaults to
+            `"prune"`.
         target: Fraction of MACs to remove, in (0, 1): the coefficient of
             `allocation` is searched to reach it (see `TargetAllocation`).
             Defaults to `None` (use `allocation` with its own options).
@@ -487,6 +539,14 @@ def compress(
         latency_model: A ready latency model of `model` for `target_latency`
             (e.g. for another thread count). Defaults to `None` (built for
             `runtime`, or loaded from the cache).
+        decompose_method: `"tucker2"` or `"fga"` (see `hos_keras.decompose`).
+            Defaults to `"tucker2"`.
+        decompose_factor: Compression factor of each decomposed layer. Defaults
+            to `1.71`, the reference's.
+        decompose_ranks: Per-layer ranks, or `"full"` (see `hos_keras.decompose`).
+            Defaults to `None`.
+        decompose_layers: Names of the Conv2D layers to decompose, or `None` for
+            `decompose`'s default selection. Defaults to `None`.
         criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
@@ -581,29 +641,47 @@ def compress(
                 f"Received output_dir={output_dir!r}, which cannot be created "
                 f"({error.strerror}); choose a writable directory."
             ) from error
+    if approach not in APPROACHES:
+        raise InvalidArgumentError(
+            f"Received approach={approach!r}; pass one of {list(APPROACHES)}."
+        )
+    pruning = {
+        "target": target,
+        "target_latency": target_latency,
+        "scope": None if scope == "all" else scope,
+        "skip": skip or None,
+        **allocation_options,
+    }
+    given = [f"{k}={v!r}" for k, v in pruning.items() if v is not None]
+    if approach == "decompose" and given:
+        raise InvalidArgumentError(
+            f"Received approach='decompose' with {', '.join(given)}, which only "
+            "pruning uses; pass approach='prune+decompose' to prune as well."
+        )
     say = print if verbose else (lambda *_: None)
-    allocator, options = _resolve_allocation(
-        allocation, target, allocation_options, target_latency
-    )
-
-    plan = plan_pruning(
-        model,
-        criterion,
-        allocator,
-        min_channels=min_channels,
-        round_to=round_to,
-        seed=seed,
-        scope=scope,
-        skip=skip,
-        runtime=runtime,
-        latency_model=latency_model,
-        **options,
-    )
-    say(
-        f"[hos_keras] plan: {len(plan.groups)} channel groups, MACs "
-        f"{plan.macs_before:,} -> {plan.macs_after:,} "
-        f"({plan.macs_reduction:.1%} fewer)"
-    )
+    plan = None
+    if approach != "decompose":
+        allocator, options = _resolve_allocation(
+            allocation, target, allocation_options, target_latency
+        )
+        plan = plan_pruning(
+            model,
+            criterion,
+            allocator,
+            min_channels=min_channels,
+            round_to=round_to,
+            seed=seed,
+            scope=scope,
+            skip=skip,
+            runtime=runtime,
+            latency_model=latency_model,
+            **options,
+        )
+        say(
+            f"[hos_keras] plan: {len(plan.groups)} channel groups, MACs "
+            f"{plan.macs_before:,} -> {plan.macs_after:,} "
+            f"({plan.macs_reduction:.1%} fewer)"
+        )
     probabilities = _outputs_probabilities(model)
     if loss is None:
         loss = getattr(
@@ -617,7 +695,25 @@ def compress(
     # state, so its .keras file holds no optimizer slots.
     teacher = type(model).from_config(model.get_config())
     teacher.set_weights(model.get_weights())
-    student = surgery.slim_model(model, plan)
+    student = model if plan is None else surgery.slim_model(model, plan)
+    decomposition = None
+    if approach != "prune":
+        student, decomposed = decompose(
+            student,
+            decompose_method,
+            decompose_factor,
+            decompose_ranks,
+            decompose_layers,
+            data=keras.tree.map_structure(lambda a: a[:32], _first_inputs(val_data)),
+            return_report=True,
+            seed=seed or 0,
+        )
+        decomposition = decomposed.to_dict()
+        say(
+            f"[hos_keras] decomposed {len(decomposed.layers)} layers "
+            f"({decompose_method}), MACs {decomposed.macs['original']:,} -> "
+            f"{decomposed.macs['decomposed']:,}"
+        )
 
     def evaluate(net, stage):
         say(f"[hos_keras] evaluating: {stage}")
@@ -626,7 +722,13 @@ def compress(
         )
 
     results = {"original": evaluate(teacher, "original")}
-    results["pruned"] = evaluate(student, "right after pruning")
+    results["pruned"] = evaluate(
+        student,
+        "right after "
+        + {"prune": "pruning", "decompose": "decomposition"}.get(
+            approach, "pruning and decomposition"
+        ),
+    )
 
     if pivots == "auto":
         try:
@@ -718,8 +820,8 @@ def compress(
         }
     report = CompressionReport(
         model_name=model.name,
-        criterion=plan.criterion,
-        allocation=plan.allocation,
+        criterion="none" if plan is None else plan.criterion,
+        allocation="none" if plan is None else plan.allocation,
         metrics=results,
         params={"original": before["params"], "slim": after["params"]},
         macs={"original": before["macs"], "slim": after["macs"]},
@@ -734,16 +836,19 @@ def compress(
                 "ratio": float(g.ratio),
                 "statistic": None if g.statistic is None else float(g.statistic),
             }
-            for g in plan.groups.values()
+            for g in (plan.groups.values() if plan is not None else ())
         ],
         pivots=list(pivots or []),
         history=history,
-        details=dict(plan.details),
+        details={} if plan is None else dict(plan.details),
         plan=plan,
+        approach=approach,
+        decomposition=decomposition,
     )
-    if output_dir is not None:
+    if output_dir is not None and plan is not None:
         with open(os.path.join(output_dir, "plan.json"), "w", encoding="utf-8") as f:
             f.write(plan.to_json())
+    if output_dir is not None:
         with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
             f.write(report.to_json())
     if verbose:

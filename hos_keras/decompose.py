@@ -56,7 +56,7 @@ from hos_keras.errors import (
 from hos_keras.profile import profile
 from hos_keras.surgery import _rebuild, _Replay
 
-__all__ = ["DecompositionReport", "decompose"]
+__all__ = ["DecompositionReport", "decompose", "factor_for_macs"]
 
 METHODS = ("tucker2", "fga")
 # The default selection: Conv2D with a kernel larger than 1x1, groups == 1 and at
@@ -210,6 +210,82 @@ def decompose(
     return new_model, _report(
         model, source, new_model, top, factorized, method, factor, data, seed
     )
+
+
+def factor_for_macs(
+    model: keras.Model,
+    macs_reduction: float,
+    method: str = "tucker2",
+    layers: Sequence[str] | None = None,
+    *,
+    precision: float = 0.01,
+) -> float:
+    """A compression factor whose decomposition removes `macs_reduction` of MACs.
+
+    Bisects the factor X of `decompose` (on a log scale, between 1 and 1024)
+    until the decomposed model has at most `1 - macs_reduction` of the model's
+    MACs (`hos_keras.profile`), e.g. to compare a decomposition with a pruning
+    plan at the same MACs. For Tucker-2, whose ranks fall monotonically with X,
+    this is the smallest such factor (to `precision`); FGA picks its groups by
+    kernel error, so its MACs need not be monotone in X and the factor is one
+    that reaches the target. Each step decomposes without HOOI iterations (the
+    ranks depend on the factor alone), so it costs a rebuild of the model.
+
+    Args:
+        model: A built functional or Sequential model.
+        macs_reduction: Fraction of the whole model's MACs to remove, in (0, 1).
+        method: `"tucker2"` or `"fga"`. Defaults to `"tucker2"`.
+        layers: The layers to decompose, as in `decompose`. Defaults to `None`.
+        precision: Relative precision of the factor. Defaults to `0.01`.
+
+    Returns:
+        The factor, to pass to `decompose(model, method, factor)`.
+
+    Raises:
+        InvalidArgumentError: for a reduction outside (0, 1), or one that even
+            rank-1 factors of the selected layers cannot reach (the message gives
+            the largest reachable reduction).
+
+    Example:
+
+    ```python
+    factor = hos_keras.factor_for_macs(model, 0.5)
+    small = hos_keras.decompose(model, factor=factor)   # about 2x fewer MACs
+    ```
+    """
+    if not (isinstance(macs_reduction, numbers.Real) and 0.0 < macs_reduction < 1.0):
+        raise InvalidArgumentError(
+            f"Received macs_reduction={macs_reduction!r}; pass a fraction in (0, "
+            "1), e.g. 0.5 for half the MACs."
+        )
+    if not (isinstance(precision, numbers.Real) and precision > 0):
+        raise InvalidArgumentError(
+            f"Received precision={precision!r}; pass a number > 0, e.g. 0.01."
+        )
+    budget = (1.0 - macs_reduction) * profile(model)["macs"]
+
+    def macs(factor: float) -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small = decompose(model, method, factor, layers=layers, max_iter=0)
+        return profile(small)["macs"]
+
+    low, high = 1.0, 1024.0
+    least = macs(high)
+    if least > budget:
+        raise InvalidArgumentError(
+            f"Cannot reach macs_reduction={macs_reduction}: decomposing the "
+            f"selected layers by {method} removes at most "
+            f"{1 - least / profile(model)['macs']:.1%} of the MACs. Ask for less or "
+            "select more layers."
+        )
+    while high / low > 1.0 + precision:
+        middle = math.sqrt(low * high)
+        if macs(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 # Selection and ranks -----------------------------------------------------------

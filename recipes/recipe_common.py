@@ -57,6 +57,20 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
         "merge, the paper's scope)",
     )
     p.add_argument("--skip", nargs="*", metavar="PATTERN", help="layers never pruned")
+    p.add_argument(
+        "--approach",
+        choices=["prune", "decompose", "prune+decompose"],
+        default="prune",
+        help="the paper's A1 (prune), A2 (Tucker-2 decomposition only) or A3 "
+        "(prune, then decompose) (default: prune)",
+    )
+    p.add_argument(
+        "--decompose-factor",
+        type=float,
+        default=1.71,
+        help="compression factor of each decomposed conv (default: 1.71, the "
+        "reference's)",
+    )
     p.add_argument("--steps", type=int, help="batches per epoch (quick runs)")
     p.add_argument(
         "--latency-runs", type=int, help="timed calls per model (0: no timing)"
@@ -73,6 +87,8 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
             "distill_decay_epochs": (),
             "finetune_nesterov": True,
             "full_distill_epochs": defaults.get("distill_epochs"),
+            # To tell a pruning flag the user gave from the recipe's own value.
+            "recipe_defaults": dict(defaults),
             **defaults,
         }
     )
@@ -166,13 +182,32 @@ def compress_and_report(model, train, val, args, **settings):
         settings["target"] = args.target
     elif args.coefficient is not None:
         settings["coefficient"] = args.coefficient
+    pruning = {"criterion": args.criterion, "scope": args.scope, "skip": args.skip}
+    if args.approach == "decompose":
+        given = [
+            k
+            for k in ("target", "coefficient")
+            if k in settings and settings[k] != args.recipe_defaults.get(k)
+        ]
+        if given:
+            raise SystemExit(
+                f"[recipe] --{given[0]} prunes; with --approach decompose nothing "
+                "is pruned. Use --approach prune+decompose, or drop it."
+            )
+        # The recipe's pruning settings do not apply to a decomposition alone.
+        pruning = {}
+        settings = {
+            k: v
+            for k, v in settings.items()
+            if k not in ("allocation", "target", "coefficient")
+        }
     slim, report = hos_keras.compress(
         model,
         train,
         val,
-        criterion=args.criterion,
-        scope=args.scope,
-        skip=args.skip,
+        approach=args.approach,
+        decompose_factor=args.decompose_factor,
+        **pruning,
         distill_epochs=args.distill_epochs,
         finetune_epochs=args.finetune_epochs,
         distill_optimizer=keras.optimizers.SGD(
@@ -188,6 +223,12 @@ def compress_and_report(model, train, val, args, **settings):
         verbose=2,
         **settings,
     )
+    if args.approach == "decompose":
+        print(
+            f"[recipe] saved {os.path.join(args.output_dir, 'slim.keras')} and "
+            "report.json"
+        )
+        return slim, report
     plot = os.path.join(args.output_dir, "layers.png")
     report.plot(plot)
     print(

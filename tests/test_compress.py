@@ -315,3 +315,80 @@ def test_learning_rate_schedules_reach_the_optimizer():
         hos_keras.compress(cnn, images, images, distill_lr_schedule=0.1)
     with pytest.raises(InvalidArgumentError, match="returned nan for epoch 0"):
         hos_keras.compress(cnn, images, images, finetune_lr_schedule=lambda e: np.nan)
+
+
+# The paper's approaches A2 (decompose only) and A3 (prune, then decompose).
+
+
+@pytest.mark.parametrize("approach", ["decompose", "prune+decompose"])
+def test_decomposing_approaches_run_end_to_end(approach, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    train, val = _data(64, 0), _data(32, 1)
+    options = {"target": 0.4} if approach == "prune+decompose" else {}
+    slim, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        approach=approach,
+        decompose_factor=2.0,
+        distill_epochs=1,
+        finetune_epochs=0,
+        batch_size=32,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        output_dir=str(tmp_path),
+        verbose=0,
+        **options,
+    )
+    assert report.approach == approach
+    # The student right after compression is what decompose makes of the
+    # (pruned) model on its own: same layers, same accuracy on the data.
+    pruned = model
+    if approach == "prune+decompose":
+        assert report.plan is not None and report.layers
+        pruned = hos_keras.slim_model(model, report.plan)
+    else:
+        assert report.plan is None and report.layers == []
+        assert report.criterion == report.allocation == "none"
+    expected, decomposed = hos_keras.decompose(
+        pruned, factor=2.0, data=val[0][:32], return_report=True
+    )
+    assert [layer.name for layer in slim.layers] == [
+        layer.name for layer in expected.layers
+    ]
+    assert any(layer.name.endswith("_core") for layer in slim.layers)
+    layers = report.decomposition["layers"]
+    assert layers.keys() == decomposed.layers.keys()
+    for name, entry in decomposed.layers.items():
+        assert tuple(layers[name]["ranks"]) == tuple(entry["ranks"])
+    assert report.accuracy("pruned") == pytest.approx(
+        _accuracy(expected, *val), abs=1e-6
+    )
+    # Distillation matched block outputs found by name in the decomposed student.
+    assert report.pivots and all(slim.get_layer(p) for p in report.pivots)
+    assert "mse_" + report.pivots[0] in report.history["distill"]
+    # Costs: the report's MACs are the student's, below the pruning alone.
+    assert report.macs["slim"] == hos_keras.profile(slim)["macs"]
+    assert report.macs["slim"] < hos_keras.profile(pruned)["macs"]
+    # The files: a model that loads without custom objects, and the report.
+    loaded = keras.models.load_model(tmp_path / "slim.keras")
+    np.testing.assert_allclose(loaded(val[0][:4]), slim(val[0][:4]), atol=1e-5)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["approach"] == approach and saved["decomposition"]["layers"]
+    assert (tmp_path / "plan.json").exists() == (approach == "prune+decompose")
+
+
+def test_decompose_approach_refuses_pruning_arguments():
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    data = _data(8, 0)
+    with pytest.raises(InvalidArgumentError, match="approach='prune\\+decompose'"):
+        hos_keras.compress(model, data, data, approach="decompose", target=0.5)
+    with pytest.raises(InvalidArgumentError, match="coefficient=3.7"):
+        hos_keras.compress(model, data, data, approach="decompose", coefficient=3.7)
+    with pytest.raises(InvalidArgumentError, match="approach='both'"):
+        hos_keras.compress(model, data, data, approach="both")

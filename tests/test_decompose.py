@@ -291,3 +291,21 @@ def test_a_decomposed_model_plans_and_slims_like_any_other():
     masked = hos_keras.mask_model(decomposed, plan)
     np.testing.assert_allclose(slim(X), masked(X), rtol=1e-4, atol=1e-5)
     assert hos_keras.profile(slim)["macs"] == plan.macs_after
+
+
+@pytest.mark.parametrize("method", ["tucker2", "fga"])
+def test_factor_for_macs_is_the_least_factor_that_reaches_the_target(method):
+    model = _small_model()
+    macs = hos_keras.profile(model)["macs"]
+    factor = hos_keras.factor_for_macs(model, 0.3, method, precision=0.01)
+    reached = hos_keras.profile(hos_keras.decompose(model, method, factor))["macs"]
+    assert reached <= 0.7 * macs
+    if method == "tucker2":  # whose MACs fall monotonically with the factor
+        # 2% less compression per layer no longer reaches it.
+        short = hos_keras.profile(hos_keras.decompose(model, method, factor / 1.02))
+        assert short["macs"] > 0.7 * macs
+    with pytest.raises(InvalidArgumentError, match="macs_reduction=1.5"):
+        hos_keras.factor_for_macs(model, 1.5)
+    # Only conv_a decomposed: rank-1 factors cannot remove 99% of the MACs.
+    with pytest.raises(InvalidArgumentError, match="removes at most"):
+        hos_keras.factor_for_macs(model, 0.99, layers=["conv_a"])

@@ -123,6 +123,22 @@ def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
     )
     assert "reusing the baseline" in capsys.readouterr().out
     assert (out / "baseline.keras").stat().st_mtime_ns == baseline
+    # The paper's A2 and A3 from the command line, on the same baseline.
+    quick = ["--distill-epochs", "1", "--finetune-epochs", "0", "--latency-runs", "0"]
+    for approach in ("decompose", "prune+decompose"):
+        slim, report = recipe.main([*args, *quick, "--approach", approach])
+        assert report.approach == approach and report.decomposition["layers"]
+        assert any(layer.name.endswith("_core") for layer in slim.layers)
+        assert report.macs["slim"] < report.macs["original"]
+        assert (report.plan is None) == (approach == "decompose")
+        assert report.pivots == ["stage1_block3_out", "stage2_block3_out"]
+        saved = json.loads((out / "report.json").read_text())
+        assert saved["approach"] == approach
+    text = capsys.readouterr().out
+    assert "accuracy right after decomposition" in text
+    assert "accuracy right after both" in text
+    with pytest.raises(SystemExit, match=r"--approach prune\+decompose"):
+        recipe.main([*args, *quick, "--approach", "decompose", "--target", "0.4"])
 
 
 @pytest.mark.slow
