@@ -24,10 +24,12 @@ always the first to go and no NaN ever reaches a ranking.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+import keras
 import numpy as np
 
 from hos_keras import stats
@@ -39,8 +41,13 @@ from hos_keras.errors import (
 
 __all__ = [
     "LEAST_INFORMATIVE_SCORE",
+    "BNScaleCriterion",
     "Criterion",
     "CumulantCriterion",
+    "FPGMCriterion",
+    "GroupCriterion",
+    "GroupView",
+    "LAMPCriterion",
     "NormCriterion",
     "RandomCriterion",
     "criterion_names",
@@ -69,6 +76,143 @@ class Criterion(Protocol):
 _CUMULANT_STATISTICS = ("k3", "k4", "k34", "skew", "kurtosis", "skew_kurtosis")
 _MIN_SAMPLES = {"k3": 3, "k4": 4, "k34": 4, "skew": 2, "kurtosis": 2}
 _MIN_SAMPLES["skew_kurtosis"] = 2
+
+
+@dataclasses.dataclass
+class GroupView:
+    """What a group criterion sees of one channel group.
+
+    Every array of positions maps a layer's channel index to the group channel it
+    carries (`-1`: a channel from outside the group, e.g. the other input of a
+    concatenation).
+
+    Attributes:
+        name: The group's name (its first producer's).
+        channels: Number of channels of the group; scores come one per channel.
+        producers: Producer name -> `(filters, positions)`: its
+            `(weights_per_filter, n_filters)` matrix (`hos_keras.filter_matrix`)
+            and the group position of each filter.
+        per_channel: Name -> `(layer, positions)` for the layers acting on each
+            channel alone that the group's channels pass through
+            (BatchNormalization, DepthwiseConv, PReLU, ...), positions indexed by
+            the layer's channel.
+        consumers: Name -> `(layer, positions)` for the layers whose input
+            channels are the group's (their input rows lose slices), positions
+            indexed by input channel.
+    """
+
+    name: str
+    channels: int
+    producers: dict[str, tuple[np.ndarray, np.ndarray]]
+    per_channel: dict[str, tuple[Any, np.ndarray]]
+    consumers: dict[str, tuple[Any, np.ndarray]]
+
+    def gather(self, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Per group channel, the mean of `values` (one per layer channel) over
+        the layer channels carrying it; NaN for group channels it does not carry.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        total = np.zeros(self.channels)
+        count = np.zeros(self.channels)
+        inside = positions >= 0
+        np.add.at(total, positions[inside], values[inside])
+        np.add.at(count, positions[inside], 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+class GroupCriterion:
+    """Base class of criteria that score a whole channel group at once.
+
+    A plain criterion scores one producer's filter matrix and the planner
+    combines the producers of a group (`group_reduction`). A group criterion
+    instead gets a `GroupView`: the producers' filters, the per-channel layers
+    (e.g. the BatchNormalization after a conv) and the consumers' input rows,
+    all mapped to the group's channels, as Torch-Pruning's group importance
+    does. Subclass it and implement `score_group`; `register_criterion` and
+    `plan_pruning(criterion=...)` take it like any other criterion.
+
+    Example:
+
+    ```python
+    class ConsumerL1(hos_keras.criteria.GroupCriterion):
+        name = "consumer_l1"
+
+        def score_group(self, group):
+            # The L1 norm of the weights that read each channel.
+            parts = [group.gather(np.abs(layer.kernel).sum(axis=(0, 1, 3)), at)
+                     for layer, at in group.consumers.values()]
+            return np.nanmean(parts, axis=0)
+    ```
+    """
+
+    name = "group"
+
+    def score_group(self, group: GroupView) -> np.ndarray:
+        """One finite score per channel of `group`; the lowest go first."""
+        raise NotImplementedError
+
+    def __call__(self, filters: np.ndarray) -> np.ndarray:
+        raise ArgumentTypeError(
+            f"Criterion {self.name!r} scores whole channel groups "
+            "(GroupCriterion.score_group); use it through plan_pruning, not on a "
+            "single filter matrix."
+        )
+
+
+class BNScaleCriterion(GroupCriterion):
+    """Scores channels by |gamma| of the BatchNormalization they pass through.
+
+    Network slimming (Liu, Li, Shen, Huang, Yan, Zhang, "Learning Efficient
+    Convolutional Networks through Network Slimming", ICCV 2017): the scale of a
+    channel's batch normalization says how much it contributes. A channel
+    normalized several times (a residual stream) gets the mean of its |gamma|.
+    Groups that pass through no BatchNormalization (e.g. Dense layers) are scored
+    by the L1 norm of their producers' filters instead (`fallback`), on its own
+    scale: with a global allocation compare such groups with care.
+
+    Args:
+        fallback: Criterion name for groups without BatchNormalization, or
+            `None` to raise an error naming the group. Defaults to `"l1"`.
+    """
+
+    name = "bn_scale"
+
+    def __init__(self, fallback: str | None = "l1"):
+        self.fallback = fallback
+
+    def score_group(self, group: GroupView) -> np.ndarray:
+        gammas = []
+        for layer, positions in group.per_channel.values():
+            gamma = getattr(layer, "gamma", None)
+            if not isinstance(layer, keras.layers.BatchNormalization) or gamma is None:
+                continue
+            gammas.append(group.gather(np.abs(np.asarray(gamma)), positions))
+        if gammas:
+            stacked = np.stack(gammas)
+            carried = np.isfinite(stacked).any(axis=0)
+            if carried.all():
+                return np.nanmean(stacked, axis=0)
+        if self.fallback is None:
+            raise InvalidArgumentError(
+                f"Criterion 'bn_scale': channel group {group.name!r} does not pass "
+                "through a BatchNormalization with a scale. Leave it out of "
+                "pruning (skip=[...]) or use BNScaleCriterion(fallback='l1')."
+            )
+        scorer = get_criterion(self.fallback)
+        return _producer_mean(group, scorer)
+
+    def __repr__(self) -> str:
+        return f"BNScaleCriterion(fallback={self.fallback!r})"
+
+
+def _producer_mean(group: GroupView, scorer) -> np.ndarray:
+    """A plain criterion's scores of the group's producers, averaged per channel."""
+    parts = [
+        group.gather(scorer(filters), positions)
+        for filters, positions in group.producers.values()
+    ]
+    return np.nanmean(np.stack(parts), axis=0)
 
 
 class CumulantCriterion:
@@ -165,6 +309,70 @@ class NormCriterion:
 
     def __repr__(self) -> str:
         return f"NormCriterion(order={self.order})"
+
+
+class FPGMCriterion:
+    """Scores filters by their distance to the other filters of the layer.
+
+    Filter pruning via geometric median (He, Liu, Wang, Hu, Yang, CVPR 2019): the
+    filters nearest the layer's geometric median are the ones the others can
+    stand in for, so they go first whatever their norm. As in the paper's code,
+    each filter's score is its summed Euclidean distance to every other filter
+    of the layer (the geometric median minimises that sum, so the lowest scores
+    are the filters closest to it).
+
+    Example:
+
+    ```python
+    scores = FPGMCriterion()(filter_matrix(model.get_layer("conv1")))
+    ```
+    """
+
+    name = "fpgm"
+
+    def __call__(self, filters: np.ndarray) -> np.ndarray:
+        filters = _check_filters(filters).astype(np.float64, copy=False)
+        norms = np.einsum("ij,ij->j", filters, filters)
+        squared = norms[:, None] + norms[None, :] - 2.0 * (filters.T @ filters)
+        return np.sqrt(np.maximum(squared, 0.0)).sum(axis=1)
+
+    def __repr__(self) -> str:
+        return "FPGMCriterion()"
+
+
+class LAMPCriterion:
+    """Layer-adaptive magnitude scores of filters, comparable across layers.
+
+    LAMP (Lee, Park, Mo, Ahn, Shin, "Layer-adaptive Sparsity for the
+    Magnitude-based Pruning", ICLR 2021), applied to whole filters: with the
+    filters' squared L2 norms n sorted ascending, a filter's score is its n over
+    the sum of the n of every filter at least as large. Within a layer the order
+    is the norm's; across layers the scores are on one scale (the largest filter
+    of every layer scores 1), which is what a global allocation
+    (`allocation="global"`) ranks.
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(model, criterion="lamp", allocation="global",
+                                  fraction=0.4)
+    ```
+    """
+
+    name = "lamp"
+
+    def __call__(self, filters: np.ndarray) -> np.ndarray:
+        filters = _check_filters(filters).astype(np.float64, copy=False)
+        norms = np.einsum("ij,ij->j", filters, filters)
+        order = np.argsort(norms, kind="stable")
+        tail = np.cumsum(norms[order][::-1])[::-1]  # sum of this and larger ones
+        scores = np.empty_like(norms)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores[order] = np.where(tail > 0, norms[order] / tail, 0.0)
+        return scores
+
+    def __repr__(self) -> str:
+        return "LAMPCriterion()"
 
 
 class RandomCriterion:
@@ -287,3 +495,6 @@ for _statistic in _CUMULANT_STATISTICS:
 register_criterion("l1", lambda: NormCriterion(1))
 register_criterion("l2", lambda: NormCriterion(2))
 register_criterion("random", lambda seed=0: RandomCriterion(seed))
+register_criterion("fpgm", FPGMCriterion)
+register_criterion("bn_scale", BNScaleCriterion)
+register_criterion("lamp", LAMPCriterion)

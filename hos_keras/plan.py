@@ -938,7 +938,22 @@ def _producer_positions(group, channel_graph) -> list[np.ndarray]:
 
 
 def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarray:
-    """One score per group channel: the producers' filter scores, combined."""
+    """One score per group channel: the producers' filter scores, combined; or a
+    group criterion's scores of the whole group."""
+    if isinstance(scorer, criteria.GroupCriterion):
+        view = _group_view(group, channel_graph, filters)
+        try:
+            values = np.asarray(scorer.score_group(view), dtype=np.float64)
+        except HOSKerasError as error:
+            raise type(error)(f"Channel group {group.name!r}: {error}") from None
+        if values.shape != (group.channels,) or not np.all(np.isfinite(values)):
+            raise InvalidArgumentError(
+                f"Criterion {scorer!r} returned scores of shape {values.shape} "
+                f"for channel group {group.name!r}, finite: "
+                f"{bool(np.all(np.isfinite(values)))}; a group criterion must "
+                f"return {group.channels} finite scores."
+            )
+        return values
     position = {c: k for k, c in enumerate(channel_graph.classes[group.name].tolist())}
     collected: list[list[float]] = [[] for _ in range(group.channels)]
     for producer in group.producers:
@@ -947,6 +962,41 @@ def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarra
             collected[position[cls]].append(values[j])
     combine = _REDUCTIONS[reduction]
     return np.array([combine(v) for v in collected], dtype=np.float64)
+
+
+def _group_view(group, channel_graph, filters) -> criteria.GroupView:
+    """The group as a group criterion sees it (see `criteria.GroupView`)."""
+    position = {c: k for k, c in enumerate(channel_graph.classes[group.name].tolist())}
+
+    def positions(classes: np.ndarray) -> np.ndarray:
+        return np.array([position.get(c, -1) for c in classes.tolist()], np.int64)
+
+    producers = {
+        p: (filters[p], positions(channel_graph.outputs[p])) for p in group.producers
+    }
+    per_channel, consumers = {}, {}
+    for member in group.members:
+        if member not in channel_graph.inputs:
+            continue
+        at = positions(channel_graph.inputs[member])
+        if not (at >= 0).any():
+            continue
+        layer = channel_graph.layers[member]
+        # A producer can read its own group too (a residual block's conv reads
+        # the stream it adds to): it is then a consumer as well.
+        if member not in group.producers and isinstance(
+            layer_rules.get_rule(layer), layer_rules.PerChannel
+        ):
+            per_channel[member] = (layer, at)
+        else:
+            consumers[member] = (layer, at)
+    return criteria.GroupView(
+        name=group.name,
+        channels=group.channels,
+        producers=producers,
+        per_channel=per_channel,
+        consumers=consumers,
+    )
 
 
 def _plain(value):

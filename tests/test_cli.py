@@ -181,6 +181,31 @@ def test_prune_with_fixed_and_global_allocations(saved, capsys):
             ]
 
 
+@pytest.mark.parametrize("criterion", ["fpgm", "lamp", "bn_scale"])
+def test_prune_with_the_other_weight_criteria(saved, capsys, criterion):
+    model, path, directory = saved
+    plan_path = directory / f"{criterion}.json"
+    status, _, err = _run(
+        capsys,
+        "prune",
+        path,
+        "--criterion",
+        criterion,
+        "--allocation",
+        "fixed",
+        "--ratio",
+        "0.5",
+        "--out",
+        directory / f"{criterion}.keras",
+        "--plan",
+        plan_path,
+    )
+    assert status == 0, err
+    written = hos_keras.PruningPlan.from_json(plan_path.read_text())
+    assert written == hos_keras.plan_pruning(model, criterion, "fixed", ratio=0.5)
+    assert written.criterion == criterion
+
+
 def test_export_tflite_and_saved_model(saved, capsys):
     model, path, directory = saved
     tflite, saved_dir = directory / "model.tflite", directory / "saved"

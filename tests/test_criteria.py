@@ -210,3 +210,117 @@ def test_nested_model_layers_are_scored_with_qualified_names():
     out = layers.Dense(2, name="head")(x)
     scores = hos_keras.score_filters(keras.Model(outer_in, out))
     assert set(scores) == {"backbone/inner_conv", "head"}
+
+
+# FPGM, LAMP and the group criteria (bn_scale, user-defined).
+
+
+def test_fpgm_is_the_summed_distance_to_the_other_filters():
+    filters = np.random.default_rng(3).normal(size=(18, 7))
+    expected = [
+        sum(np.linalg.norm(filters[:, i] - filters[:, j]) for j in range(7))
+        for i in range(7)
+    ]
+    scores = criteria.get_criterion("fpgm")(filters)
+    np.testing.assert_allclose(scores, expected, rtol=1e-7)
+    # A filter at the centre of the others is the one to go, not the smallest.
+    spread = np.array([[0.0, 4.0, -4.0, 0.0, 0.1], [0.0, 0.0, 0.0, 4.0, 0.1]]) + 10
+    assert int(np.argmin(criteria.get_criterion("fpgm")(spread))) == 4
+
+
+def test_lamp_divides_each_norm_by_the_norms_at_least_as_large():
+    filters = np.array([[1.0, 0.0, 2.0, 0.5], [1.0, 3.0, 0.0, 0.5]])
+    norms = [2.0, 9.0, 4.0, 0.5]  # squared L2 norms of the columns
+    expected = [n / sum(m for m in norms if m >= n) for n in norms]
+    scores = criteria.get_criterion("lamp")(filters)
+    np.testing.assert_allclose(scores, expected)
+    assert scores.max() == 1.0  # the largest filter of every layer scores 1
+    assert list(np.argsort(scores)) == list(np.argsort(norms))
+
+
+def _bn_model():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU()(x)
+    y = layers.Conv2D(6, 3, padding="same", name="c2")(x)
+    y = layers.BatchNormalization(name="bn2")(y)
+    x = layers.Add(name="add")([x, y])  # c1 and c2 share one group
+    x = layers.Conv2D(5, 1, name="c3")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dense(4, name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(2, name="out")(x))
+    rng = np.random.default_rng(0)
+    for name in ("bn1", "bn2"):
+        gamma = model.get_layer(name).gamma
+        gamma.assign(rng.normal(size=gamma.shape).astype("float32"))
+    return model
+
+
+def test_bn_scale_scores_channels_by_the_mean_gamma_of_their_batch_norms():
+    model = _bn_model()
+    plan = hos_keras.plan_pruning(
+        model, criterion="bn_scale", allocation="fixed", ratio=0.5
+    )
+    gamma1 = np.abs(model.get_layer("bn1").gamma.numpy())
+    gamma2 = np.abs(model.get_layer("bn2").gamma.numpy())
+    group = plan["c1"]
+    assert set(group.producers) == {"c1", "c2"}
+    np.testing.assert_allclose(group.scores, (gamma1 + gamma2) / 2, rtol=1e-6)
+    assert sorted(group.keep.tolist()) == sorted(
+        np.argsort(-(gamma1 + gamma2))[:3].tolist()
+    )
+    # c3 and hidden have no batch norm: the L1 norm of their filters.
+    c3 = model.get_layer("c3").kernel.numpy()
+    np.testing.assert_allclose(
+        plan["c3"].scores, np.abs(c3).sum(axis=(0, 1, 2)), rtol=1e-6
+    )
+    with pytest.raises(InvalidArgumentError, match="'c3'.*skip"):
+        hos_keras.plan_pruning(
+            model,
+            criterion=criteria.BNScaleCriterion(fallback=None),
+            allocation="fixed",
+            ratio=0.5,
+        )
+    with pytest.raises(ArgumentTypeError, match="whole channel groups"):
+        hos_keras.score_filters(model, criterion="bn_scale")
+
+
+def test_a_user_group_criterion_sees_producers_batch_norms_and_consumers():
+    model = _bn_model()
+    seen = {}
+
+    class ConsumerL1(criteria.GroupCriterion):
+        name = "consumer_l1"
+
+        def score_group(self, group):
+            seen[group.name] = group
+            parts = [
+                group.gather(np.abs(layer.kernel.numpy()).sum(axis=(0, 1, 3)), at)
+                for layer, at in group.consumers.values()
+                if len(layer.kernel.shape) == 4
+            ] or [np.arange(group.channels, dtype=float)]
+            return np.nanmean(parts, axis=0)
+
+    plan = hos_keras.plan_pruning(
+        model, criterion=ConsumerL1(), allocation="fixed", ratio=0.5
+    )
+    group = seen["c1"]
+    assert set(group.producers) == {"c1", "c2"}
+    assert set(group.per_channel) == {"bn1", "bn2"}
+    # c2 reads c1's channels directly, c3 reads the sum.
+    assert set(group.consumers) == {"c2", "c3"}
+    for _, positions in group.producers.values():
+        assert sorted(positions.tolist()) == list(range(6))
+    reads = [
+        np.abs(model.get_layer(n).kernel.numpy()).sum(axis=(0, 1, 3))
+        for n in ("c2", "c3")
+    ]
+    np.testing.assert_allclose(plan["c1"].scores, np.mean(reads, axis=0), rtol=1e-6)
+
+    class Wrong(criteria.GroupCriterion):
+        def score_group(self, group):
+            return np.zeros(group.channels + 1)
+
+    with pytest.raises(InvalidArgumentError, match="must return 6 finite scores"):
+        hos_keras.plan_pruning(model, criterion=Wrong(), allocation="fixed", ratio=0.5)
