@@ -41,6 +41,7 @@ from hos_keras.errors import (
 
 __all__ = [
     "LEAST_INFORMATIVE_SCORE",
+    "ActivationCriterion",
     "BNScaleCriterion",
     "Criterion",
     "CumulantCriterion",
@@ -99,6 +100,11 @@ class GroupView:
         consumers: Name -> `(layer, positions)` for the layers whose input
             channels are the group's (their input rows lose slices), positions
             indexed by input channel.
+        activations: Producer name -> `hos_keras.calibration.ChannelStatistics`
+            of its output channels on the calibration data (`plan_pruning(...,
+            data=...)`), for criteria whose `statistics` ask for them; else empty.
+        macs_per_channel: MACs the model saves per channel of the group removed,
+            for criteria with `needs_macs`; else `None`.
     """
 
     name: str
@@ -106,6 +112,8 @@ class GroupView:
     producers: dict[str, tuple[np.ndarray, np.ndarray]]
     per_channel: dict[str, tuple[Any, np.ndarray]]
     consumers: dict[str, tuple[Any, np.ndarray]]
+    activations: dict[str, Any] = dataclasses.field(default_factory=dict)
+    macs_per_channel: float | None = None
 
     def gather(self, values: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Per group channel, the mean of `values` (one per layer channel) over
@@ -147,6 +155,10 @@ class GroupCriterion:
     """
 
     name = "group"
+    # Calibration statistics the criterion reads from `GroupView.activations`
+    # (see `hos_keras.calibration.STATISTICS`); empty for weight criteria.
+    statistics: tuple[str, ...] = ()
+    needs_macs = False
 
     def score_group(self, group: GroupView) -> np.ndarray:
         """One finite score per channel of `group`; the lowest go first."""
@@ -204,6 +216,98 @@ class BNScaleCriterion(GroupCriterion):
 
     def __repr__(self) -> str:
         return f"BNScaleCriterion(fallback={self.fallback!r})"
+
+
+# Each activation criterion and the calibration statistics it reads.
+_ACTIVATION_KINDS = {
+    "dfs": ("std",),
+    "sfs": ("cosine",),
+    "taylor": ("taylor",),
+    "fisher": ("fisher",),
+    "activation_k3": ("power",),
+    "activation_k4": ("power",),
+    "activation_k34": ("power",),
+}
+
+
+class ActivationCriterion(GroupCriterion):
+    """Scores channels by their feature maps on calibration data.
+
+    Needs `plan_pruning(..., data=...)` (and optionally `calibration_steps=`):
+    each producer's output maps are accumulated over the batches
+    (`hos_keras.calibration`), and a group's channel gets the mean of its
+    producers' scores (`fisher`: their sum, per MAC saved).
+
+    - `"dfs"`: diversity-aware feature selection (Li et al., IJCAI 2020): the mean
+      over images of each map's spatial standard deviation; flat maps go first.
+    - `"sfs"`: similarity-aware feature selection: minus the largest mean cosine
+      similarity of a channel's maps to another channel's; the most redundant go
+      first (both of a near-identical pair score alike).
+    - `"taylor"`: first-order Taylor (Molchanov et al., ICLR 2017): the mean over
+      images of |sum over positions of a * dL/da|, the loss change the first-order
+      expansion predicts when the map is zeroed.
+    - `"fisher"`: Group Fisher (Liu et al., ICML 2021): the sum over images of
+      (sum over positions of a * dL/da)^2, summed over the group's producers and
+      divided by the MACs one channel of the group costs.
+    - `"activation_k3"`, `"activation_k4"`, `"activation_k34"`: the paper's
+      cumulants (k-statistics, signed as the weight criteria) of each channel's
+      activation values over all images and positions, instead of its weights.
+
+    Args:
+        kind: One of the names above.
+
+    Raises:
+        UnknownNameError: for another kind.
+    """
+
+    def __init__(self, kind: str):
+        if kind not in _ACTIVATION_KINDS:
+            raise UnknownNameError(
+                f"Received kind={kind!r}; pass one of {sorted(_ACTIVATION_KINDS)}."
+            )
+        self.kind = kind
+        self.name = kind
+        self.statistics = _ACTIVATION_KINDS[kind]
+        self.needs_macs = kind == "fisher"
+
+    def score_group(self, group: GroupView) -> np.ndarray:
+        missing = [p for p in group.producers if p not in group.activations]
+        if missing:
+            raise InvalidArgumentError(
+                f"Criterion {self.kind!r} scores feature maps and has none for "
+                f"{missing}: pass calibration data, plan_pruning(..., data=(x, y)) "
+                "or a tf.data.Dataset."
+            )
+        parts = [
+            group.gather(self._producer_scores(group.activations[p]), positions)
+            for p, (_, positions) in group.producers.items()
+        ]
+        stacked = np.stack(parts)
+        if self.kind == "fisher":
+            return np.nansum(stacked, axis=0) / max(group.macs_per_channel or 1.0, 1.0)
+        return np.nanmean(stacked, axis=0)
+
+    def _producer_scores(self, sums) -> np.ndarray:
+        images = max(sums.images, 1)
+        if self.kind == "dfs":
+            return sums.std_sum / images
+        if self.kind == "sfs":
+            similarity = sums.cosine_sum / images
+            similarity = similarity - np.diag(np.full(len(similarity), np.inf))
+            if len(similarity) == 1:
+                return np.zeros(1)
+            return -similarity.max(axis=1)
+        if self.kind == "taylor":
+            return sums.taylor_sum / images
+        if self.kind == "fisher":
+            return sums.fisher_sum
+        order = {"activation_k3": (3,), "activation_k4": (4,)}.get(self.kind, (3, 4))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.prod([sums.power.kstat(k) for k in order], axis=0)
+        return np.where(sums.power.degenerate, LEAST_INFORMATIVE_SCORE, score)
+
+    def __repr__(self) -> str:
+        return f"ActivationCriterion({self.kind!r})"
 
 
 def _producer_mean(group: GroupView, scorer) -> np.ndarray:
@@ -497,4 +601,6 @@ register_criterion("l2", lambda: NormCriterion(2))
 register_criterion("random", lambda seed=0: RandomCriterion(seed))
 register_criterion("fpgm", FPGMCriterion)
 register_criterion("bn_scale", BNScaleCriterion)
+for _kind in _ACTIVATION_KINDS:
+    register_criterion(_kind, lambda kind=_kind: ActivationCriterion(kind))
 register_criterion("lamp", LAMPCriterion)

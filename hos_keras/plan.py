@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import criteria, graph, layer_rules
+from hos_keras import calibration, criteria, graph, layer_rules
 from hos_keras import latency as latency_lib
 from hos_keras.errors import (
     HOSKerasError,
@@ -401,6 +401,9 @@ def plan_pruning(
     latency_model: latency_lib.LatencyModel | None = None,
     verify_latency: bool = True,
     latency_corrections: int = 4,
+    data=None,
+    calibration_steps: int | None = None,
+    calibration_loss=None,
     **options,
 ) -> PruningPlan:
     """Plans which output channels of a model to prune.
@@ -456,6 +459,16 @@ def plan_pruning(
             met the target is returned; each round is recorded in
             `plan.details["latency"]["rounds"]`, and `["met"]` says whether any
             did. `0` trusts the model. Defaults to `4`.
+        data: Calibration data for the data-driven criteria (`"dfs"`, `"sfs"`,
+            `"taylor"`, `"fisher"`, `"activation_k34"`, ...; see
+            `criteria.ActivationCriterion`): `(x, y)` arrays or a
+            `tf.data.Dataset` of `(x, y)` batches. Refused with a weight
+            criterion. Defaults to `None`.
+        calibration_steps: Batches of `data` to use; `None` for all. Defaults to
+            `None`.
+        calibration_loss: Loss of the gradient criteria (`taylor`, `fisher`),
+            called as `loss(y, output)` per example; `None` for sparse
+            categorical cross-entropy. Defaults to `None`.
         **options: Arguments of the allocation, e.g. `coefficient=3.7` (P1-P3),
             `fraction=0.32` (global), `ratio=0.3` (fixed),
             `macs_reduction=0.5` or `latency_reduction=0.5` and `base="shapiro"`
@@ -521,8 +534,48 @@ def plan_pruning(
         for g in prunable
         for p in g.producers
     }
+    statistics = getattr(scorer, "statistics", ())
+    if data is not None and not statistics:
+        raise InvalidArgumentError(
+            f"Received data= with criterion={criterion!r}, which scores weights; "
+            "calibration data is for the data-driven criteria (dfs, sfs, taylor, "
+            "fisher, activation_k34, ...). Drop data= or pick one of them."
+        )
+    activations = {}
+    if statistics:
+        nested = [p for p in filters if "/" in p]
+        if nested:
+            raise InvalidArgumentError(
+                f"Criterion {criterion!r} reads the feature maps of top-level "
+                f"layers; {nested[:3]} are inside nested models. Use a weight "
+                "criterion for this model."
+            )
+        activations = calibration.collect(
+            model,
+            list(filters),
+            data,
+            steps=calibration_steps,
+            wanted=statistics,
+            loss=calibration_loss,
+        )
+    base_macs = None
+    if getattr(scorer, "needs_macs", False):
+        base_macs = profile(model)["macs"]
+
+    def macs_per_channel(group) -> float:
+        one_less = {group.name: np.arange(group.channels - 1)}
+        return float(base_macs - _cost(model, channel_graph, one_less)["macs"])
+
     scores = {
-        g.name: _group_scores(g, channel_graph, filters, scorer, group_reduction)
+        g.name: _group_scores(
+            g,
+            channel_graph,
+            filters,
+            scorer,
+            group_reduction,
+            activations,
+            macs_per_channel(g) if base_macs is not None else None,
+        )
         for g in prunable
     }
     # T_min/T_max of stat_range="conv": every convolution of the network, each
@@ -937,11 +990,17 @@ def _producer_positions(group, channel_graph) -> list[np.ndarray]:
     ]
 
 
-def _group_scores(group, channel_graph, filters, scorer, reduction) -> np.ndarray:
+def _group_scores(
+    group, channel_graph, filters, scorer, reduction, activations=None, macs=None
+) -> np.ndarray:
     """One score per group channel: the producers' filter scores, combined; or a
     group criterion's scores of the whole group."""
     if isinstance(scorer, criteria.GroupCriterion):
         view = _group_view(group, channel_graph, filters)
+        view.activations = {
+            p: activations[p] for p in group.producers if p in (activations or {})
+        }
+        view.macs_per_channel = macs
         try:
             values = np.asarray(scorer.score_group(view), dtype=np.float64)
         except HOSKerasError as error:
