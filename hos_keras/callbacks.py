@@ -62,8 +62,9 @@ def _write_atomically(path: str, text: str) -> None:
 
 def _per_step(key: str, value) -> bool:
     """Whether an option holds one value per pruning step: a list or tuple, except
-    `skip`, which is itself a list (one list per step is a list of lists)."""
-    if not isinstance(value, list | tuple):
+    `skip`, which is itself a list (one list per step is a list of lists), and the
+    calibration data, an `(x, y)` pair used at every step."""
+    if key in ("data", "calibration_loss") or not isinstance(value, list | tuple):
         return False
     if key == "skip":
         return bool(value) and all(isinstance(v, list | tuple) for v in value)
@@ -274,10 +275,12 @@ class HOSPruneCallback(keras.callbacks.Callback):
             `hos/macs_reduction`, and histograms `hos/scores/<group>`. Defaults to
             `None`.
         verbose: Print a line per pruning step. Defaults to `1`.
-        **allocation_options: Passed to `plan_pruning` (`scope=` and `skip=`
-            included); a list value is read as one value per pruning epoch,
-            except `skip=["a", "b"]`, which holds for every step (give a list of
-            lists for one skip list per step).
+        **allocation_options: Passed to `plan_pruning` (`scope=`, `skip=`, and
+            `data=` with `calibration_steps=` for the data-driven criteria: a
+            callback does not see fit's data, so give it a calibration set); a
+            list value is read as one value per pruning epoch, except
+            `skip=["a", "b"]`, which holds for every step (give a list of lists
+            for one skip list per step), and `data=(x, y)`.
 
     Raises:
         InvalidArgumentError: for an empty, unsorted or non-positive

@@ -162,12 +162,33 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
     return name, options
 
 
+def _calibration(args) -> dict:
+    """`plan_pruning`'s calibration keywords from --data and --calibration-steps."""
+    if args.data is None:
+        return {}
+    try:
+        with np.load(args.data) as arrays:
+            missing = {"x", "y"} - set(arrays.files)
+            if missing:
+                raise CommandError(
+                    f"--data {args.data}: no array named {sorted(missing)} (it has "
+                    f"{arrays.files}); save it with np.savez(path, x=x, y=y)."
+                )
+            data = (arrays["x"], arrays["y"])
+    except (OSError, ValueError) as error:
+        raise CommandError(
+            f"--data {args.data}: cannot read it as an .npz file ({error})."
+        ) from error
+    return {"data": data, "calibration_steps": args.calibration_steps}
+
+
 def _plan(model, args, strict: bool = True) -> PruningPlan:
     allocation, options = _allocation(args, strict)
     return plan_pruning(
         model,
         args.criterion,
         allocation,
+        **_calibration(args),
         min_channels=args.min_channels,
         round_to=args.round_to,
         scope=args.scope,
@@ -193,6 +214,7 @@ def _cmd_report(args) -> None:
             model,
             args.criterion,
             name,
+            **_calibration(args),
             coefficient=coefficient,
             min_channels=args.min_channels,
             round_to=args.round_to,
@@ -407,7 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
             "--criterion",
             default="k34",
             choices=criteria.criterion_names(),
-            help="filter criterion (default: k34)",
+            help="filter criterion (default: k34); dfs, sfs, taylor, fisher and "
+            "activation_* read --data",
+        )
+        sub.add_argument(
+            "--data",
+            metavar="CALIBRATION.npz",
+            help="calibration set for the data-driven criteria: an .npz with "
+            "arrays x (inputs) and y (labels)",
+        )
+        sub.add_argument(
+            "--calibration-steps",
+            type=_positive_int,
+            default=16,
+            help="batches of 64 of --data to read (default: 16)",
         )
         sub.add_argument(
             "--allocation",

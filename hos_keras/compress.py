@@ -26,6 +26,7 @@ import tensorflow as tf
 from hos_keras import allocation as allocation_lib
 from hos_keras import distill, graph, surgery
 from hos_keras import latency as latency_lib
+from hos_keras.criteria import get_criterion
 from hos_keras.decompose import decompose
 from hos_keras.errors import InvalidArgumentError, check_int
 from hos_keras.latency import measure_latency
@@ -471,6 +472,7 @@ def compress(
     decompose_ranks=None,
     decompose_layers: Sequence[str] | None = None,
     criterion="k34",
+    calibration_steps: int | None = 16,
     allocation="shapiro",
     scope="all",
     skip=(),
@@ -548,6 +550,10 @@ def compress(
         decompose_layers: Names of the Conv2D layers to decompose, or `None` for
             `decompose`'s default selection. Defaults to `None`.
         criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
+            The data-driven ones (`"dfs"`, `"taylor"`, `"fisher"`, ...) take
+            their statistics on `train_data`.
+        calibration_steps: Batches of `train_data` a data-driven criterion reads
+            (`None`: all of them). Defaults to `16`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
         scope: Which channel groups may be pruned: `"all"`, `"inner"` (the
@@ -664,10 +670,14 @@ def compress(
         allocator, options = _resolve_allocation(
             allocation, target, allocation_options, target_latency
         )
+        calibration = {}
+        if getattr(get_criterion(criterion, seed=seed), "statistics", ()):
+            calibration = {"data": train_data, "calibration_steps": calibration_steps}
         plan = plan_pruning(
             model,
             criterion,
             allocator,
+            **calibration,
             min_channels=min_channels,
             round_to=round_to,
             seed=seed,

@@ -421,3 +421,55 @@ def test_a_skip_list_holds_for_every_step():
     assert [len(first[g].keep) for g in _GROUPS] == [6, 6]
     assert [len(plan[g].keep) for g in _GROUPS] == [4, 6]
     assert plan.details["excluded"] == ["c3"]
+
+
+def test_a_data_criterion_plans_every_step_on_the_calibration_set():
+    model = _cnn()
+    x, y = _data()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1, 2],
+        criterion="taylor",
+        allocation="fixed",
+        ratio=[0.25, 0.5],
+        data=(x, y),
+        calibration_steps=1,
+        verbose=0,
+    )
+    seen = {}
+
+    class Before(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                seen["weights"] = [w.copy() for w in self.model.get_weights()]
+
+    class After(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                seen["plan"] = callback.plan
+
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
+        verbose=0,
+        callbacks=[Before(), callback, After()],
+    )
+    # The first step's plan is plan_pruning's on the weights at that epoch's end.
+    twin = keras.models.clone_model(model)
+    twin.set_weights(seen["weights"])
+    expected = hos_keras.plan_pruning(
+        twin, "taylor", "fixed", ratio=0.25, data=(x, y), calibration_steps=1
+    )
+    assert seen["plan"].criterion == "taylor"
+    for name, group in expected.groups.items():
+        np.testing.assert_allclose(seen["plan"][name].scores, group.scores, rtol=1e-5)
+        np.testing.assert_array_equal(seen["plan"][name].keep, group.keep)
+    assert callback.plan.macs_reduction > seen["plan"].macs_reduction
+    # Without a calibration set the first pruning epoch says what is missing.
+    missing = hos_keras.HOSPruneCallback(
+        prune_epochs=[1], criterion="dfs", allocation="fixed", ratio=0.5, verbose=0
+    )
+    with pytest.raises(InvalidArgumentError, match="data=None"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[missing])

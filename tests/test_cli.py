@@ -206,6 +206,43 @@ def test_prune_with_the_other_weight_criteria(saved, capsys, criterion):
     assert written.criterion == criterion
 
 
+def test_prune_with_a_data_criterion_reads_the_calibration_file(saved, capsys):
+    model, path, directory = saved
+    x, y = _x(10), np.arange(10) % 2
+    calibration = directory / "calibration.npz"
+    np.savez(calibration, x=x, y=y)
+    flags = ["--allocation", "fixed", "--ratio", "0.5", "--criterion", "taylor"]
+    plan_path = directory / "taylor.json"
+    status, _, err = _run(
+        capsys,
+        "prune",
+        path,
+        *flags,
+        "--data",
+        calibration,
+        "--calibration-steps",
+        "1",
+        "--out",
+        directory / "taylor.keras",
+        "--plan",
+        plan_path,
+    )
+    assert status == 0, err
+    written = hos_keras.PruningPlan.from_json(plan_path.read_text())
+    expected = hos_keras.plan_pruning(
+        model, "taylor", "fixed", ratio=0.5, data=(x, y), calibration_steps=1
+    )
+    assert written == expected
+    out = directory / "x.keras"
+    status, _, err = _run(capsys, "prune", path, *flags, "--out", out)
+    assert status == 1 and "data=None" in err
+    np.savez(directory / "bad.npz", inputs=x)
+    status, _, err = _run(
+        capsys, "prune", path, *flags, "--data", directory / "bad.npz", "--out", out
+    )
+    assert status == 1 and "no array named ['x', 'y']" in err
+
+
 def test_export_tflite_and_saved_model(saved, capsys):
     model, path, directory = saved
     tflite, saved_dir = directory / "model.tflite", directory / "saved"

@@ -392,3 +392,34 @@ def test_decompose_approach_refuses_pruning_arguments():
         hos_keras.compress(model, data, data, approach="decompose", coefficient=3.7)
     with pytest.raises(InvalidArgumentError, match="approach='both'"):
         hos_keras.compress(model, data, data, approach="both")
+
+
+def test_a_data_criterion_reads_the_training_data():
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    train, val = _data(48, 0), _data(16, 1)
+    _, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        criterion="fisher",
+        calibration_steps=1,
+        target=0.4,
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    expected = hos_keras.plan_pruning(
+        model,
+        "fisher",
+        "target",
+        macs_reduction=0.4,
+        base="shapiro",
+        data=train,
+        calibration_steps=1,
+    )
+    assert report.plan == expected and report.criterion == "fisher"
