@@ -24,6 +24,7 @@ import tensorflow as tf
 from hos_keras import distill, graph
 from hos_keras import latency as latency_lib
 from hos_keras.compress import evaluate_model
+from hos_keras.criteria import get_criterion
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
@@ -121,6 +122,10 @@ class HOSHyperModel(keras_tuner.HyperModel):
             block-inner scope, `"conv"`, or a function; see
             `hos_keras.plan_pruning`). Defaults to `"all"`.
         skip: Names or patterns of groups never pruned. Defaults to `()`.
+        calibration_data: `(x, y)` arrays or a `tf.data.Dataset` for the
+            data-driven criteria in `criterion` (`"taylor"`, `"dfs"`, ...; a
+            hypermodel does not see the search's data). Defaults to `None`.
+        calibration_steps: Batches of it to read. Defaults to `16`.
 
     Raises:
         InvalidArgumentError: for an empty search space (every entry fixed),
@@ -165,6 +170,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
         min_channels: int = 1,
         scope="all",
         skip=(),
+        calibration_data=None,
+        calibration_steps: int | None = 16,
         name: str | None = "hos_hypermodel",
     ):
         super().__init__(name=name, tunable=True)
@@ -253,6 +260,21 @@ class HOSHyperModel(keras_tuner.HyperModel):
         self.min_channels = int(min_channels)
         self.scope = scope
         self.skip = skip
+        self.calibration = {
+            "data": calibration_data,
+            "calibration_steps": (calibration_steps),
+        }
+        data_criteria = [
+            c
+            for c in (criteria if isinstance(criteria, list) else [criteria])
+            if getattr(get_criterion(c), "statistics", ())
+        ]
+        if data_criteria and calibration_data is None:
+            raise InvalidArgumentError(
+                f"Received criterion={criterion!r} with calibration_data=None; "
+                f"{data_criteria} score feature maps: pass calibration_data=(x, y) "
+                "or a tf.data.Dataset."
+            )
 
     @property
     def objective(self) -> keras_tuner.Objective:
@@ -278,10 +300,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
             "allocation", [a for a, k in _KNOBS.items() if k == knob]
         ):
             value = self._value(hp, knob)
+        calibration = {}
+        if getattr(get_criterion(criterion), "statistics", ()):
+            calibration = self.calibration
         return plan_pruning(
             self.base_model,
             criterion,
             allocation,
+            **calibration,
             min_channels=self.min_channels,
             scope=self.scope,
             skip=self.skip,

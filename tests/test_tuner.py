@@ -235,3 +235,26 @@ def test_scope_and_skip_reach_every_trial_plan(base):
     assert plan == hos_keras.plan_pruning(
         base, "k34", "global", fraction=0.5, skip=["c2"]
     )
+
+
+def test_a_data_criterion_plans_on_the_calibration_data(base):
+    x = np.random.default_rng(0).normal(size=(8, *base.input_shape[1:]))
+    y = np.arange(8) % base.output_shape[-1]
+    data = (x.astype("float32"), y)
+    hypermodel = HOSHyperModel(
+        base,
+        target_reduction=0.3,
+        allocation="global",
+        fraction=0.4,
+        criterion=["taylor", "k34"],
+        calibration_data=data,
+        calibration_steps=1,
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("criterion", "taylor")
+    plan = hypermodel.plan(hp)
+    assert plan == hos_keras.plan_pruning(
+        base, "taylor", "global", fraction=0.4, data=data, calibration_steps=1
+    )
+    with pytest.raises(InvalidArgumentError, match=r"\['taylor'\] score feature maps"):
+        HOSHyperModel(base, target_reduction=0.3, criterion=["taylor", "k34"])
