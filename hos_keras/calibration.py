@@ -170,24 +170,40 @@ def collect(
     if gradients and loss is None:
         loss = _default_loss(model)
     totals: dict[str, ChannelStatistics] = {}
-    for batch in data:
+
+    def step(batch):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
         if gradients and y is None:
             raise InvalidArgumentError(
                 "The calibration data has no labels; the taylor and fisher "
                 "criteria need (x, y) batches for the loss gradients."
             )
-        if gradients:
-            with tf.GradientTape() as tape:
-                output, *maps = probe(x, training=False)
-                value = tf.reduce_sum(loss(y, output))
-            grads = tape.gradient(value, maps)
-        else:
+        if not gradients:
+            _, *maps = probe(x, training=False)
+            return maps, [None] * len(maps)
+        with tf.GradientTape() as tape:
             output, *maps = probe(x, training=False)
-            grads = [None] * len(maps)
-        for name, m, g in zip(producers, maps, grads, strict=True):
-            part = batch_statistics(m.numpy(), None if g is None else g.numpy(), wanted)
-            totals[name] = totals[name].merge(part) if name in totals else part
+            value = tf.reduce_sum(loss(y, output))
+        return maps, tape.gradient(value, maps)
+
+    # Under a tf.distribute strategy each replica takes its share of every batch;
+    # the sums of the replicas' shares are the sums of the batch.
+    strategy = tf.distribute.get_strategy()
+    replicated = strategy.num_replicas_in_sync > 1
+    if replicated:
+        data = strategy.experimental_distribute_dataset(data)
+    for batch in data:
+        if replicated:
+            per_replica = strategy.run(step, args=(batch,))
+            shares = strategy.experimental_local_results(per_replica)
+        else:
+            shares = [step(batch)]
+        for maps, grads in shares:
+            for name, m, g in zip(producers, maps, grads, strict=True):
+                part = batch_statistics(
+                    np.asarray(m), None if g is None else np.asarray(g), wanted
+                )
+                totals[name] = totals[name].merge(part) if name in totals else part
     if not totals:
         raise InvalidArgumentError(
             "The calibration data gave no batch; pass a non-empty dataset "

@@ -139,3 +139,21 @@ def test_data_is_required_by_data_criteria_and_refused_by_weight_ones():
         hos_keras.plan_pruning(
             model, "dfs", "fixed", ratio=0.5, data=data, calibration_steps=0
         )
+
+
+@pytest.mark.slow
+def test_replicas_of_a_mirrored_strategy_add_up_to_one_device(script_report):
+    report = script_report("mirrored_calibration.py")
+    assert report["replicas"] == 2
+    assert set(report["criteria"]) == {
+        "dfs",
+        "sfs",
+        "taylor",
+        "fisher",
+        "activation_k34",
+    }
+    for groups in report["criteria"].values():
+        for scores in groups.values():
+            np.testing.assert_allclose(
+                scores["mirrored"], scores["alone"], rtol=1e-5, atol=1e-12
+            )
