@@ -40,6 +40,7 @@ from hos_keras.errors import (
     InvalidArgumentError,
     UnknownNameError,
     UnreachableTargetError,
+    check_int,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "CumulantAllocation",
     "FixedAllocation",
     "GlobalAllocation",
+    "ITPrunerAllocation",
     "JarqueBeraAllocation",
     "ShapiroWilkAllocation",
     "StatisticAllocation",
@@ -78,6 +80,10 @@ class AllocationContext:
         latency_reduction: Function from channels kept per layer to the fraction
             of the model's latency the plan is predicted to remove, when the
             planner has a latency model; else `None`.
+        features: With calibration data (`plan_pruning(..., data=...)`), a
+            function from group names and a number of inputs to the linear CKA
+            of the groups' feature maps on those inputs
+            (`hos_keras.calibration.linear_cka`); else `None`.
     """
 
     layers: Sequence[str]
@@ -88,6 +94,7 @@ class AllocationContext:
     keep_counts: Callable[[Mapping[str, float]], dict[str, int]]
     macs_reduction: Callable[[Mapping[str, int]], float]
     latency_reduction: Callable[[Mapping[str, int]], float] | None = None
+    features: Callable[[Sequence[str], int], np.ndarray] | None = None
 
 
 @dataclasses.dataclass
@@ -628,6 +635,203 @@ class TargetAllocation(Allocation):
         }
 
 
+class ITPrunerAllocation(Allocation):
+    """Layer-wise keep fractions from the layers' information redundancy.
+
+    ITPruner (Zheng, Sun, Zhang, Lin, Zhong, Ji, "An Information Theory-inspired
+    Strategy for Automatic Network Pruning"): a layer whose feature maps say what
+    the other layers' say can lose more channels. On the calibration images
+    (`plan_pruning(..., data=...)`), the normalised HSIC with linear kernels
+    (linear CKA) between every two groups' maps gives each group
+    `s_i = sum_j nHSIC_ij` and an importance `alpha_i = exp(-beta * s_i)`; the
+    keep fractions x maximise `sum_i alpha_i x_i` subject to the model's MACs
+    removing at least `macs_reduction`, with `min_keep <= x_i <= 1`, solved by
+    scipy's SLSQP on the exact MACs, which are a quadratic function of the
+    groups' widths (its coefficients are read off the cost model, and checked).
+    The fractions are then rounded down to whole channels (with `min_channels`
+    and `round_to`), and, if the rounding left the target unmet, the least
+    important groups give up channels one at a time until it is met.
+
+    The maps of a group are its first producer's outputs on the first `images`
+    calibration inputs.
+
+    Args:
+        macs_reduction: Fraction of the MACs to remove, in (0, 1). Defaults to
+            `0.5`.
+        beta: The temperature of the importance. Defaults to `1.0`.
+        min_keep: Smallest keep fraction of any group. Defaults to `0.1`.
+        images: Calibration inputs the maps are taken on. Defaults to `64`.
+
+    Raises:
+        InvalidArgumentError: for values out of range; at allocation time
+            without calibration data.
+        UnreachableTargetError: if even `min_keep` everywhere does not remove
+            `macs_reduction` of the MACs.
+    """
+
+    name = "itpruner"
+    needs_data = True
+
+    def __init__(
+        self,
+        macs_reduction: float = 0.5,
+        beta: float = 1.0,
+        min_keep: float = 0.1,
+        images: int = 64,
+    ):
+        self.macs_reduction = _check_fraction("macs_reduction", macs_reduction)
+        self.min_keep = _check_fraction("min_keep", min_keep)
+        try:
+            self.beta = float(beta)
+        except (TypeError, ValueError):
+            self.beta = float("nan")
+        if not math.isfinite(self.beta) or self.beta < 0:
+            raise InvalidArgumentError(
+                f"Received beta={beta!r}; pass a finite number >= 0."
+            )
+        self.images = check_int("images", images)
+
+    def allocate(self, context: AllocationContext) -> Allocated:
+        from scipy import optimize
+
+        if context.features is None:
+            raise InvalidArgumentError(
+                "allocation='itpruner' compares the layers' feature maps: pass "
+                "calibration data, plan_pruning(..., data=(x, y))."
+            )
+        groups = [g for g in context.layers if context.channels[g] > 1]
+        if not groups:
+            return Allocated({g: 0.0 for g in context.layers})
+        similarity = context.features(groups, self.images)
+        redundancy = similarity.sum(axis=1)
+        alpha = np.exp(-self.beta * redundancy)
+        widths = np.array([context.channels[g] for g in groups], dtype=np.float64)
+        reduction = _QuadraticReduction(context, groups, widths)
+        low = np.maximum(self.min_keep, 1.0 / widths)
+        if reduction(low) < self.macs_reduction - 1e-9:
+            raise UnreachableTargetError(
+                f"Cannot reach macs_reduction={self.macs_reduction} with "
+                f"allocation='itpruner': keeping min_keep={self.min_keep} of every "
+                f"group removes {reduction(low):.1%} of the MACs. Lower min_keep "
+                "or ask for less."
+            )
+        start = np.clip(np.full(len(groups), 1.0 - self.macs_reduction), low, 1.0)
+        weight = alpha / alpha.max()  # the same optimum, on a scale SLSQP resolves
+        result = optimize.minimize(
+            lambda x: -float(weight @ x),
+            start,
+            jac=lambda x: -weight,
+            bounds=list(zip(low, np.ones(len(groups)), strict=True)),
+            constraints=[
+                {
+                    "type": "ineq",
+                    "fun": lambda x: reduction(x) - self.macs_reduction,
+                    "jac": reduction.gradient,
+                }
+            ],
+            method="SLSQP",
+            options={"maxiter": 500, "ftol": 1e-10},
+        )
+        keep = np.clip(result.x, low, 1.0)
+        ratios = {g: float(1.0 - k) for g, k in zip(groups, keep, strict=True)}
+        ratios = self._meet(context, ratios, alpha, groups)
+        ratios.update({g: 0.0 for g in context.layers if g not in ratios})
+        counts = context.keep_counts(ratios)
+        return Allocated(
+            ratios,
+            statistics={g: float(a) for g, a in zip(groups, alpha, strict=True)},
+            details={
+                "macs_reduction_target": self.macs_reduction,
+                "achieved_macs_reduction": context.macs_reduction(counts),
+                "beta": self.beta,
+                "redundancy": dict(zip(groups, redundancy.tolist(), strict=True)),
+                "keep_fractions": dict(zip(groups, keep.tolist(), strict=True)),
+                "solver": str(result.message),
+            },
+        )
+
+    def _meet(self, context, ratios, alpha, groups) -> dict[str, float]:
+        """Removes channels from the least important groups until the rounded
+        widths meet the target."""
+        order = [groups[i] for i in np.argsort(alpha, kind="stable")]
+        for _ in range(sum(context.channels[g] for g in groups)):
+            counts = context.keep_counts(ratios)
+            if context.macs_reduction(counts) >= self.macs_reduction - 1e-12:
+                break
+            for g in order:
+                if counts[g] > 1:
+                    ratios[g] = 1.0 - (counts[g] - 1) / context.channels[g]
+                    break
+            else:
+                break
+        return ratios
+
+    def get_config(self):
+        return {
+            "macs_reduction": self.macs_reduction,
+            "beta": self.beta,
+            "min_keep": self.min_keep,
+            "images": self.images,
+        }
+
+
+class _QuadraticReduction:
+    """The fraction of MACs removed as a quadratic function of keep fractions.
+
+    A layer's MACs are a product of its input and output widths (or one of them),
+    so the model's MACs are a quadratic polynomial of the groups' widths. Its
+    coefficients come from the exact cost at whole channel counts: per group, at
+    its full width and one and two channels less; per pair of groups, at both one
+    channel less (zero for groups no layer joins).
+    """
+
+    def __init__(self, context, groups, widths):
+        self.widths = widths
+        n = len(groups)
+        full = {g: int(w) for g, w in zip(groups, widths, strict=True)}
+
+        def removed(drops: dict[int, int]) -> float:
+            counts = dict(full)
+            for i, d in drops.items():
+                counts[groups[i]] = full[groups[i]] - d
+            return context.macs_reduction(counts)
+
+        # In units of channels removed d: R = r0 + sum_i (u_i d_i + v_i d_i^2)
+        # + sum_{i<j} w_ij d_i d_j.
+        r0 = removed({})
+        one = np.array([removed({i: 1}) for i in range(n)])
+        two = np.array(
+            [removed({i: 2}) if widths[i] > 2 else 2 * one[i] - r0 for i in range(n)]
+        )
+        v = (two - 2 * one + r0) / 2
+        u = one - r0 - v
+        w = np.zeros((n, n))
+        for i in range(n):
+            for j in range(i + 1, n):
+                w[i, j] = removed({i: 1, j: 1}) - one[i] - one[j] + r0
+        self.r0, self.u, self.v, self.w = r0, u, v, w + w.T
+
+    def __call__(self, keep: np.ndarray) -> float:
+        d = self.widths * (1.0 - np.asarray(keep, dtype=np.float64))
+        return float(self.r0 + self.u @ d + self.v @ (d * d) + d @ self.w @ d / 2)
+
+    def gradient(self, keep: np.ndarray) -> np.ndarray:
+        d = self.widths * (1.0 - np.asarray(keep, dtype=np.float64))
+        return -self.widths * (self.u + 2 * self.v * d + self.w @ d)
+
+
+def _check_fraction(name: str, value) -> float:
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0.0 < fraction < 1.0:
+        raise InvalidArgumentError(
+            f"Received {name}={value!r}; pass a fraction in (0, 1)."
+        )
+    return fraction
+
+
 _ALLOCATIONS = {
     cls.name: cls
     for cls in (
@@ -637,6 +841,7 @@ _ALLOCATIONS = {
         GlobalAllocation,
         FixedAllocation,
         TargetAllocation,
+        ITPrunerAllocation,
     )
 }
 

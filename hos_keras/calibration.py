@@ -218,3 +218,74 @@ def _default_loss(model):
     return keras.losses.SparseCategoricalCrossentropy(
         from_logits=not _outputs_probabilities(model), reduction=None
     )
+
+
+def features(
+    model: keras.Model, layer_names: Sequence[str], data, images: int = 64
+) -> dict[str, np.ndarray]:
+    """The outputs of some layers on the first `images` inputs of `data`.
+
+    Args:
+        model: A built functional model.
+        layer_names: Its (top-level) layers.
+        data: `(x, y)` or `x` arrays, or a `tf.data.Dataset` of batches.
+        images: How many inputs. Defaults to `64`.
+
+    Returns:
+        Layer name -> float64 array `(n, features)`: each image's output
+        flattened, `n = min(images, inputs in data)`.
+
+    Raises:
+        InvalidArgumentError: for missing or empty data.
+    """
+    images = check_int("images", images)
+    if data is None:
+        raise InvalidArgumentError(
+            "Received data=None; this allocation compares the layers' feature maps "
+            "on calibration data: pass data=(x, y) arrays or a tf.data.Dataset."
+        )
+    if isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(64)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [model.get_layer(n).output for n in layer_names])
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in layer_names}
+    seen = 0
+    for batch in data:
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        outputs = probe(x, training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        take = min(images - seen, int(np.shape(outputs[0])[0]))
+        for name, value in zip(layer_names, outputs, strict=True):
+            value = np.asarray(value)[:take]
+            parts[name].append(value.reshape(take, -1).astype(np.float64))
+        seen += take
+        if seen >= images:
+            break
+    if not seen:
+        raise InvalidArgumentError("The calibration data gave no batch.")
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def linear_cka(features_by_layer: dict[str, np.ndarray]) -> np.ndarray:
+    """Normalised HSIC with linear kernels (linear CKA) between every two layers.
+
+    Kornblith, Norouzi, Lee, Hinton (ICML 2019): with `K = X X^T` centred
+    (`H K H`), `nHSIC(X, Y) = tr(K L) / sqrt(tr(K K) tr(L L))`, in [0, 1] and
+    invariant to the layers' widths.
+
+    Returns:
+        A symmetric `(layers, layers)` array in the order of the mapping.
+    """
+    grams = []
+    for x in features_by_layer.values():
+        centred = x - x.mean(axis=0, keepdims=True)
+        grams.append(centred @ centred.T)  # = H (X X^T) H
+    n = len(grams)
+    result = np.eye(n)
+    norms = [np.sqrt(np.sum(g * g)) for g in grams]
+    for i in range(n):
+        for j in range(i + 1, n):
+            denominator = norms[i] * norms[j]
+            value = np.sum(grams[i] * grams[j]) / denominator if denominator else 0.0
+            result[i, j] = result[j, i] = value
+    return result

@@ -112,6 +112,7 @@ class _CumulativeAllocation(allocation_lib.Allocation):
     ):
         self.allocation = allocation
         self.name = allocation.name
+        self.needs_data = getattr(allocation, "needs_data", False)
         self.previous = previous
         self.latency_left = latency_left
         self.original_ratios: dict[str, float] = {}

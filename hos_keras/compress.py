@@ -551,7 +551,7 @@ def compress(
             `decompose`'s default selection. Defaults to `None`.
         criterion: Filter criterion (see `score_filters`). Defaults to `"k34"`.
             The data-driven ones (`"dfs"`, `"taylor"`, `"fisher"`, ...) take
-            their statistics on `train_data`.
+            their statistics on `train_data`, as does `allocation="itpruner"`.
         calibration_steps: Batches of `train_data` a data-driven criterion reads
             (`None`: all of them). Defaults to `16`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
@@ -671,7 +671,14 @@ def compress(
             allocation, target, allocation_options, target_latency
         )
         calibration = {}
-        if getattr(get_criterion(criterion, seed=seed), "statistics", ()):
+        resolved = (
+            allocation_lib.get_allocation(allocator, **options)
+            if isinstance(allocator, str)
+            else allocator
+        )
+        if getattr(get_criterion(criterion, seed=seed), "statistics", ()) or getattr(
+            resolved, "needs_data", False
+        ):
             calibration = {"data": train_data, "calibration_steps": calibration_steps}
         plan = plan_pruning(
             model,

@@ -535,11 +535,13 @@ def plan_pruning(
         for p in g.producers
     }
     statistics = getattr(scorer, "statistics", ())
-    if data is not None and not statistics:
+    data_allocation = getattr(allocator, "needs_data", False)
+    if data is not None and not statistics and not data_allocation:
         raise InvalidArgumentError(
-            f"Received data= with criterion={criterion!r}, which scores weights; "
-            "calibration data is for the data-driven criteria (dfs, sfs, taylor, "
-            "fisher, activation_k34, ...). Drop data= or pick one of them."
+            f"Received data= with criterion={criterion!r} and allocation="
+            f"{allocation!r}, which read weights only; calibration data is for the "
+            "data-driven criteria (dfs, sfs, taylor, fisher, activation_k34, ...) "
+            "and allocation='itpruner'. Drop data= or pick one of them."
         )
     activations = {}
     if statistics:
@@ -630,6 +632,17 @@ def plan_pruning(
         predicted = latency_model.predict(*_channel_counts(channel_graph, kept(counts)))
         return 1.0 - predicted / latency_model.base_ms
 
+    def features(names: Sequence[str], images: int) -> np.ndarray:
+        first = [by_name[name].producers[0] for name in names]
+        nested = [p for p in first if "/" in p]
+        if nested:
+            raise InvalidArgumentError(
+                f"The feature maps of {nested[:3]} are inside nested models; "
+                "allocation='itpruner' reads top-level layers only."
+            )
+        maps = calibration.features(model, first, data, images)
+        return calibration.linear_cka({p: maps[p] for p in first})
+
     context = allocation_lib.AllocationContext(
         layers=selected,
         channels={g.name: g.channels for g in prunable},
@@ -639,6 +652,7 @@ def plan_pruning(
         keep_counts=keep_counts,
         macs_reduction=macs_reduction,
         latency_reduction=latency_reduction if latency_model is not None else None,
+        features=features if data is not None else None,
     )
 
     def assemble(allocator) -> PruningPlan:

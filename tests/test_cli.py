@@ -233,6 +233,24 @@ def test_prune_with_a_data_criterion_reads_the_calibration_file(saved, capsys):
         model, "taylor", "fixed", ratio=0.5, data=(x, y), calibration_steps=1
     )
     assert written == expected
+    # ITPruner reads the same file; --target is its MACs reduction.
+    itpruner = ["--allocation", "itpruner", "--target", "0.4", "--data", calibration]
+    status, _, err = _run(
+        capsys,
+        "prune",
+        path,
+        *itpruner,
+        "--out",
+        directory / "it.keras",
+        "--plan",
+        plan_path,
+    )
+    assert status == 0, err
+    written = hos_keras.PruningPlan.from_json(plan_path.read_text())
+    assert written == hos_keras.plan_pruning(
+        model, "k34", "itpruner", macs_reduction=0.4, data=(x, y)
+    )
+    assert written.macs_reduction >= 0.4
     out = directory / "x.keras"
     status, _, err = _run(capsys, "prune", path, *flags, "--out", out)
     assert status == 1 and "data=None" in err

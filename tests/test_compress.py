@@ -423,3 +423,20 @@ def test_a_data_criterion_reads_the_training_data():
         calibration_steps=1,
     )
     assert report.plan == expected and report.criterion == "fisher"
+    _, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        criterion="l1",
+        allocation="itpruner",
+        macs_reduction=0.4,
+        calibration_steps=1,
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    assert report.plan == hos_keras.plan_pruning(
+        model, "l1", "itpruner", macs_reduction=0.4, data=train, calibration_steps=1
+    )
