@@ -40,6 +40,7 @@ _KNOBS = {
     "jarque_bera": "coefficient",
     "k34": "coefficient",
     "global": "fraction",
+    "itpruner": "beta",
 }
 
 
@@ -98,10 +99,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
         latency_model: A ready `hos_keras.latency.LatencyModel` of the base model
             for `target_latency`. Defaults to `None` (built for `runtime`).
         allocation: Allocation name(s): `"shapiro"`, `"jarque_bera"`, `"k34"`
-            (their knob is `coefficient`) or `"global"` (knob `fraction`).
-            Defaults to `"shapiro"`.
+            (their knob is `coefficient`), `"global"` (knob `fraction`) or
+            `"itpruner"` (knob `beta`; MACs budgets only). Defaults to
+            `"shapiro"`.
         coefficient: Search space of c. Defaults to `(1.5, 8.0)`.
         fraction: Search space of the global fraction. Defaults to `(0.1, 0.7)`.
+        beta: Search space of ITPruner's temperature (`allocation="itpruner"`,
+            which allocates exactly the MACs budget and needs
+            `calibration_data`). Defaults to `(0.5, 5.0)`.
         criterion: Criterion name(s). Defaults to `["k34", "abs_k34"]`.
         output_weight: Search space of the output-term weight. Defaults to
             `(1.0, 10.0)`: it holds the reference's `mse_factor`, 5 with pivot
@@ -158,6 +163,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         allocation="shapiro",
         coefficient=(1.5, 8.0),
         fraction=(0.1, 0.7),
+        beta=(0.5, 5.0),
         criterion=("k34", "abs_k34"),
         output_weight=(1.0, 10.0),
         decay=(1.0, 3.0),
@@ -227,6 +233,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             "allocation": _space("allocation", allocation, log=False),
             "coefficient": _space("coefficient", coefficient, log=True),
             "fraction": _space("fraction", fraction, log=False),
+            "beta": _space("beta", beta, log=True),
             "criterion": _space("criterion", criteria, log=False),
             "output_weight": _space("output_weight", output_weight, log=True),
             "decay": _space("decay", decay, log=False),
@@ -269,6 +276,13 @@ class HOSHyperModel(keras_tuner.HyperModel):
             for c in (criteria if isinstance(criteria, list) else [criteria])
             if getattr(get_criterion(c), "statistics", ())
         ]
+        if "itpruner" in allocations and self.latency_model is not None:
+            raise InvalidArgumentError(
+                "allocation='itpruner' allocates a MACs budget; use "
+                "target_reduction= or macs_budget= with it, not target_latency=."
+            )
+        if "itpruner" in allocations and calibration_data is None:
+            data_criteria.append("allocation='itpruner'")
         if data_criteria and calibration_data is None:
             raise InvalidArgumentError(
                 f"Received criterion={criterion!r} with calibration_data=None; "
@@ -303,6 +317,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
         calibration = {}
         if getattr(get_criterion(criterion), "statistics", ()):
             calibration = self.calibration
+        if allocation == "itpruner":
+            calibration = self.calibration
+            value = {
+                "beta": value,
+                "macs_reduction": 1.0 - self.macs_budget / self.macs_original,
+            }
+        else:
+            value = {knob: value}
         return plan_pruning(
             self.base_model,
             criterion,
@@ -313,7 +335,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             skip=self.skip,
             latency_model=self.latency_model,
             verify_latency=False,
-            **{knob: value},
+            **value,
         )
 
     def build(self, hp) -> distill.HOSDistiller:

@@ -258,3 +258,26 @@ def test_a_data_criterion_plans_on_the_calibration_data(base):
     )
     with pytest.raises(InvalidArgumentError, match=r"\['taylor'\] score feature maps"):
         HOSHyperModel(base, target_reduction=0.3, criterion=["taylor", "k34"])
+
+
+def test_itpruner_searches_beta_at_the_macs_budget(base):
+    x = np.random.default_rng(0).normal(size=(8, *base.input_shape[1:]))
+    data = (x.astype("float32"), np.arange(8) % base.output_shape[-1])
+    hypermodel = HOSHyperModel(
+        base,
+        target_reduction=0.4,
+        allocation="itpruner",
+        beta=(1.0, 4.0),
+        criterion="l1",
+        calibration_data=data,
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("beta", 2.0)
+    plan = hypermodel.plan(hp)
+    share = 1 - hypermodel.macs_budget / hypermodel.macs_original  # 0.4, floored
+    assert plan == hos_keras.plan_pruning(
+        base, "l1", "itpruner", beta=2.0, macs_reduction=share, data=data
+    )
+    assert plan.macs_after <= hypermodel.macs_budget
+    with pytest.raises(InvalidArgumentError, match="itpruner"):
+        HOSHyperModel(base, target_reduction=0.4, allocation="itpruner", criterion="l1")
