@@ -126,7 +126,7 @@ def test_data_is_required_by_data_criteria_and_refused_by_weight_ones():
     model, data = _model(), _data()
     with pytest.raises(InvalidArgumentError, match="data=None"):
         hos_keras.plan_pruning(model, "taylor", "fixed", ratio=0.5)
-    with pytest.raises(InvalidArgumentError, match="scores weights"):
+    with pytest.raises(InvalidArgumentError, match="read weights only"):
         hos_keras.plan_pruning(model, "l1", "fixed", ratio=0.5, data=data)
     with pytest.raises(InvalidArgumentError, match="no labels"):
         calibration.collect(
