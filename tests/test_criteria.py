@@ -317,6 +317,16 @@ def test_a_user_group_criterion_sees_producers_batch_norms_and_consumers():
         for n in ("c2", "c3")
     ]
     np.testing.assert_allclose(plan["c1"].scores, np.mean(reads, axis=0), rtol=1e-6)
+    # Registered by name like any criterion.
+    criteria.register_criterion("test_consumer_l1", ConsumerL1)
+    try:
+        named = hos_keras.plan_pruning(
+            model, criterion="test_consumer_l1", allocation="fixed", ratio=0.5
+        )
+        np.testing.assert_array_equal(named["c1"].scores, plan["c1"].scores)
+        assert named.criterion == "consumer_l1"
+    finally:
+        criteria._REGISTRY.pop("test_consumer_l1")
 
     class Wrong(criteria.GroupCriterion):
         def score_group(self, group):
