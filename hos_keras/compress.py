@@ -626,8 +626,8 @@ def compress(
     ```python
     slim, report = hos_keras.compress(model, (x_train, y_train), (x_test, y_test),
                                       target=0.5, distill_epochs=10,
-                                      finetune_epochs=2)
-    report.summary()
+                                      finetune_epochs=2, verbose=0)
+    report.summary()  # compress prints it itself with verbose=1
     slim.save("slim.keras")
     ```
     """
