@@ -152,6 +152,21 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
                 )
             continue
         options[key] = value
+    needed = {
+        "global": ("fraction", "--fraction 0.3"),
+        "fixed": ("ratio", "--ratio 0.5"),
+    }
+    if (
+        strict
+        and name in needed
+        and target is None
+        and latency_target is None
+        and getattr(args, needed[name][0]) is None
+    ):
+        raise CommandError(
+            f"--allocation {name} needs {needed[name][1].split()[0]} (e.g. "
+            f"{needed[name][1]}) or --target; it has no default worth guessing."
+        )
     if name == "itpruner":
         if latency_target is not None:
             raise CommandError(

@@ -261,6 +261,23 @@ def test_prune_with_a_data_criterion_reads_the_calibration_file(saved, capsys):
     assert status == 1 and "no array named ['x', 'y']" in err
 
 
+@pytest.mark.parametrize(
+    "allocation, flag", [("global", "--fraction"), ("fixed", "--ratio")]
+)
+def test_an_allocation_without_its_knob_is_refused(saved, capsys, allocation, flag):
+    _, path, directory = saved
+    status, _, err = _run(
+        capsys,
+        "prune",
+        path,
+        "--allocation",
+        allocation,
+        "--out",
+        directory / "n.keras",
+    )
+    assert status == 1 and f"--allocation {allocation} needs {flag}" in err
+
+
 def test_export_tflite_and_saved_model(saved, capsys):
     model, path, directory = saved
     tflite, saved_dir = directory / "model.tflite", directory / "saved"
