@@ -246,9 +246,13 @@ class PruningPlan:
             f"{'T':>10}{'score min':>12}{'score med':>12}"
         )
         rule = "-" * len(header)
+        allocation = self.allocation
+        base = (self.allocation_config or {}).get("base")
+        if allocation == "target" and base:
+            allocation = f"target over {base}"
         print_fn(
             f"Pruning plan for {self.model_name!r}: criterion={self.criterion}, "
-            f"allocation={self.allocation}"
+            f"allocation={allocation}"
         )
         print_fn(rule)
         print_fn(header)

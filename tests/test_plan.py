@@ -368,6 +368,14 @@ def test_summary_table(model):
     assert "MACs:" in text and "params:" in text and "fewer" in text
     row = next(line for line in lines if line.startswith("c2"))
     assert f"{len(plan['c2'].keep)}" in row.split()
+    assert "allocation=shapiro" in lines[0]
+    # A target plan names the allocation whose knob it searched.
+    target = hos_keras.plan_pruning(
+        model, allocation="target", macs_reduction=0.3, base="global"
+    )
+    lines = []
+    target.summary(print_fn=lines.append)
+    assert "allocation=target over global" in lines[0]
 
 
 def test_constant_filter_goes_first():
