@@ -504,15 +504,11 @@ class TargetAllocation(Allocation):
         else:
             self.metric, argument = "macs", "macs_reduction"
             value = 0.5 if macs_reduction is None else macs_reduction
-        try:
-            target = float(value)
-        except (TypeError, ValueError):
-            target = float("nan")
-        if not 0.0 < target < 1.0:
-            raise InvalidArgumentError(
-                f"Received {argument}={value!r}; pass a fraction in (0, 1), e.g. "
-                f"0.5 for 50% fewer {'MACs' if self.metric == 'macs' else 'ms'}."
-            )
+        target = _check_fraction(
+            argument,
+            value,
+            f", e.g. 0.5 for 50% fewer {'MACs' if self.metric == 'macs' else 'ms'}",
+        )
         if base not in self._BASES:
             raise UnknownNameError(
                 f"Received base={base!r}; pass one of {list(self._BASES)}."
@@ -820,14 +816,15 @@ class _QuadraticReduction:
         return -self.widths * (self.u + 2 * self.v * d + self.w @ d)
 
 
-def _check_fraction(name: str, value) -> float:
+def _check_fraction(name: str, value, example: str = "") -> float:
+    """`value` as a float in (0, 1), or an error naming `name` (and `example`)."""
     try:
         fraction = float(value)
     except (TypeError, ValueError):
         fraction = float("nan")
     if not 0.0 < fraction < 1.0:
         raise InvalidArgumentError(
-            f"Received {name}={value!r}; pass a fraction in (0, 1)."
+            f"Received {name}={value!r}; pass a fraction in (0, 1){example}."
         )
     return fraction
 

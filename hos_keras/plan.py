@@ -564,13 +564,12 @@ def plan_pruning(
             wanted=statistics,
             loss=calibration_loss,
         )
-    base_macs = None
-    if getattr(scorer, "needs_macs", False):
-        base_macs = profile(model)["macs"]
+    base_cost = profile(model)
+    needs_macs = getattr(scorer, "needs_macs", False)
 
     def macs_per_channel(group) -> float:
         one_less = {group.name: np.arange(group.channels - 1)}
-        return float(base_macs - _cost(model, channel_graph, one_less)["macs"])
+        return float(base_cost["macs"] - _cost(model, channel_graph, one_less)["macs"])
 
     scores = {
         g.name: _group_scores(
@@ -580,7 +579,7 @@ def plan_pruning(
             scorer,
             group_reduction,
             activations,
-            macs_per_channel(g) if base_macs is not None else None,
+            macs_per_channel(g) if needs_macs else None,
         )
         for g in prunable
     }
@@ -604,8 +603,6 @@ def plan_pruning(
                 [filters[p].reshape(-1) for p in by_name[name].producers]
             )
         return _checked_filters(name, filter_layers[name])
-
-    base_cost = profile(model)
 
     positions = {g.name: _producer_positions(g, channel_graph) for g in prunable}
 
