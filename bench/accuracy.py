@@ -19,9 +19,21 @@ to `--a3-prune` of the MACs, then decomposes with X bisected to the same total.
 The student starts from the decomposed weights (the reconstruction of the teacher's
 kernels); the distiller's pivots are the same block outputs, found by name.
 
+With `--criteria`, the other criteria and allocations of the same literature
+(METHOD.md section 7) on the same baseline and budget, each fine-tuned with the
+auxiliary losses: the weight criteria fpgm and bn_scale, and the data-driven dfs,
+sfs, fisher, taylor and activation_k34 (scored on 512 fixed training images),
+prune to the very widths of the l1 reference row (Shapiro-Wilk target allocation,
+50% fewer MACs), so they differ only in which channels go; itpruner chooses its
+own widths at the same MACs reduction (CKA of the layers' feature maps on the
+calibration images) and keeps channels by l1. The runs are written one by one and
+a second call resumes where the first stopped.
+
 Run: .venv/bin/python bench/accuracy.py   (about 60 minutes on 2 CPU cores)
      .venv/bin/python bench/accuracy.py --approaches   (about 55 minutes, baseline
      training included; writes bench/results/accuracy_approaches.json)
+     .venv/bin/python bench/accuracy.py --criteria   (about 2 hours with a cached
+     baseline; writes bench/results/accuracy_criteria.json)
 Writes bench/results/accuracy.json.
 """
 
@@ -61,6 +73,12 @@ def parse_args():
         action="store_true",
         help="compare A1 (prune), A2 (decompose), A3 (prune+decompose) instead",
     )
+    p.add_argument(
+        "--criteria",
+        action="store_true",
+        help="compare the other criteria and itpruner at the same MACs instead",
+    )
+    p.add_argument("--calibration-images", type=int, default=512, help="for --criteria")
     p.add_argument(
         "--a3-prune", type=float, default=0.3, help="MACs A3 prunes before decomposing"
     )
@@ -232,6 +250,174 @@ def approaches(args, teacher, train, test, base_accuracy, began):
     print(f"total {result['total_minutes']:.1f} min; wrote {out}")
 
 
+# Rows of --criteria: (label, criterion, allocation); "fixed" is the l1 row's widths.
+OTHERS = (
+    ("l1", "l1", "fixed"),
+    ("fpgm", "fpgm", "fixed"),
+    ("bn_scale", "bn_scale", "fixed"),
+    ("dfs", "dfs", "fixed"),
+    ("sfs", "sfs", "fixed"),
+    ("fisher", "fisher", "fixed"),
+    ("taylor", "taylor", "fixed"),
+    ("activation_k34", "activation_k34", "fixed"),
+    ("itpruner (l1)", "l1", "itpruner"),
+)
+
+
+def other_criteria(args, teacher, train, test, base_accuracy, began):
+    """The OTHERS rows at the same MACs, fine-tuned alike; the JSON is rewritten
+    after every run and the runs already in it are not repeated."""
+    batches = data.fashion_mnist(
+        "train", batch_size=args.calibration_images, shuffle=False
+    )
+    x_cal, y_cal = next(iter(batches))
+    calibration = (x_cal.numpy(), y_cal.numpy())
+    reference = hos_keras.plan_pruning(
+        teacher, "l1", "target", macs_reduction=args.target, base="shapiro"
+    )
+    widths = {g: len(p.keep) for g, p in reference.groups.items()}
+    plans = {}
+    for label, criterion, allocation in OTHERS:
+        start = time.perf_counter()
+        if allocation == "fixed":
+            ratios = {
+                g: 1.0 - widths[g] / p.channels for g, p in reference.groups.items()
+            }
+            weights_only = criterion in ("l1", "fpgm", "bn_scale")
+            plan = hos_keras.plan_pruning(
+                teacher,
+                criterion,
+                "fixed",
+                ratio=ratios,
+                data=None if weights_only else calibration,
+            )
+            assert {g: len(p.keep) for g, p in plan.groups.items()} == widths, label
+        else:
+            plan = hos_keras.plan_pruning(
+                teacher,
+                criterion,
+                allocation,
+                macs_reduction=args.target,
+                data=calibration,
+            )
+        plans[label] = (plan, time.perf_counter() - start)
+        print(
+            f"{label:<16} {plan.macs_reduction:.1%} fewer MACs, planned in "
+            f"{plans[label][1]:.1f} s",
+            flush=True,
+        )
+    out = args.out or os.path.join(RESULTS, "accuracy_criteria.json")
+    config = {
+        "network": "cifar_resnet(20) widths 16-32-64, 28x28x1",
+        "baseline_accuracy": base_accuracy,
+        "baseline_epochs": args.epochs,
+        "finetune_epochs": args.finetune_epochs,
+        "target_macs_reduction": args.target,
+        "widths": "l1 with the Shapiro-Wilk target allocation; itpruner its own",
+        "calibration": f"the first {args.calibration_images} training images",
+        "finetuning": "HOSDistiller with the auxiliary losses (output_weight 1.0, "
+        "automatic pivots)",
+        "finetune_lr": args.finetune_lr,
+        "batch_size": args.batch_size,
+        "training_images": args.limit or 60000,
+        "optimizer": "SGD momentum 0.9 Nesterov, weight decay 5e-4, cosine",
+    }
+    runs = []
+    if os.path.exists(out):
+        with open(out, encoding="utf-8") as stream:
+            earlier = json.load(stream)
+        if earlier.get("config") == config:
+            runs = earlier["runs"]
+            print(f"resuming: {len(runs)} runs in {out}")
+    steps = int(train.cardinality()) * args.finetune_epochs
+    for seed in range(args.seeds):
+        for label, _, _ in OTHERS:
+            if any(r["seed"] == seed and r["row"] == label for r in runs):
+                continue
+            plan = plans[label][0]
+            keras.utils.set_random_seed(seed)
+            student = hos_keras.slim_model(teacher, plan)
+            pruned = accuracy(student, test)
+            distiller = hos_keras.HOSDistiller(
+                student, teacher, plan=plan, output_weight=1.0
+            )
+            distiller.compile(
+                optimizer=sgd(args.finetune_lr, steps),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            start = time.perf_counter()
+            distiller.fit(
+                train.shuffle(64, seed=seed), epochs=args.finetune_epochs, verbose=0
+            )
+            seconds = time.perf_counter() - start
+            final = accuracy(student, test)
+            runs.append(
+                {
+                    "seed": seed,
+                    "row": label,
+                    "pruned_accuracy": pruned,
+                    "accuracy": final,
+                    "seconds": seconds,
+                    "load_average": os.getloadavg(),
+                }
+            )
+            print(
+                f"seed {seed} {label:<16} pruned {pruned:.4f} -> fine-tuned "
+                f"{final:.4f} ({seconds:.0f} s)",
+                flush=True,
+            )
+            _write_criteria(out, config, plans, runs, began)
+    table = _write_criteria(out, config, plans, runs, began)
+    print(f"\nbaseline {base_accuracy:.4f}")
+    for row in table:
+        print(
+            f"{row['row']:<16}{row['macs_reduction']:>8.1%} fewer MACs "
+            f"{row['pruned_mean']:>8.4f} -> {row['mean']:.4f} +- {row['std']:.4f} "
+            f"(n={row['n']})"
+        )
+    print(f"wrote {out}")
+
+
+def _write_criteria(out, config, plans, runs, began):
+    table = []
+    for label, criterion, allocation in OTHERS:
+        plan = plans[label][0]
+        chosen = [r for r in runs if r["row"] == label]
+        values = np.array([r["accuracy"] for r in chosen])
+        pruned = np.array([r["pruned_accuracy"] for r in chosen])
+        table.append(
+            {
+                "row": label,
+                "criterion": criterion,
+                "allocation": allocation,
+                "macs_reduction": plan.macs_reduction,
+                "params": plan.params_after,
+                "plan_seconds": plans[label][1],
+                "widths": {g: len(p.keep) for g, p in plan.groups.items()},
+                "mean": float(values.mean()) if len(values) else None,
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "pruned_mean": float(pruned.mean()) if len(pruned) else None,
+                "n": len(values),
+            }
+        )
+    result = {
+        "config": config,
+        "table": table,
+        "runs": runs,
+        "minutes_this_call": (time.perf_counter() - began) / 60,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+    }
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as stream:
+        json.dump(result, stream, indent=1)
+    return table
+
+
 def main():
     args = parse_args()
     began = time.perf_counter()
@@ -242,6 +428,8 @@ def main():
     print(f"baseline test accuracy {base_accuracy:.4f}")
     if args.approaches:
         return approaches(args, teacher, train, test, base_accuracy, began)
+    if args.criteria:
+        return other_criteria(args, teacher, train, test, base_accuracy, began)
     args.out = args.out or os.path.join(RESULTS, "accuracy.json")
 
     plans = {
