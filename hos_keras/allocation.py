@@ -118,6 +118,25 @@ class Allocation:
         """The constructor arguments, for the plan's record."""
         return {}
 
+    def retarget(
+        self,
+        *,
+        macs_reduction: float | None = None,
+        latency_reduction: float | None = None,
+    ) -> Allocation:
+        """The same allocation asked for another reduction (one of the two).
+
+        Allocations that take a target (`"target"`, `"itpruner"`) implement it;
+        the planner's measured latency search uses it to re-plan.
+
+        Raises:
+            InvalidArgumentError: for an allocation without a target.
+        """
+        raise InvalidArgumentError(
+            f"allocation={self.name!r} takes no MACs or latency target; use "
+            "allocation='target' (any base) or 'itpruner'."
+        )
+
 
 def _check_ratio(name: str, value) -> float:
     try:
@@ -623,6 +642,14 @@ class TargetAllocation(Allocation):
             f"{what}. Ask for less, raise max_ratio, or use base='global'."
         )
 
+    def retarget(self, *, macs_reduction=None, latency_reduction=None):
+        return TargetAllocation(
+            macs_reduction=macs_reduction,
+            latency_reduction=latency_reduction,
+            base=self.base,
+            **self.base_options,
+        )
+
     def get_config(self):
         return {
             f"{self.metric}_reduction": self.target,
@@ -648,21 +675,39 @@ class ITPrunerAllocation(Allocation):
     and `round_to`), and, if the rounding left the target unmet, the least
     important groups give up channels one at a time until it is met.
 
+    With `latency_reduction` instead, the MACs budget is the smallest one (found
+    by bisection) whose solution removes that fraction of the latency predicted
+    by the runtime's latency model (`plan_pruning(..., runtime=...)`, see
+    `hos_keras.latency`); the planner then measures the plan as for
+    `allocation="target"`.
+
     The maps of a group are its first producer's outputs on the first `images`
     calibration inputs.
 
     Args:
         macs_reduction: Fraction of the MACs to remove, in (0, 1). Defaults to
-            `0.5`.
+            `0.5` unless `latency_reduction` is given.
         beta: The temperature of the importance. Defaults to `1.0`.
         min_keep: Smallest keep fraction of any group. Defaults to `0.1`.
         images: Calibration inputs the maps are taken on. Defaults to `64`.
+        latency_reduction: Fraction of the predicted latency to remove, in
+            (0, 1): `0.5` asks for 2x faster. Give this or `macs_reduction`, not
+            both. Defaults to `None`.
 
     Raises:
-        InvalidArgumentError: for values out of range; at allocation time
-            without calibration data.
+        InvalidArgumentError: for values out of range or both targets; at
+            allocation time without calibration data, or without a latency
+            model for `latency_reduction`.
         UnreachableTargetError: if even `min_keep` everywhere does not remove
-            `macs_reduction` of the MACs.
+            the requested reduction.
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(
+        model, "l1", "itpruner", macs_reduction=0.5, data=(x_cal, y_cal)
+    )
+    ```
     """
 
     name = "itpruner"
@@ -670,12 +715,29 @@ class ITPrunerAllocation(Allocation):
 
     def __init__(
         self,
-        macs_reduction: float = 0.5,
+        macs_reduction: float | None = None,
         beta: float = 1.0,
         min_keep: float = 0.1,
         images: int = 64,
+        latency_reduction: float | None = None,
     ):
-        self.macs_reduction = _check_fraction("macs_reduction", macs_reduction)
+        if macs_reduction is not None and latency_reduction is not None:
+            raise InvalidArgumentError(
+                f"Received macs_reduction={macs_reduction!r} and latency_reduction="
+                f"{latency_reduction!r}; pass one target."
+            )
+        self.latency_reduction = (
+            None
+            if latency_reduction is None
+            else _check_fraction("latency_reduction", latency_reduction)
+        )
+        self.macs_reduction = (
+            None
+            if self.latency_reduction is not None
+            else _check_fraction(
+                "macs_reduction", 0.5 if macs_reduction is None else macs_reduction
+            )
+        )
         self.min_keep = _check_fraction("min_keep", min_keep)
         try:
             self.beta = float(beta)
@@ -698,61 +760,110 @@ class ITPrunerAllocation(Allocation):
         groups = [g for g in context.layers if context.channels[g] > 1]
         if not groups:
             return Allocated({g: 0.0 for g in context.layers})
+        if self.latency_reduction is not None and context.latency_reduction is None:
+            raise InvalidArgumentError(
+                "allocation='itpruner' with latency_reduction needs a latency "
+                "model; plan with hos_keras.plan_pruning(..., runtime=...) or pass "
+                "latency_model=."
+            )
         similarity = context.features(groups, self.images)
         redundancy = similarity.sum(axis=1)
         alpha = np.exp(-self.beta * redundancy)
         widths = np.array([context.channels[g] for g in groups], dtype=np.float64)
         reduction = _QuadraticReduction(context, groups, widths)
         low = np.maximum(self.min_keep, 1.0 / widths)
-        if reduction(low) < self.macs_reduction - 1e-9:
-            raise UnreachableTargetError(
-                f"Cannot reach macs_reduction={self.macs_reduction} with "
-                f"allocation='itpruner': keeping min_keep={self.min_keep} of every "
-                f"group removes {reduction(low):.1%} of the MACs. Lower min_keep "
-                "or ask for less."
-            )
-        start = np.clip(np.full(len(groups), 1.0 - self.macs_reduction), low, 1.0)
         weight = alpha / alpha.max()  # the same optimum, on a scale SLSQP resolves
-        result = optimize.minimize(
-            lambda x: -float(weight @ x),
-            start,
-            jac=lambda x: -weight,
-            bounds=list(zip(low, np.ones(len(groups)), strict=True)),
-            constraints=[
-                {
-                    "type": "ineq",
-                    "fun": lambda x: reduction(x) - self.macs_reduction,
-                    "jac": reduction.gradient,
-                }
-            ],
-            method="SLSQP",
-            options={"maxiter": 500, "ftol": 1e-10},
-        )
-        keep = np.clip(result.x, low, 1.0)
-        ratios = {g: float(1.0 - k) for g, k in zip(groups, keep, strict=True)}
-        ratios = self._meet(context, ratios, alpha, groups)
-        ratios.update({g: 0.0 for g in context.layers if g not in ratios})
+
+        def solve(budget: float):
+            start = np.clip(np.full(len(groups), 1.0 - budget), low, 1.0)
+            result = optimize.minimize(
+                lambda x: -float(weight @ x),
+                start,
+                jac=lambda x: -weight,
+                bounds=list(zip(low, np.ones(len(groups)), strict=True)),
+                constraints=[
+                    {
+                        "type": "ineq",
+                        "fun": lambda x: reduction(x) - budget,
+                        "jac": reduction.gradient,
+                    }
+                ],
+                method="SLSQP",
+                options={"maxiter": 500, "ftol": 1e-10},
+            )
+            keep = np.clip(result.x, low, 1.0)
+            ratios = {g: float(1.0 - k) for g, k in zip(groups, keep, strict=True)}
+            ratios = self._meet(context, ratios, alpha, groups, budget)
+            ratios.update({g: 0.0 for g in context.layers if g not in ratios})
+            return ratios, keep, str(result.message)
+
+        most = reduction(low)
+        details = {"beta": self.beta}
+        if self.latency_reduction is None:
+            budget = self.macs_reduction
+            if most < budget - 1e-9:
+                self._unreachable("macs_reduction", budget, most, "MACs")
+            ratios, keep, message = solve(budget)
+        else:
+            budget, (ratios, keep, message), predicted = self._latency_budget(
+                context, solve, most
+            )
+            details["requested_latency_reduction"] = self.latency_reduction
+            details["predicted_latency_reduction"] = predicted
         counts = context.keep_counts(ratios)
+        details.update(
+            {
+                "macs_reduction_target": budget,
+                "achieved_macs_reduction": context.macs_reduction(counts),
+                "redundancy": dict(zip(groups, redundancy.tolist(), strict=True)),
+                "keep_fractions": dict(zip(groups, keep.tolist(), strict=True)),
+                "solver": message,
+            }
+        )
         return Allocated(
             ratios,
             statistics={g: float(a) for g, a in zip(groups, alpha, strict=True)},
-            details={
-                "macs_reduction_target": self.macs_reduction,
-                "achieved_macs_reduction": context.macs_reduction(counts),
-                "beta": self.beta,
-                "redundancy": dict(zip(groups, redundancy.tolist(), strict=True)),
-                "keep_fractions": dict(zip(groups, keep.tolist(), strict=True)),
-                "solver": str(result.message),
-            },
+            details=details,
         )
 
-    def _meet(self, context, ratios, alpha, groups) -> dict[str, float]:
+    def _latency_budget(self, context, solve, most):
+        """The smallest MACs budget (to 0.5%) whose solution's predicted latency
+        reduction meets the target: `(budget, solution, predicted reduction)`."""
+        target = self.latency_reduction
+
+        def predicted(solution) -> float:
+            return context.latency_reduction(context.keep_counts(solution[0]))
+
+        top = solve(most)
+        if predicted(top) < target:
+            self._unreachable(
+                "latency_reduction", target, predicted(top), "predicted latency"
+            )
+        lo, hi, best = 0.0, most, (most, top, predicted(top))
+        while hi - lo > 0.005:
+            mid = 0.5 * (lo + hi)
+            solution = solve(mid)
+            reached = predicted(solution)
+            if reached >= target:
+                hi, best = mid, (mid, solution, reached)
+            else:
+                lo = mid
+        return best
+
+    def _unreachable(self, argument, target, best, what):
+        raise UnreachableTargetError(
+            f"Cannot reach {argument}={target} with allocation='itpruner': keeping "
+            f"min_keep={self.min_keep} of every group removes {best:.1%} of the "
+            f"{what}. Lower min_keep or ask for less."
+        )
+
+    def _meet(self, context, ratios, alpha, groups, budget) -> dict[str, float]:
         """Removes channels from the least important groups until the rounded
-        widths meet the target."""
+        widths remove `budget` of the MACs."""
         order = [groups[i] for i in np.argsort(alpha, kind="stable")]
         for _ in range(sum(context.channels[g] for g in groups)):
             counts = context.keep_counts(ratios)
-            if context.macs_reduction(counts) >= self.macs_reduction - 1e-12:
+            if context.macs_reduction(counts) >= budget - 1e-12:
                 break
             for g in order:
                 if counts[g] > 1:
@@ -762,9 +873,23 @@ class ITPrunerAllocation(Allocation):
                 break
         return ratios
 
+    def retarget(self, *, macs_reduction=None, latency_reduction=None):
+        return ITPrunerAllocation(
+            macs_reduction=macs_reduction,
+            beta=self.beta,
+            min_keep=self.min_keep,
+            images=self.images,
+            latency_reduction=latency_reduction,
+        )
+
     def get_config(self):
+        target = (
+            {"macs_reduction": self.macs_reduction}
+            if self.latency_reduction is None
+            else {"latency_reduction": self.latency_reduction}
+        )
         return {
-            "macs_reduction": self.macs_reduction,
+            **target,
             "beta": self.beta,
             "min_keep": self.min_keep,
             "images": self.images,

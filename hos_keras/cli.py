@@ -169,10 +169,7 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
         )
     if name == "itpruner":
         if latency_target is not None:
-            raise CommandError(
-                "--latency-target does not apply to --allocation itpruner; give "
-                "--target (the MACs reduction it allocates for)."
-            )
+            return name, {"latency_reduction": latency_target}
         return name, {} if target is None else {"macs_reduction": target}
     if target is not None or latency_target is not None or name == "target":
         options = {"base": base}

@@ -448,6 +448,8 @@ def _resolve_allocation(allocation, target, options, target_latency=None):
         if target is not None
         else ("target_latency", target_latency, {"latency_reduction": target_latency})
     )
+    if allocation == "itpruner":  # it allocates for its own target
+        return allocation, {**options, **reduction}
     if not isinstance(allocation, str) or allocation == "target":
         raise InvalidArgumentError(
             f"Received {name}={value!r} with allocation={allocation!r}; with a "

@@ -772,8 +772,8 @@ def _measured(model, plan, allocator, assemble, latency_model, corrections):
         plan = max(points, key=lambda p: p[1])[2]
     else:
         raise UnreachableTargetError(
-            f"Cannot reach latency_reduction={target}: no plan of base="
-            f"{allocator.base!r} could be measured. Ask for less."
+            f"Cannot reach latency_reduction={target}: no plan of allocation="
+            f"{allocator.name!r} could be measured. Ask for less."
         )
     plan.details["requested_latency_reduction"] = target
     plan.details["latency"]["rounds"] = rounds
@@ -787,11 +787,8 @@ def _replan(plan, allocator, assemble, asked, step):
     target is unreachable."""
     while 0.0 < asked + step < 0.99:
         asked += step
-        retry = allocation_lib.TargetAllocation(
-            latency_reduction=asked, base=allocator.base, **allocator.base_options
-        )
         try:
-            candidate = assemble(retry)
+            candidate = assemble(allocator.retarget(latency_reduction=asked))
         except InvalidArgumentError:
             return None
         if _same_widths(candidate, plan):
@@ -844,11 +841,7 @@ def _next_by_macs(points, target, allocator, assemble):
     if any(abs(guess - p[0]) < _MACS_RESOLUTION / 4 for p in points):
         return None
     try:
-        candidate = assemble(
-            allocation_lib.TargetAllocation(
-                macs_reduction=guess, base=allocator.base, **allocator.base_options
-            )
-        )
+        candidate = assemble(allocator.retarget(macs_reduction=guess))
     except UnreachableTargetError:
         return None
     if any(_same_widths(candidate, p[2]) for p in points):

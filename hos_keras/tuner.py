@@ -100,13 +100,12 @@ class HOSHyperModel(keras_tuner.HyperModel):
             for `target_latency`. Defaults to `None` (built for `runtime`).
         allocation: Allocation name(s): `"shapiro"`, `"jarque_bera"`, `"k34"`
             (their knob is `coefficient`), `"global"` (knob `fraction`) or
-            `"itpruner"` (knob `beta`; MACs budgets only). Defaults to
-            `"shapiro"`.
+            `"itpruner"` (knob `beta`). Defaults to `"shapiro"`.
         coefficient: Search space of c. Defaults to `(1.5, 8.0)`.
         fraction: Search space of the global fraction. Defaults to `(0.1, 0.7)`.
         beta: Search space of ITPruner's temperature (`allocation="itpruner"`,
-            which allocates exactly the MACs budget and needs
-            `calibration_data`). Defaults to `(0.5, 5.0)`.
+            which allocates exactly the MACs or predicted latency budget and
+            needs `calibration_data`). Defaults to `(0.5, 5.0)`.
         criterion: Criterion name(s). Defaults to `["k34", "abs_k34"]`.
         output_weight: Search space of the output-term weight. Defaults to
             `(1.0, 10.0)`: it holds the reference's `mse_factor`, 5 with pivot
@@ -276,11 +275,6 @@ class HOSHyperModel(keras_tuner.HyperModel):
             for c in (criteria if isinstance(criteria, list) else [criteria])
             if getattr(get_criterion(c), "statistics", ())
         ]
-        if "itpruner" in allocations and self.latency_model is not None:
-            raise InvalidArgumentError(
-                "allocation='itpruner' allocates a MACs budget; use "
-                "target_reduction= or macs_budget= with it, not target_latency=."
-            )
         if "itpruner" in allocations and calibration_data is None:
             data_criteria.append("allocation='itpruner'")
         if data_criteria and calibration_data is None:
@@ -319,10 +313,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
             calibration = self.calibration
         if allocation == "itpruner":
             calibration = self.calibration
-            value = {
-                "beta": value,
-                "macs_reduction": 1.0 - self.macs_budget / self.macs_original,
-            }
+            target = (
+                {"macs_reduction": 1.0 - self.macs_budget / self.macs_original}
+                if self.latency_model is None
+                else {
+                    "latency_reduction": 1.0 - self._budget / self.latency_model.base_ms
+                }
+            )
+            value = {"beta": value, **target}
         else:
             value = {knob: value}
         return plan_pruning(

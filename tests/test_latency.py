@@ -496,3 +496,131 @@ def test_tuner_latency_budget(macs_timer):
     assert hypermodel.score(cost, 0.9) == pytest.approx(expected)
     with pytest.raises(InvalidArgumentError, match="exactly one"):
         HOSHyperModel(model, target_reduction=0.3, target_latency=0.3)
+
+
+# allocation="itpruner" with a latency target: the MACs budget is bisected.
+
+
+def _calibration():
+    x = np.random.default_rng(3).normal(size=(16, 8, 8, 3)).astype("float32")
+    return x, np.arange(16) % 4
+
+
+def test_itpruner_latency_target_is_the_smallest_budget_that_meets_it():
+    model, data = _cnn(), _calibration()
+    zero = (0.0, 0.0, 0.0, 0.0)
+    # All of the time that pruning can save is c2's c_in * c_out term.
+    table = _table({"c1": zero, "c2": (0.1, 0.02, 0.0, 0.0), "c3": zero, "out": zero})
+    table.base_ms = 4.0
+
+    def predicted_reduction(plan):
+        saved = 0.02 * (8 * 16 - len(plan["c1"].keep) * len(plan["c2"].keep))
+        return saved / 4.0
+
+    options = {"latency_model": table, "verify_latency": False, "data": data}
+    plan = hos_keras.plan_pruning(
+        model, "l1", "itpruner", latency_reduction=0.3, **options
+    )
+    info = plan.details["latency"]
+    assert 1 - info["predicted_ms"] / 4.0 == pytest.approx(predicted_reduction(plan))
+    assert predicted_reduction(plan) >= 0.3
+    assert plan.details["predicted_latency_reduction"] >= 0.3
+    budget = plan.details["macs_reduction_target"]
+    same = hos_keras.plan_pruning(
+        model, "l1", "itpruner", macs_reduction=budget, **options
+    )
+    assert {n: len(g.keep) for n, g in same.groups.items()} == {
+        n: len(g.keep) for n, g in plan.groups.items()
+    }
+    # One percent less budget no longer meets the target: the budget is minimal.
+    less = hos_keras.plan_pruning(
+        model, "l1", "itpruner", macs_reduction=budget - 0.01, **options
+    )
+    assert predicted_reduction(less) < 0.3
+    assert plan.allocation_config["latency_reduction"] == 0.3
+    with pytest.raises(UnreachableTargetError, match="predicted latency"):
+        hos_keras.plan_pruning(
+            model, "l1", "itpruner", latency_reduction=0.8, **options
+        )
+    with pytest.raises(InvalidArgumentError, match="pass one target"):
+        hos_keras.get_allocation("itpruner", macs_reduction=0.3, latency_reduction=0.3)
+
+
+def test_itpruner_latency_target_is_measured_and_corrected(macs_timer, monkeypatch):
+    model, data = _cnn(), _calibration()
+    table = latency.build_latency_model(model)  # predicts MACs exactly
+    monkeypatch.setattr(latency, "_time_models", _fixed_cost_runtime(0.3))
+    plan = hos_keras.plan_pruning(
+        model, "l1", "itpruner", latency_reduction=0.4, data=data, latency_model=table
+    )
+    info = plan.details["latency"]
+    # The fixed cost makes the model's first plan miss; the planner re-plans
+    # ITPruner itself (asking more latency, then searching its MACs budget).
+    assert info["rounds"][0]["measured_speedup"] < 1 / 0.61
+    assert len(info["rounds"]) >= 2 and info["met"]
+    assert info["measured_speedup"] >= 1 / 0.61
+    assert plan.allocation == "itpruner"
+
+
+def test_itpruner_latency_target_from_every_entry_point(macs_timer, tmp_path, capsys):
+    import keras_tuner
+
+    from hos_keras import cli
+    from hos_keras.tuner import HOSHyperModel
+
+    model, (x, y) = _cnn(), _calibration()
+    _, report = hos_keras.compress(
+        model,
+        (x, y),
+        (x, y),
+        criterion="l1",
+        allocation="itpruner",
+        target_latency=0.3,
+        calibration_steps=1,
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    assert report.plan.allocation_config["latency_reduction"] == 0.3
+    assert report.plan.details["latency"]["measured_speedup"] >= 1 / 0.71
+
+    path, calibration = tmp_path / "model.keras", tmp_path / "cal.npz"
+    model.save(path)
+    np.savez(calibration, x=x, y=y)
+    flags = ["--allocation", "itpruner", "--latency-target", "0.3"]
+    status = cli.main(
+        ["prune", str(path), *flags, "--data", str(calibration), "--criterion", "l1"]
+        + ["--out", str(tmp_path / "s.keras"), "--plan", str(tmp_path / "p.json")]
+    )
+    assert status == 0, capsys.readouterr().err
+    written = hos_keras.PruningPlan.from_json((tmp_path / "p.json").read_text())
+    assert written.allocation_config["latency_reduction"] == 0.3
+    assert written.details["latency"]["measured_speedup"] >= 1 / 0.71
+
+    hypermodel = HOSHyperModel(
+        model,
+        target_latency=0.3,
+        allocation="itpruner",
+        criterion="l1",
+        calibration_data=(x, y),
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("beta", 2.0)
+    plan = hypermodel.plan(hp)
+    assert plan.allocation_config["latency_reduction"] == pytest.approx(0.3)
+    assert hypermodel._cost(plan) <= hypermodel.latency_model.base_ms * 0.7 + 1e-9
+
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1, 2],
+        criterion="l1",
+        allocation="itpruner",
+        latency_reduction=[0.2, 0.4],
+        data=(x, y),
+        verbose=0,
+    )
+    model.fit(x, y, epochs=2, callbacks=[callback], verbose=0)
+    info = callback.plan.details["latency"]
+    assert 1 - info["predicted_ms"] / info["original_ms"] >= 0.4
