@@ -429,7 +429,7 @@ def test_a_data_criterion_reads_the_training_data():
         val,
         criterion="l1",
         allocation="itpruner",
-        macs_reduction=0.4,
+        target=0.4,  # ITPruner allocates for the target itself
         calibration_steps=1,
         distill_epochs=0,
         finetune_epochs=0,
