@@ -41,6 +41,7 @@ from hos_keras.latency import measure_latency
 from hos_keras.layer_rules import filter_matrix, register_layer_rule
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
+from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.stats import (
     PowerSums,
     jarque_bera,
@@ -97,6 +98,7 @@ __all__ = [
     "pivot_weights",
     "plan_pruning",
     "profile",
+    "recalibrate_batchnorm",
     "register_criterion",
     "register_layer_rule",
     "score_filters",

@@ -152,17 +152,7 @@ def collect(
             "Received data=None; a data-driven criterion needs calibration data: "
             "pass data=(x, y) arrays or a tf.data.Dataset of (x, y) batches."
         )
-    if steps is not None:
-        steps = check_int("calibration_steps", steps)
-    if isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(64)
-    if not isinstance(data, tf.data.Dataset):
-        raise InvalidArgumentError(
-            f"Received data of type {type(data).__name__}; pass (x, y) arrays or a "
-            "tf.data.Dataset of (x, y) batches."
-        )
-    if steps is not None:
-        data = data.take(steps)
+    data = batches(data, steps, steps_name="calibration_steps")
     outputs = [model.get_layer(name).output for name in producers]
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, [model.outputs[0], *outputs])
@@ -212,6 +202,32 @@ def collect(
     return totals
 
 
+def batches(data, steps: int | None = None, *, steps_name: str = "steps"):
+    """`data` as a `tf.data.Dataset` of batches, the first `steps` of them.
+
+    Args:
+        data: A `tf.data.Dataset` of batches, an `(x, y)` tuple of arrays or an
+            array `x` (batched by 64).
+        steps: Batches to keep; `None` for all. Defaults to `None`.
+        steps_name: The argument's name in error messages.
+
+    Raises:
+        InvalidArgumentError: for another type of data or a bad `steps`.
+    """
+    if steps is not None:
+        steps = check_int(steps_name, steps)
+    if isinstance(data, (tuple, np.ndarray)) and not isinstance(
+        data[0], tf.data.Dataset
+    ):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(64)
+    if not isinstance(data, tf.data.Dataset):
+        raise InvalidArgumentError(
+            f"Received data of type {type(data).__name__}; pass (x, y) arrays or a "
+            "tf.data.Dataset of (x, y) batches."
+        )
+    return data if steps is None else data.take(steps)
+
+
 def _default_loss(model):
     from hos_keras.compress import _outputs_probabilities
 
@@ -244,8 +260,7 @@ def features(
             "Received data=None; this allocation compares the layers' feature maps "
             "on calibration data: pass data=(x, y) arrays or a tf.data.Dataset."
         )
-    if isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(64)
+    data = batches(data)
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(inputs, [model.get_layer(n).output for n in layer_names])
     parts: dict[str, list[np.ndarray]] = {n: [] for n in layer_names}
