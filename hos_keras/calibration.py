@@ -181,6 +181,11 @@ def collect(
     strategy = tf.distribute.get_strategy()
     replicated = strategy.num_replicas_in_sync > 1
     if replicated:
+        if not isinstance(data, tf.data.Dataset):
+            raise InvalidArgumentError(
+                "Under a tf.distribute strategy the calibration data must be a "
+                "tf.data.Dataset (or arrays); convert the PyDataset."
+            )
         data = strategy.experimental_distribute_dataset(data)
     for batch in data:
         if replicated:
@@ -202,24 +207,33 @@ def collect(
     return totals
 
 
-def batches(data, steps: int | None = None, *, steps_name: str = "steps"):
-    """`data` as a `tf.data.Dataset` of batches, the first `steps` of them.
+def batches(
+    data, steps: int | None = None, *, steps_name: str = "steps", batch_size: int = 64
+):
+    """`data` as an iterable of batches, the first `steps` of them.
 
     Args:
-        data: A `tf.data.Dataset` of batches, an `(x, y)` tuple of arrays or an
-            array `x` (batched by 64).
+        data: A `tf.data.Dataset` or `keras.utils.PyDataset` of batches, an
+            `(x, y)` tuple of arrays or an array `x`.
         steps: Batches to keep; `None` for all. Defaults to `None`.
         steps_name: The argument's name in error messages.
+        batch_size: Batch size of arrays. Defaults to `64`.
+
+    Returns:
+        A `tf.data.Dataset` (a generator for a `PyDataset`).
 
     Raises:
         InvalidArgumentError: for another type of data or a bad `steps`.
     """
     if steps is not None:
         steps = check_int(steps_name, steps)
+    if isinstance(data, keras.utils.PyDataset):
+        count = len(data) if steps is None else min(steps, len(data))
+        return (data[i] for i in range(count))
     if isinstance(data, (tuple, np.ndarray)) and not isinstance(
         data[0], tf.data.Dataset
     ):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(64)
+        data = tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
     if not isinstance(data, tf.data.Dataset):
         raise InvalidArgumentError(
             f"Received data of type {type(data).__name__}; pass (x, y) arrays or a "

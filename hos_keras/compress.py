@@ -32,10 +32,11 @@ from hos_keras.errors import InvalidArgumentError, check_int
 from hos_keras.latency import measure_latency
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
+from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
 
 __all__ = ["CompressionReport", "compress"]
 
-STAGES = ("original", "pruned", "distilled", "finetuned")
+STAGES = ("original", "pruned", "recalibrated", "distilled", "finetuned")
 # compress's approaches, the paper's A1, A2 and A3 (METHOD.md section 4).
 APPROACHES = ("prune", "decompose", "prune+decompose")
 
@@ -49,7 +50,8 @@ class CompressionReport:
         criterion: Filter criterion used (`"none"` without pruning).
         allocation: Allocation used (its name; `"none"` without pruning).
         metrics: Stage (`"original"`, `"pruned"` - right after pruning and/or
-            decomposition -, `"distilled"`, `"finetuned"`) -> the `evaluate`
+            decomposition -, `"recalibrated"` - then with its batch norms
+            re-estimated -, `"distilled"`, `"finetuned"`) -> the `evaluate`
             results on the validation data (loss and every compiled metric); a
             stage that did not run is absent.
         params: `{"original": n, "slim": n}`.
@@ -95,7 +97,8 @@ class CompressionReport:
         """The accuracy metric of a stage, or None if it was not measured.
 
         Args:
-            stage: One of `"original"`, `"pruned"`, `"distilled"`, `"finetuned"`.
+            stage: One of `"original"`, `"pruned"`, `"recalibrated"`,
+                `"distilled"`, `"finetuned"`.
 
         Returns:
             The value of the first compiled metric whose name contains
@@ -223,6 +226,7 @@ class CompressionReport:
                 "decompose": "right after decomposition",
                 "prune+decompose": "right after both",
             }[self.approach],
+            "recalibrated": "+ BN recalibration",
             "distilled": "after distillation",
             "finetuned": "after fine-tuning",
         }
@@ -475,6 +479,7 @@ def compress(
     decompose_layers: Sequence[str] | None = None,
     criterion="k34",
     calibration_steps: int | None = 16,
+    recalibration_steps: int = 8,
     allocation="shapiro",
     scope="all",
     skip=(),
@@ -556,6 +561,10 @@ def compress(
             their statistics on `train_data`, as does `allocation="itpruner"`.
         calibration_steps: Batches of `train_data` a data-driven criterion reads
             (`None`: all of them). Defaults to `16`.
+        recalibration_steps: Batches of `train_data` on which the compressed
+            model's batch norms are re-estimated right after compression, before
+            it is evaluated or trained (`recalibrate_batchnorm`; EagleEye's
+            adaptive batch normalization); `0` to skip. Defaults to `8`.
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
         scope: Which channel groups may be pruned: `"all"`, `"inner"` (the
@@ -637,6 +646,9 @@ def compress(
     _check_data("val_data", val_data)
     distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
+    recalibration_steps = check_int(
+        "recalibration_steps", recalibration_steps, minimum=0
+    )
     schedules = {
         "distill": _check_lr_schedule("distill_lr_schedule", distill_lr_schedule),
         "finetune": _check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule),
@@ -748,6 +760,15 @@ def compress(
             approach, "pruning and decomposition"
         ),
     )
+    if recalibration_steps and batchnorm_layers(student):
+        say(f"[hos_keras] re-estimating batch norms on {recalibration_steps} batches")
+        recalibrate_batchnorm(
+            student,
+            train_data,
+            recalibration_steps,
+            batch_size=batch_size,
+        )
+        results["recalibrated"] = evaluate(student, "after BN recalibration")
 
     if pivots == "auto":
         try:

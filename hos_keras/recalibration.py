@@ -39,7 +39,7 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
 
 def recalibrate_batchnorm(
-    model: keras.Model, data, steps: int | None = None
+    model: keras.Model, data, steps: int | None = None, *, batch_size: int = 64
 ) -> dict[str, int]:
     """Re-estimates the moving statistics of every BatchNormalization of `model`.
 
@@ -53,12 +53,13 @@ def recalibrate_batchnorm(
     Args:
         model: A built Keras model (functional, Sequential or subclassed; nested
             models included).
-        data: A `tf.data.Dataset` of `x` or `(x, y)` batches, an `(x, y)` tuple of
-            arrays or an array `x` (batched by 64). A few hundred images are
-            enough; batches of at least 32 keep the batch statistics close to
-            the population's.
+        data: A `tf.data.Dataset` or `keras.utils.PyDataset` of `x` or `(x, y)`
+            batches, an `(x, y)` tuple of arrays or an array `x`. A few hundred
+            images are enough; batches of at least 32 keep the batch statistics
+            close to the population's.
         steps: Batches of `data` to use; `None` for all of them. Defaults to
             `None`.
+        batch_size: Batch size of arrays. Defaults to `64`.
 
     Returns:
         Layer path -> the number of images its statistics were taken on (empty
@@ -79,7 +80,7 @@ def recalibrate_batchnorm(
     layers = batchnorm_layers(model)
     if not layers:
         return {}
-    data = calibration.batches(data, steps)
+    data = calibration.batches(data, steps, batch_size=batch_size)
     sums: dict[int, stats.PowerSums] = {}
     seen: dict[int, int] = {}  # images per layer
 

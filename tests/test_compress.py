@@ -60,13 +60,21 @@ def resnet_run(tmp_path_factory):
 
 
 def test_report_accuracies_match_independent_evaluations(resnet_run):
-    model, _, _, (x, y), _, slim, report = resnet_run
+    model, _, train, (x, y), _, slim, report = resnet_run
     assert report.accuracy("original") == pytest.approx(_accuracy(model, x, y))
     # Right after pruning the slim model computes what the masked model computes.
     masked = hos_keras.mask_model(model, report.plan)
     assert report.accuracy("pruned") == pytest.approx(_accuracy(masked, x, y))
     assert report.accuracy("finetuned") == pytest.approx(_accuracy(slim, x, y))
-    assert set(report.metrics) == {"original", "pruned", "distilled", "finetuned"}
+    stages = {"original", "pruned", "recalibrated", "distilled", "finetuned"}
+    assert set(report.metrics) == stages
+    # Then its batch norms are re-estimated on the first 8 training batches.
+    recalibrated = hos_keras.slim_model(model, report.plan)
+    seen = hos_keras.recalibrate_batchnorm(recalibrated, train, 8, batch_size=32)
+    assert set(seen.values()) == {min(8 * 32, len(train[0]))}
+    assert report.accuracy("recalibrated") == pytest.approx(
+        _accuracy(recalibrated, x, y)
+    )
     assert all(np.isfinite(v["loss"]) for v in report.metrics.values())
 
 

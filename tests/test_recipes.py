@@ -38,7 +38,8 @@ def _check_outputs(out, slim, report):
         assert (out / name).exists(), name
     assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "report.json").read_text())
-    assert set(saved["accuracy"]) == {"original", "pruned", "distilled", "finetuned"}
+    stages = {"original", "pruned", "recalibrated", "distilled", "finetuned"}
+    assert set(saved["accuracy"]) == stages
     loaded = keras.models.load_model(out / "slim.keras")
     assert loaded.count_params() == slim.count_params() == report.params["slim"]
     plan = hos_keras.PruningPlan.from_json((out / "plan.json").read_text())
