@@ -31,6 +31,7 @@ from hos_keras import graph, surgery
 from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
+from hos_keras.recalibration import recalibrate_batchnorm
 
 __all__ = ["HOSPruneCallback"]
 
@@ -502,8 +503,16 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 if average is not None:
                     average.assign(average.numpy() * mask)
 
-    def slim_model(self) -> keras.Model:
+    def slim_model(self, data=None, steps: int = 8) -> keras.Model:
         """The physically smaller model of the last plan, with the trained weights.
+
+        Args:
+            data: Training batches (a `tf.data.Dataset`, `PyDataset`, `(x, y)` or
+                `x` arrays) on which the slim model's batch norms are
+                re-estimated (`hos_keras.recalibrate_batchnorm`); useful when
+                the last pruning step came late in training. Defaults to `None`
+                (the moving statistics of training are kept).
+            steps: Batches of `data` to use. Defaults to `8`.
 
         Raises:
             InvalidArgumentError: if no pruning step has run yet.
@@ -513,4 +522,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 "No pruning step has run yet: train past the first of "
                 f"prune_epochs={self.prune_epochs} first."
             )
-        return surgery.slim_model(self.model, self.plan)
+        slim = surgery.slim_model(self.model, self.plan)
+        if data is not None:
+            recalibrate_batchnorm(slim, data, steps)
+        return slim

@@ -25,9 +25,10 @@ from hos_keras import distill, graph
 from hos_keras import latency as latency_lib
 from hos_keras.compress import evaluate_model
 from hos_keras.criteria import get_criterion
-from hos_keras.errors import InvalidArgumentError, NothingToPruneError
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError, check_int
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
+from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.surgery import slim_model
 
 __all__ = ["OBJECTIVE", "HOSHyperModel"]
@@ -130,6 +131,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
             data-driven criteria in `criterion` (`"taylor"`, `"dfs"`, ...; a
             hypermodel does not see the search's data). Defaults to `None`.
         calibration_steps: Batches of it to read. Defaults to `16`.
+        recalibration_steps: Batches of the search's training data on which a
+            trial's slim student re-estimates its batch norms before training
+            (`hos_keras.recalibrate_batchnorm`); `0` to skip. Defaults to `8`.
 
     Raises:
         InvalidArgumentError: for an empty search space (every entry fixed),
@@ -177,6 +181,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         skip=(),
         calibration_data=None,
         calibration_steps: int | None = 16,
+        recalibration_steps: int = 8,
         name: str | None = "hos_hypermodel",
     ):
         super().__init__(name=name, tunable=True)
@@ -268,8 +273,11 @@ class HOSHyperModel(keras_tuner.HyperModel):
         self.skip = skip
         self.calibration = {
             "data": calibration_data,
-            "calibration_steps": (calibration_steps),
+            "calibration_steps": calibration_steps,
         }
+        self.recalibration_steps = check_int(
+            "recalibration_steps", recalibration_steps, minimum=0
+        )
         data_criteria = [
             c
             for c in (criteria if isinstance(criteria, list) else [criteria])
@@ -403,6 +411,13 @@ class HOSHyperModel(keras_tuner.HyperModel):
             epochs if epochs is not None else self.distill_epochs + self.finetune_epochs
         )
         switch = max(total - self.finetune_epochs, 0)
+        if initial_epoch == 0 and self.recalibration_steps:
+            recalibrate_batchnorm(
+                model.student,
+                data,
+                self.recalibration_steps,
+                batch_size=kwargs.get("batch_size") or 32,
+            )
         if initial_epoch < switch:
             model.fit(*args, epochs=switch, initial_epoch=initial_epoch, **kwargs)
         if max(initial_epoch, switch) < total:

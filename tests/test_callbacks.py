@@ -85,6 +85,14 @@ def test_fit_with_progressive_pruning(tmp_path, optimizer):
     )
     assert slim.count_params() < model.count_params()
     assert json.loads(plan_path.read_text())["allocation"] == "fixed"
+    # With data, the slim model's batch norms are re-estimated on it.
+    recalibrated = callback.slim_model(data=x, steps=2)
+    assert hos_keras.recalibrate_batchnorm(slim, x, 2) == {"bn1": 32}
+    moved = recalibrated.get_layer("bn1").moving_mean.numpy()
+    np.testing.assert_allclose(moved, slim.get_layer("bn1").moving_mean.numpy())
+    group = next(g for g in plan.groups.values() if "c1" in g.producers)
+    trained = model.get_layer("bn1").moving_mean.numpy()[group.keep]
+    assert not np.allclose(moved, trained)  # training's are moving averages
 
 
 def test_bad_arguments(tmp_path):

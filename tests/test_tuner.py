@@ -281,3 +281,35 @@ def test_itpruner_searches_beta_at_the_macs_budget(base):
     assert plan.macs_after <= hypermodel.macs_budget
     with pytest.raises(InvalidArgumentError, match="itpruner"):
         HOSHyperModel(base, target_reduction=0.4, allocation="itpruner", criterion="l1")
+
+
+def test_a_trial_re_estimates_its_batch_norms_before_training():
+    keras.utils.set_random_seed(0)
+    bn_model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(12, 12, 3), width=8
+    )
+    hypermodel = HOSHyperModel(
+        bn_model,
+        target_reduction=0.3,
+        coefficient=(0.6, 1.2),
+        distill_epochs=0,
+        finetune_epochs=0,
+        recalibration_steps=2,
+    )
+    hp = keras_tuner.HyperParameters()
+    distiller = hypermodel.build(hp)
+    (x, y), (xv, yv) = _data(48, 1), _data(16, 2)
+    result = hypermodel.fit(
+        hp, distiller, x, y, batch_size=16, validation_data=(xv, yv)
+    )
+    # The student evaluated is the slim model with its batch norms re-estimated
+    # on the first two training batches.
+    expected = hos_keras.slim_model(bn_model, hypermodel.plan(hp))
+    moved = hos_keras.recalibrate_batchnorm(expected, x, 2, batch_size=16)
+    assert moved and set(moved.values()) == {32}
+    for a, b in zip(expected.weights, distiller.student.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    logits = np.asarray(expected(xv))
+    assert result["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == yv))
+    with pytest.raises(InvalidArgumentError, match="recalibration_steps=-1"):
+        HOSHyperModel(bn_model, target_reduction=0.3, recalibration_steps=-1)
