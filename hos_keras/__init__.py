@@ -42,6 +42,7 @@ from hos_keras.layer_rules import filter_matrix, register_layer_rule
 from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
+from hos_keras.sparsity import GroupSparsity
 from hos_keras.stats import (
     PowerSums,
     jarque_bera,
@@ -65,6 +66,7 @@ __all__ = [
     "FixedAllocation",
     "GlobalAllocation",
     "GroupPlan",
+    "GroupSparsity",
     "HOSDistiller",
     "HOSPruneCallback",
     "JarqueBeraAllocation",

@@ -7,6 +7,7 @@ already catches those keeps working. `check_int` is the one integer-argument che
 the modules share.
 """
 
+import math
 import numbers
 
 
@@ -63,3 +64,19 @@ def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:
             f"Received {name}={value!r}; pass an integer >= {minimum}{hint}."
         )
     return int(value)
+
+
+def check_real(name: str, value, minimum: float = 0.0, hint: str = "") -> float:
+    """`value` as a float, or InvalidArgumentError naming `name` if it is not a
+    finite number (bools excluded) of at least `minimum`."""
+    number = float("nan")
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+    if not math.isfinite(number) or number < minimum:
+        raise InvalidArgumentError(
+            f"Received {name}={value!r}; pass a finite number >= {minimum:g}{hint}."
+        )
+    return number
