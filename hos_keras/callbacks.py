@@ -32,8 +32,30 @@ from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 from hos_keras.recalibration import recalibrate_batchnorm
+from hos_keras.sparsity import GroupSparsity
 
 __all__ = ["HOSPruneCallback"]
+
+
+def _sparsity(sparse, criterion, options: dict) -> GroupSparsity | None:
+    """The callback's `GroupSparsity` from its `sparse` argument."""
+    if sparse is None or sparse is False:
+        return None
+    if isinstance(sparse, GroupSparsity):
+        return sparse
+    shared = {  # the first pruning step's, which the sparse training precedes
+        k: options[k][0] if _per_step(k, options[k]) else options[k]
+        for k in ("scope", "skip", "data")
+        if k in options
+    }
+    if sparse is True:
+        return GroupSparsity(criterion, **shared)
+    if isinstance(sparse, dict):
+        return GroupSparsity(**{"criterion": criterion, **shared, **sparse})
+    raise InvalidArgumentError(
+        f"Received sparse={sparse!r}; pass True, a dict of GroupSparsity "
+        "arguments (e.g. {'strength': 1e-3}) or a hos_keras.GroupSparsity."
+    )
 
 
 def _writable_directory(path: str) -> str:
@@ -277,6 +299,12 @@ class HOSPruneCallback(keras.callbacks.Callback):
             `hos/macs_reduction`, and histograms `hos/scores/<group>`. Defaults to
             `None`.
         verbose: Print a line per pruning step. Defaults to `1`.
+        sparse: Sparse training up to the first pruning step
+            (`hos_keras.GroupSparsity`, which shrinks the channels the criterion
+            ranks least important so that pruning takes away little): `True` for
+            its defaults with this callback's criterion, `scope`, `skip` and
+            `data`, a dict of its arguments, or a `GroupSparsity`. Defaults to
+            `None` (none).
         **allocation_options: Passed to `plan_pruning` (`scope=`, `skip=`, and
             `data=` with `calibration_steps=` for the data-driven criteria: a
             callback does not see fit's data, so give it a calibration set); a
@@ -308,6 +336,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
         plan_path: str | None = None,
         log_dir: str | None = None,
         verbose: int = 1,
+        sparse=None,
         **allocation_options,
     ):
         super().__init__()
@@ -341,6 +370,13 @@ class HOSPruneCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.plan: PruningPlan | None = None
         self._masks: dict[str, list[np.ndarray]] = {}
+        self.sparse = _sparsity(sparse, criterion, allocation_options)
+        self._sparse_now = False
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self.sparse is not None:
+            self.sparse.set_model(model)
 
     def on_train_begin(self, logs=None):
         planned = getattr(self.params, "get", lambda *_: None)("epochs")
@@ -359,6 +395,9 @@ class HOSPruneCallback(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._sparse_now = self.sparse is not None and epoch < self.prune_epochs[0]
+        if self._sparse_now:
+            self.sparse.on_epoch_begin(epoch, logs)
         # A fit that starts after a pruning epoch is a resumed one (e.g. through
         # keras.callbacks.BackupAndRestore): recover the masks from plan_path.
         if (
@@ -486,6 +525,8 @@ class HOSPruneCallback(keras.callbacks.Callback):
             self._writer = None
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._sparse_now:
+            self.sparse.on_train_batch_end(batch, logs)
         if self._masks:
             self._apply_masks()
 

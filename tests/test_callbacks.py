@@ -481,3 +481,45 @@ def test_a_data_criterion_plans_every_step_on_the_calibration_set():
     )
     with pytest.raises(InvalidArgumentError, match="data=None"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[missing])
+
+
+def test_sparse_training_runs_until_the_first_pruning_step():
+    x, y = _data(16)
+
+    def fit(callbacks, epochs):
+        model = _cnn()
+        # No task gradient: only the sparse training moves the weights.
+        model.compile(
+            keras.optimizers.SGD(0.1), loss=lambda t, p: 0.0 * keras.ops.sum(p)
+        )
+        model.fit(x, y, batch_size=8, epochs=epochs, callbacks=callbacks, verbose=0)
+        return model
+
+    alone = fit([hos_keras.GroupSparsity("l1", strength=0.05, skip=["c3"])], 1)
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1],
+        criterion="l1",
+        allocation="fixed",
+        ratio=0.5,
+        skip=["c3"],
+        sparse={"strength": 0.05},
+        verbose=0,
+    )
+    pruned = fit([callback], 2)
+    assert callback.sparse.criterion == "l1" and callback.sparse.skip == ["c3"]
+    # Epoch 1 trained sparse exactly as GroupSparsity alone; then the plan's
+    # masks; epoch 2 moved nothing.
+    masks = hos_keras.weight_masks(alone, callback.plan)
+    for layer, twin in zip(alone.layers, pruned.layers, strict=True):
+        for i, (a, b) in enumerate(zip(layer.weights, twin.weights, strict=True)):
+            if not a.trainable:
+                continue  # moving statistics move in epoch 2
+            a = a.numpy()
+            expected = (
+                np.where(masks[layer.name][i], a, 0) if layer.name in masks else a
+            )
+            np.testing.assert_allclose(b.numpy(), expected, rtol=1e-6, err_msg=b.path)
+    untrained = _cnn().get_layer("c1").get_weights()[0]
+    assert not np.allclose(alone.get_layer("c1").get_weights()[0], untrained)
+    with pytest.raises(InvalidArgumentError, match="sparse='yes'"):
+        hos_keras.HOSPruneCallback(prune_epochs=[1], sparse="yes")
