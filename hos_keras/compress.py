@@ -33,10 +33,11 @@ from hos_keras.latency import measure_latency
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
+from hos_keras.sparsity import GroupSparsity
 
 __all__ = ["CompressionReport", "compress"]
 
-STAGES = ("original", "pruned", "recalibrated", "distilled", "finetuned")
+STAGES = ("original", "sparse", "pruned", "recalibrated", "distilled", "finetuned")
 # compress's approaches, the paper's A1, A2 and A3 (METHOD.md section 4).
 APPROACHES = ("prune", "decompose", "prune+decompose")
 
@@ -49,7 +50,8 @@ class CompressionReport:
         model_name: Name of the original model.
         criterion: Filter criterion used (`"none"` without pruning).
         allocation: Allocation used (its name; `"none"` without pruning).
-        metrics: Stage (`"original"`, `"pruned"` - right after pruning and/or
+        metrics: Stage (`"original"`, `"sparse"` - after sparse training, before
+            pruning -, `"pruned"` - right after pruning and/or
             decomposition -, `"recalibrated"` - then with its batch norms
             re-estimated -, `"distilled"`, `"finetuned"`) -> the `evaluate`
             results on the validation data (loss and every compiled metric); a
@@ -97,8 +99,8 @@ class CompressionReport:
         """The accuracy metric of a stage, or None if it was not measured.
 
         Args:
-            stage: One of `"original"`, `"pruned"`, `"recalibrated"`,
-                `"distilled"`, `"finetuned"`.
+            stage: One of `"original"`, `"sparse"`, `"pruned"`,
+                `"recalibrated"`, `"distilled"`, `"finetuned"`.
 
         Returns:
             The value of the first compiled metric whose name contains
@@ -221,6 +223,7 @@ class CompressionReport:
         print_fn("-" * len(header))
         stages = {
             "original": "original",
+            "sparse": "after sparse training",
             "pruned": {
                 "prune": "right after pruning",
                 "decompose": "right after decomposition",
@@ -390,6 +393,49 @@ def _fresh_optimizer(identifier, default: Callable[[], keras.optimizers.Optimize
     return keras.optimizers.get(identifier)
 
 
+def _sparsity(sparse, criterion, scope, skip, seed, data, steps) -> GroupSparsity:
+    """compress's `GroupSparsity` from its `sparse` argument."""
+    if isinstance(sparse, GroupSparsity):
+        return sparse
+    if sparse is not None and not isinstance(sparse, dict):
+        raise InvalidArgumentError(
+            f"Received sparse={sparse!r}; pass a dict of GroupSparsity arguments "
+            "(e.g. {'strength': 1e-2}) or a hos_keras.GroupSparsity."
+        )
+    options = {"criterion": criterion, "scope": scope, "skip": skip, "seed": seed}
+    if getattr(get_criterion(criterion, seed=seed), "statistics", ()):
+        options.update(data=data, calibration_steps=steps)
+    return GroupSparsity(**{**options, **(sparse or {})})
+
+
+def _sparse_trained(
+    model, train_data, epochs, sparsity, optimizer, loss, metrics, batch_size, verbose
+) -> keras.Model:
+    """A copy of `model` after `epochs` of sparse training (see `GroupSparsity`)."""
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.compile(
+        optimizer=_fresh_optimizer(
+            optimizer,
+            lambda: keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True),
+        ),
+        loss=loss,
+        metrics=metrics,
+    )
+    if verbose:
+        print(
+            f"[hos_keras] sparse training: {epochs} epoch{'s' * (epochs != 1)} "
+            f"({sparsity.method}, strength {sparsity.strength:g})"
+        )
+    copy.fit(
+        **_train_kwargs(train_data, batch_size),
+        epochs=epochs,
+        callbacks=[sparsity],
+        verbose=verbose,
+    )
+    return copy
+
+
 def _check_lr_schedule(name: str, schedule):
     """A `*_lr_schedule` argument of `compress`, checked.
 
@@ -480,6 +526,9 @@ def compress(
     criterion="k34",
     calibration_steps: int | None = 16,
     recalibration_steps: int = 8,
+    sparse_epochs: int = 0,
+    sparse=None,
+    sparse_optimizer=None,
     allocation="shapiro",
     scope="all",
     skip=(),
@@ -565,6 +614,17 @@ def compress(
             model's batch norms are re-estimated right after compression, before
             it is evaluated or trained (`recalibrate_batchnorm`; EagleEye's
             adaptive batch normalization); `0` to skip. Defaults to `8`.
+        sparse_epochs: Epochs of sparse training before planning
+            (`hos_keras.GroupSparsity` on a copy of `model`, with the task loss):
+            the channels the criterion ranks least important shrink first, so
+            that pruning takes away little. The plan and the student come from
+            the sparse model; the teacher stays `model`. Defaults to `0` (none).
+        sparse: `GroupSparsity` arguments (a dict, e.g. `{"method": "bn_l1",
+            "strength": 1e-2}`) or instance. Defaults to `None`: its defaults,
+            with this call's criterion, scope and skip.
+        sparse_optimizer: Optimizer of the sparse training (as
+            `distill_optimizer`). Defaults to `None`: SGD(1e-2, momentum 0.9,
+            Nesterov).
         allocation: Allocation name or instance (see `plan_pruning`). Defaults to
             `"shapiro"`.
         scope: Which channel groups may be pruned: `"all"`, `"inner"` (the
@@ -649,6 +709,7 @@ def compress(
     recalibration_steps = check_int(
         "recalibration_steps", recalibration_steps, minimum=0
     )
+    sparse_epochs = check_int("sparse_epochs", sparse_epochs, minimum=0)
     schedules = {
         "distill": _check_lr_schedule("distill_lr_schedule", distill_lr_schedule),
         "finetune": _check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule),
@@ -670,6 +731,7 @@ def compress(
         "target_latency": target_latency,
         "scope": None if scope == "all" else scope,
         "skip": skip or None,
+        "sparse_epochs": sparse_epochs or None,
         **allocation_options,
     }
     given = [f"{k}={v!r}" for k, v in pruning.items() if v is not None]
@@ -679,7 +741,28 @@ def compress(
             "pruning uses; pass approach='prune+decompose' to prune as well."
         )
     say = print if verbose else (lambda *_: None)
+    probabilities = _outputs_probabilities(model)
+    if loss is None:
+        loss = getattr(
+            model, "loss", None
+        ) or keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    metrics = list(metrics)
     plan = None
+    pruned_from = model  # the model the plan is made for and slimmed
+    if sparse_epochs:
+        pruned_from = _sparse_trained(
+            model,
+            train_data,
+            sparse_epochs,
+            sparsity=_sparsity(
+                sparse, criterion, scope, skip, seed, train_data, calibration_steps
+            ),
+            optimizer=sparse_optimizer,
+            loss=loss,
+            metrics=metrics,
+            batch_size=batch_size,
+            verbose=verbose,
+        )
     if approach != "decompose":
         allocator, options = _resolve_allocation(
             allocation, target, allocation_options, target_latency
@@ -695,7 +778,7 @@ def compress(
         ):
             calibration = {"data": train_data, "calibration_steps": calibration_steps}
         plan = plan_pruning(
-            model,
+            pruned_from,
             criterion,
             allocator,
             **calibration,
@@ -713,20 +796,14 @@ def compress(
             f"{plan.macs_before:,} -> {plan.macs_after:,} "
             f"({plan.macs_reduction:.1%} fewer)"
         )
-    probabilities = _outputs_probabilities(model)
-    if loss is None:
-        loss = getattr(
-            model, "loss", None
-        ) or keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
     if probabilities and output_loss == "softmax_mse":
         output_loss = "logits_mse"  # the outputs are probabilities already
-    metrics = list(metrics)
 
     # A copy rebuilt from the config: unlike clone_model it carries no compile
     # state, so its .keras file holds no optimizer slots.
     teacher = type(model).from_config(model.get_config())
     teacher.set_weights(model.get_weights())
-    student = model if plan is None else surgery.slim_model(model, plan)
+    student = model if plan is None else surgery.slim_model(pruned_from, plan)
     decomposition = None
     if approach != "prune":
         student, decomposed = decompose(
@@ -753,6 +830,8 @@ def compress(
         )
 
     results = {"original": evaluate(teacher, "original")}
+    if pruned_from is not model:
+        results["sparse"] = evaluate(pruned_from, "after sparse training")
     results["pruned"] = evaluate(
         student,
         "right after "

@@ -121,6 +121,7 @@ class GroupSparsity(keras.callbacks.Callback):
         skip: Names or patterns of groups left alone. Defaults to `()`.
         data: Calibration data for a data-driven criterion (see
             `plan_pruning`). Defaults to `None`.
+        calibration_steps: Batches of `data` to read. Defaults to `None` (all).
         seed: Seed of the `random` criterion. Defaults to `0`.
 
     Raises:
@@ -144,6 +145,7 @@ class GroupSparsity(keras.callbacks.Callback):
         scope="all",
         skip=(),
         data=None,
+        calibration_steps: int | None = None,
         seed: int | None = 0,
     ):
         super().__init__()
@@ -158,6 +160,7 @@ class GroupSparsity(keras.callbacks.Callback):
         self.scope = scope
         self.skip = skip
         self.data = data
+        self.calibration_steps = calibration_steps
         self.seed = seed
         self.scales: dict[str, np.ndarray] = {}
         self._steps: list = []
@@ -197,6 +200,7 @@ class GroupSparsity(keras.callbacks.Callback):
             skip=self.skip,
             seed=self.seed,
             data=self.data,
+            calibration_steps=self.calibration_steps,
         )
         excluded = set(plan.details.get("excluded", ()))
         gamma = {}  # channel class -> scale

@@ -448,3 +448,54 @@ def test_a_data_criterion_reads_the_training_data():
     assert report.plan == hos_keras.plan_pruning(
         model, "l1", "itpruner", macs_reduction=0.4, data=train, calibration_steps=1
     )
+
+
+def test_sparse_training_before_planning():
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    x, y = _data(48, 0)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    val = _data(16, 1)
+    options = {"criterion": "l1", "allocation": "fixed", "ratio": 0.5}
+    _, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        **options,
+        sparse_epochs=1,
+        sparse={"strength": 0.5},
+        recalibration_steps=0,
+        distill_epochs=0,
+        finetune_epochs=0,
+        latency_batch_sizes=(),
+        tflite_latency=False,
+        verbose=0,
+    )
+    # The same sparse training by hand: a copy, SGD(1e-2, Nesterov), one epoch.
+    sparse = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    sparse.set_weights(model.get_weights())
+    sparse.compile(
+        keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    sparse.fit(
+        train,
+        epochs=1,
+        callbacks=[hos_keras.GroupSparsity("l1", strength=0.5)],
+        verbose=0,
+        shuffle=False,
+    )
+    expected = hos_keras.plan_pruning(sparse, **options)
+    assert {n: list(g.keep) for n, g in report.plan.groups.items()} == {
+        n: list(g.keep) for n, g in expected.groups.items()
+    }
+    assert report.accuracy("original") == pytest.approx(_accuracy(model, *val))
+    assert report.accuracy("sparse") == pytest.approx(_accuracy(sparse, *val))
+    masked = hos_keras.mask_model(sparse, expected)
+    assert report.accuracy("pruned") == pytest.approx(_accuracy(masked, *val))
+    with pytest.raises(InvalidArgumentError, match="sparse_epochs=1"):
+        hos_keras.compress(model, train, val, approach="decompose", sparse_epochs=1)
