@@ -33,6 +33,7 @@ from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.training import check_inputs
 
 __all__ = ["HOSPruneCallback"]
 
@@ -385,6 +386,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
                 f"prune_epochs={self.prune_epochs} goes beyond the {planned} epochs "
                 "of this fit; prune earlier or train longer."
             )
+        check_inputs(self.model, self.allocation_options.get("data"), "data")
         steps = getattr(self.model, "steps_per_execution", 1)
         if steps != 1:
             raise InvalidArgumentError(

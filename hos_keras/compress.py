@@ -34,6 +34,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.training import check_inputs
 
 __all__ = ["CompressionReport", "compress"]
 
@@ -704,6 +705,8 @@ def compress(
     """
     _check_data("train_data", train_data)
     _check_data("val_data", val_data)
+    check_inputs(model, train_data, "train_data")
+    check_inputs(model, val_data, "val_data")
     distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
     finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
     recalibration_steps = check_int(

@@ -411,9 +411,9 @@ def _fashion_mnist_dirs(data_dir: str | None) -> list[str]:
 
 
 def fashion_mnist_arrays(
-    data_dir: str | None = None, download: bool = True
+    data_dir: str | None = None, download: bool = True, *, standardize: bool = False
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Fashion-MNIST as uint8 arrays: `((x_train, y_train), (x_test, y_test))`.
+    """Fashion-MNIST as arrays: `((x_train, y_train), (x_test, y_test))`.
 
     Looks for the four IDX `.gz` files in `data_dir`, or else in
     `$HOS_KERAS_FASHION_MNIST` and in `/usr/share/datasets/fashion-mnist` (where
@@ -424,15 +424,35 @@ def fashion_mnist_arrays(
         data_dir: Directory with the IDX files. Defaults to `None` (search).
         download: Whether the Keras download is tried when no files are found.
             Defaults to `True`.
+        standardize: Return the images ready for the models of this package
+            (and `fashion_mnist`'s): float32 `[n, 28, 28, 1]`, scaled to [0, 1]
+            and standardized with the training set's mean and standard
+            deviation. Defaults to `False`: the raw uint8 `[n, 28, 28]` images.
 
     Returns:
-        Images `[n, 28, 28]` and labels `[n]`, 60,000 for training and 10,000
-        for testing.
+        Images and int labels `[n]`, 60,000 for training and 10,000 for testing.
 
     Raises:
         DatasetNotFoundError: if no copy is found or downloadable (the message
             says how to get one), or the files are corrupt.
+
+    Example:
+
+    ```python
+    (x, y), (x_test, y_test) = data.fashion_mnist_arrays(standardize=True)
+    model.fit(x, y)  # a model with input shape (28, 28, 1)
+    ```
     """
+    (x, y), (xt, yt) = _fashion_mnist_raw(data_dir, download)
+    if standardize:
+        (mean,), (std,) = _FASHION_MNIST_STATS
+        x, xt = (((a[..., None] / np.float32(255.0)) - mean) / std for a in (x, xt))
+        x, xt = x.astype(np.float32), xt.astype(np.float32)
+    return (x, y), (xt, yt)
+
+
+def _fashion_mnist_raw(data_dir, download):
+    """`fashion_mnist_arrays` without standardization."""
     searched = _fashion_mnist_dirs(data_dir)
     for directory in searched:
         paths = {

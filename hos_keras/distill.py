@@ -38,6 +38,7 @@ from keras.src.ops import numpy as numpy_ops
 from hos_keras import graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan
+from hos_keras.training import check_inputs
 
 __all__ = ["HOSDistiller", "auto_pivots", "fit_distributed", "pivot_weights"]
 
@@ -635,6 +636,13 @@ class HOSDistiller(keras.Model):
             else:
                 logs[metric.name] = result
         return logs
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """Keras `fit`, after checking `x` and `validation_data` against the
+        student's inputs (`hos_keras.training.check_inputs`)."""
+        check_inputs(self.student, x if y is None else (x, y), "x")
+        check_inputs(self.student, validation_data, "validation_data")
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

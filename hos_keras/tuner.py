@@ -30,6 +30,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.surgery import slim_model
+from hos_keras.training import check_inputs
 
 __all__ = ["OBJECTIVE", "HOSHyperModel"]
 
@@ -396,6 +397,10 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "tuner.search(...) needs validation_data=: trials are ranked by "
                 "the student's validation accuracy."
             )
+        x = args[0] if args else kwargs.get("x")
+        y = args[1] if len(args) > 1 else kwargs.get("y")
+        check_inputs(self.base_model, x if y is None else (x, y), "x")
+        check_inputs(self.base_model, validation_data, "validation_data")
         plan = model.hos_plan
         reduction = plan.macs_reduction
         result = {"macs_reduction": reduction, "macs": float(plan.macs_after)}

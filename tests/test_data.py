@@ -146,6 +146,11 @@ def test_fashion_mnist_pipeline_standardizes_and_augments(tmp_path):
 
     limited = data.fashion_mnist("test", data_dir=str(tmp_path), limit=3)
     assert sum(b[0].shape[0] for b in limited) == 3
+    # The arrays ready for the models are the pipeline's images.
+    (xs, ys), (xst, _) = data.fashion_mnist_arrays(str(tmp_path), standardize=True)
+    assert xs.dtype == np.float32 and xs.shape == (10, 28, 28, 1)
+    np.testing.assert_allclose(xst, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ys, arrays["train"][1])
 
 
 def test_cifar_on_mock_data_standardizes_and_augments():
