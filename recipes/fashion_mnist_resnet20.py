@@ -13,8 +13,9 @@ import recipe_common as common
 from hos_keras import data, models
 
 
-def main(argv=None):
-    args = common.parser(
+def arguments(argv=None):
+    """The recipe's settings, overridden by the flags in `argv`."""
+    return common.parser(
         __doc__.splitlines()[0],
         output_dir="runs/fashion_mnist_resnet20",
         epochs=3,
@@ -26,6 +27,10 @@ def main(argv=None):
         finetune_lr=1e-3,
         target=0.5,
     ).parse_args(argv)
+
+
+def main(argv=None):
+    args = arguments(argv)
     train = data.fashion_mnist(
         "train", data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed
     )

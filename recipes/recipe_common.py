@@ -33,7 +33,10 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     rate drops x0.1; none by default) and `finetune_nesterov` (Nesterov momentum
     for the fine-tuning; True by default).
     """
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--data-dir", help="dataset directory (tfds data_dir / IDX files)")
     p.add_argument("--output-dir", help="where the models and the report go")
     p.add_argument("--epochs", type=int, help="baseline training epochs")
@@ -47,9 +50,14 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--distill-lr", type=float, help="distillation learning rate")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, help="batch size")
-    p.add_argument("--target", type=float, help="fraction of MACs to remove")
+    p.add_argument(
+        "--target",
+        type=float,
+        help="fraction of MACs to remove (searches c); giving --coefficient "
+        "replaces the recipe's target",
+    )
     p.add_argument("--coefficient", type=float, help="eq. 9 coefficient c")
-    p.add_argument("--criterion", help="filter criterion (default k34)")
+    p.add_argument("--criterion", help="filter criterion")
     p.add_argument(
         "--scope",
         choices=["all", "inner", "conv"],
@@ -62,14 +70,13 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
         choices=["prune", "decompose", "prune+decompose"],
         default="prune",
         help="the paper's A1 (prune), A2 (Tucker-2 decomposition only) or A3 "
-        "(prune, then decompose) (default: prune)",
+        "(prune, then decompose)",
     )
     p.add_argument(
         "--decompose-factor",
         type=float,
         default=1.71,
-        help="compression factor of each decomposed conv (default: 1.71, the "
-        "reference's)",
+        help="compression factor of each decomposed conv (1.71: the reference's)",
     )
     p.add_argument("--steps", type=int, help="batches per epoch (quick runs)")
     p.add_argument(
@@ -175,13 +182,33 @@ def baseline(build, train, val, args) -> keras.Model:
     return model
 
 
+def _pruning_amount(args) -> dict:
+    """`target` or `coefficient`, whichever the user gave (a flag given on the
+    command line replaces the recipe's own default of the other)."""
+    defaults = args.recipe_defaults
+
+    def given(key):
+        value = getattr(args, key)
+        return value is not None and value != defaults.get(key)
+
+    if given("target") and given("coefficient"):
+        raise SystemExit(
+            "[recipe] --target and --coefficient exclude each other: --target "
+            "searches the coefficient for a share of MACs. Give one."
+        )
+    if given("coefficient"):
+        return {"coefficient": args.coefficient}
+    if args.target is not None:
+        return {"target": args.target}
+    if args.coefficient is not None:
+        return {"coefficient": args.coefficient}
+    return {}
+
+
 def compress_and_report(model, train, val, args, **settings):
     """Runs hos_keras.compress with the recipe's settings; saves and prints."""
     keras.utils.set_random_seed(args.seed)
-    if args.target is not None:
-        settings["target"] = args.target
-    elif args.coefficient is not None:
-        settings["coefficient"] = args.coefficient
+    settings.update(_pruning_amount(args))
     pruning = {"criterion": args.criterion, "scope": args.scope, "skip": args.skip}
     if args.approach == "decompose":
         given = [

@@ -211,3 +211,34 @@ def test_tuning_recipe_two_trials(tmp_path, capsys):
     assert hos_keras.profile(saved)["macs"] <= budget
     assert saved.count_params() == student.count_params()
     assert "val acc" in capsys.readouterr().out
+
+
+def test_a_pruning_flag_the_user_gives_takes_effect(monkeypatch, tmp_path, capsys):
+    common = _recipe("recipe_common")
+    received = {}
+
+    class Report:
+        def plot(self, path):
+            pass
+
+    def compress(model, train, val, **kwargs):
+        received.clear()
+        received.update(kwargs)
+        return None, Report()
+
+    monkeypatch.setattr(common.hos_keras, "compress", compress)
+    recipe = _recipe("fashion_mnist_resnet20")
+    out = ["--output-dir", str(tmp_path)]
+    common.compress_and_report(None, None, None, recipe.arguments(out))
+    assert received["target"] == 0.5 and "coefficient" not in received
+    args = recipe.arguments([*out, "--coefficient", "3.7"])
+    common.compress_and_report(None, None, None, args)
+    assert received["coefficient"] == 3.7 and "target" not in received
+    args = recipe.arguments([*out, "--coefficient", "3.7", "--target", "0.4"])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        common.compress_and_report(None, None, None, args)
+    # --help shows every default, the recipe's own included.
+    with pytest.raises(SystemExit):
+        recipe.arguments(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.5)" in shown and "(default: k34)" in shown
