@@ -29,6 +29,7 @@ ensure_venv() {
     exit 1
   fi
   if [ ! -x "$VENV/bin/python" ]; then
+    echo "run.sh: creating $VENV with $PYTHON" >&2
     if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
       rm -rf "$VENV"
       apt_install python3.11-venv || apt_install python3-venv || true
@@ -40,6 +41,8 @@ ensure_venv() {
   local want
   want=$(cat setup.py | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "run.sh: installing hos_keras and its dependencies into $VENV (tensorflow," \
+      "keras, keras-tuner, ...; about a minute on first use)" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e ".[test]"
     echo "$want" >"$stamp"
@@ -50,6 +53,7 @@ ensure_venv() {
 # hos_keras.data falls back to the Keras download.
 ensure_fashion_mnist() {
   if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    echo "run.sh: installing Debian's dataset-fashion-mnist" >&2
     apt_install dataset-fashion-mnist ||
       echo "run.sh: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded" >&2
   fi

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import keras
 
@@ -102,6 +103,12 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     return p
 
 
+def progress() -> int:
+    """Keras verbosity: a progress bar with an ETA on a terminal, else one line
+    per epoch (logs and CI)."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def limited(dataset, steps):
     """The first `steps` batches of a dataset (all of it when steps is None)."""
     return dataset.take(steps) if steps else dataset
@@ -177,7 +184,7 @@ def baseline(build, train, val, args) -> keras.Model:
         metrics=["accuracy"],
     )
     print(f"[recipe] training the baseline {model.name} for {args.epochs} epochs")
-    model.fit(train, validation_data=val, epochs=args.epochs, verbose=2)
+    model.fit(train, validation_data=val, epochs=args.epochs, verbose=progress())
     model.save(path)
     return model
 
@@ -247,7 +254,7 @@ def compress_and_report(model, train, val, args, **settings):
         latency_batch_sizes=(1, 32) if args.latency_runs else (),
         latency_runs=args.latency_runs,
         output_dir=args.output_dir,
-        verbose=2,
+        verbose=progress(),
         **settings,
     )
     if args.approach == "decompose":

@@ -73,7 +73,7 @@ def main(argv=None):
         seed=args.seed,
         **options,
     )
-    tuner.search(train, validation_data=test, verbose=2)
+    tuner.search(train, validation_data=test, verbose=common.progress())
 
     rows = []
     for trial in tuner.oracle.get_best_trials(len(tuner.oracle.trials)):

@@ -242,3 +242,11 @@ def test_a_pruning_flag_the_user_gives_takes_effect(monkeypatch, tmp_path, capsy
         recipe.arguments(["--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "(default: 0.5)" in shown and "(default: k34)" in shown
+
+
+def test_progress_bar_on_a_terminal_one_line_per_epoch_otherwise(monkeypatch):
+    common = _recipe("recipe_common")
+    monkeypatch.setattr(common.sys.stdout, "isatty", lambda: True, raising=False)
+    assert common.progress() == 1
+    monkeypatch.setattr(common.sys.stdout, "isatty", lambda: False, raising=False)
+    assert common.progress() == 2
