@@ -7,6 +7,11 @@ Reconstruction Losses", CVPR Workshops 2020.
 The public API is exactly what `__all__` lists below.
 """
 
+from hos_keras import _startup
+
+if _startup.wanted():  # hos-keras and the recipes start quietly
+    _startup.quiet_import()
+
 from hos_keras import data, errors, latency, layer_rules, models, tuner
 from hos_keras.allocation import (
     Allocation,

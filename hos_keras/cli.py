@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+import hos_keras
 from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, export
 from hos_keras.decompose import decompose
@@ -440,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structured pruning of Keras models with higher-order "
         "statistics (Chatzikonstantinou et al., CVPRW 2020).",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {hos_keras.__version__}"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's startup messages (hidden by default)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def planning(sub) -> None:
@@ -591,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 on bad input (a one-line message on
         stderr). Malformed arguments exit with status 2 through argparse.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --verbose acts at import time (hos_keras._startup), before or after the
+    # command alike.
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
     try:
         args.func(args)
     except (HOSKerasError, ValueError, TypeError, OSError) as error:

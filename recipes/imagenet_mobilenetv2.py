@@ -9,8 +9,11 @@ and pivot losses (10 epochs at lr 1e-3), then fine-tuning (2 epochs at 1e-4). Th
 epochs and rates are hos_keras's, sized for a budget, not the reference's.
 """
 
+# isort: off
+import recipe_common as common  # first: it starts TensorFlow quietly
+# isort: on
+
 import keras
-import recipe_common as common
 
 from hos_keras import data
 

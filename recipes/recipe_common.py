@@ -21,9 +21,11 @@ import argparse
 import os
 import sys
 
+# A recipe starts quietly: importing hos_keras first hides TensorFlow's C++
+# startup lines (unless --verbose).
+os.environ.setdefault("HOS_KERAS_QUIET", "1")
+import hos_keras  # noqa: I001 - before keras, which imports TensorFlow
 import keras
-
-import hos_keras
 
 
 def parser(description: str, **defaults) -> argparse.ArgumentParser:
@@ -86,6 +88,11 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="a trained .keras model to compress instead")
     p.add_argument("--retrain", action="store_true", help="ignore a saved baseline")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's startup messages (hidden by default)",
+    )
     p.set_defaults(
         **{
             "criterion": "k34",

@@ -8,11 +8,14 @@ budget are rejected untrained. The baseline is the demo's
 Results resume from --output-dir (run again with more --trials to continue).
 """
 
+# isort: off
+import recipe_common as common  # first: it starts TensorFlow quietly
+# isort: on
+
 import json
 import os
 
 import keras_tuner
-import recipe_common as common
 
 from hos_keras import data, models
 from hos_keras.tuner import HOSHyperModel

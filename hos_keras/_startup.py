@@ -1,0 +1,58 @@
+"""Quiet start for the command-line tool and the recipes.
+
+TensorFlow's C++ runtime writes lines such as "oneDNN custom operations are on",
+"Could not find cuda drivers" and an ERROR-level "failed call to cuInit" straight
+to the process's standard error when it is imported and when it first looks for
+devices; `TF_CPP_MIN_LOG_LEVEL` does not silence the ones written before its
+logging starts. Nothing here imports TensorFlow before `quiet_import` does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+# absl's log prefix: severity, date, time, thread, file:line]
+_ABSL = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")
+_CHATTER = (
+    "WARNING: All log messages before absl::InitializeLog() is called",
+    "To enable the following instructions:",
+)
+
+
+def wanted() -> bool:
+    """Whether this process is `hos-keras` or a recipe, without `--verbose`."""
+    if "--verbose" in sys.argv[1:] or os.environ.get("HOS_KERAS_VERBOSE"):
+        return False
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return program == "hos-keras" or os.environ.get("HOS_KERAS_QUIET") == "1"
+
+
+def chatter(line: str) -> bool:
+    """Whether a line of standard error is TensorFlow's startup chatter."""
+    return bool(_ABSL.match(line)) or line.startswith(_CHATTER)
+
+
+def quiet_import() -> None:
+    """Imports TensorFlow and finds its devices with its C++ startup lines hidden;
+    any other line written meanwhile is written again afterwards."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines() if not chatter(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")

@@ -1,0 +1,64 @@
+"""hos-keras and the recipes start without TensorFlow's C++ startup lines."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hos_keras
+from hos_keras import _startup
+
+# Lines this machine's TensorFlow writes at import and device discovery.
+CHATTER = [
+    (
+        "WARNING: All log messages before absl::InitializeLog() is called are written "
+        "to STDERR"
+    ),
+    (
+        "I0000 00:00:1795708949.916558   14725 port.cc:153] oneDNN custom operations "
+        "are on. You may see slightly different numerical results"
+    ),
+    (
+        "I0000 00:00:1795708949.916928   14725 cudart_stub.cc:31] Could not find cuda "
+        "drivers on your machine, GPU will not be used."
+    ),
+    (
+        "E0000 00:00:1795708977.716221   14796 cuda_platform.cc:52] failed call to "
+        "cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)"
+    ),
+    (
+        "To enable the following instructions: AVX2 AVX512F FMA, in other operations, "
+        "rebuild TensorFlow with the appropriate compiler flags."
+    ),
+]
+KEPT = [
+    "Traceback (most recent call last):",
+    "/x/y.py:3: UserWarning: something worth reading",
+    "hos-keras prune: error: model.keras: no such file.",
+]
+
+
+def test_chatter_is_recognised_and_nothing_else():
+    assert all(_startup.chatter(line) for line in CHATTER)
+    assert not any(_startup.chatter(line) for line in KEPT)
+
+
+def _run(*args, env=None):
+    command = Path(sys.executable).with_name("hos-keras")
+    return subprocess.run(
+        [str(command), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_hos_keras_help_and_version_are_quiet():
+    done = _run("--help", env={"HOS_KERAS_QUIET": "", "HOS_KERAS_VERBOSE": ""})
+    assert done.returncode == 0 and "hos-keras" in done.stdout
+    assert not [line for line in done.stderr.splitlines() if line.strip()]
+    done = _run("--version")
+    assert done.stdout.strip() == f"hos-keras {hos_keras.__version__}"
+    assert not [line for line in done.stderr.splitlines() if line.strip()]
