@@ -1,14 +1,16 @@
-"""Quiet start for the command-line tool and the recipes.
+"""Quiet start for the command-line tool and the recipes, and quiet interpreters.
 
 TensorFlow's C++ runtime writes lines such as "oneDNN custom operations are on",
 "Could not find cuda drivers" and an ERROR-level "failed call to cuInit" straight
 to the process's standard error when it is imported and when it first looks for
 devices; `TF_CPP_MIN_LOG_LEVEL` does not silence the ones written before its
-logging starts. Nothing here imports TensorFlow before `quiet_import` does.
+logging starts; the TFLite interpreter announces its XNNPACK delegate each time
+one is made. Nothing here imports TensorFlow before `quiet_import` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -19,6 +21,7 @@ _ABSL = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] ")
 _CHATTER = (
     "WARNING: All log messages before absl::InitializeLog() is called",
     "To enable the following instructions:",
+    "INFO: Created TensorFlow Lite XNNPACK delegate",  # each new interpreter
 )
 
 
@@ -35,18 +38,16 @@ def chatter(line: str) -> bool:
     return bool(_ABSL.match(line)) or line.startswith(_CHATTER)
 
 
-def quiet_import() -> None:
-    """Imports TensorFlow and finds its devices with its C++ startup lines hidden;
-    any other line written meanwhile is written again afterwards."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@contextlib.contextmanager
+def hidden_chatter():
+    """Captures standard error (the file descriptor, which C++ writes to) for
+    the block, then writes again every line that is not startup chatter."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -56,3 +57,13 @@ def quiet_import() -> None:
             kept = [line for line in text.splitlines() if not chatter(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
+
+
+def quiet_import() -> None:
+    """Imports TensorFlow and finds its devices with its C++ startup lines hidden;
+    any other line written meanwhile is written again afterwards."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with hidden_chatter():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

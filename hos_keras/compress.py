@@ -34,7 +34,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
-from hos_keras.training import check_inputs
+from hos_keras.training import check_inputs, many_models
 
 __all__ = ["CompressionReport", "compress"]
 
@@ -510,6 +510,7 @@ def _resolve_allocation(allocation, target, options, target_latency=None):
     return allocation_lib.TargetAllocation(base=allocation, **reduction, **options), {}
 
 
+@many_models
 def compress(
     model: keras.Model,
     train_data,

@@ -642,6 +642,8 @@ class HOSDistiller(keras.Model):
         student's inputs (`hos_keras.training.check_inputs`)."""
         check_inputs(self.student, x if y is None else (x, y), "x")
         check_inputs(self.student, validation_data, "validation_data")
+        if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
+            kwargs.setdefault("shuffle", False)  # Keras ignores it, with a warning
         return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
 
     def train_step(self, data):

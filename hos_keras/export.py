@@ -12,6 +12,8 @@ import warnings
 import keras
 import tensorflow as tf
 
+from hos_keras import _startup
+
 __all__ = ["interpreter", "to_tflite"]
 
 
@@ -35,8 +37,8 @@ def to_tflite(model: keras.Model) -> bytes:
 
 def interpreter(flat: bytes, threads: int | None = None) -> tf.lite.Interpreter:
     """A TFLite interpreter with its tensors allocated."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _startup.hidden_chatter():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         result = tf.lite.Interpreter(model_content=flat, num_threads=threads)
-    result.allocate_tensors()
+        result.allocate_tensors()
     return result

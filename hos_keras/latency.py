@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import graph, layer_rules
+from hos_keras import export, graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = [
@@ -146,15 +146,10 @@ def to_tflite(model: keras.Model) -> bytes:
     frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tf.lite.TFLiteConverter.from_concrete_functions([frozen]).convert()
-
-
-def _interpreter(flat: bytes, threads: int):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        runner = tf.lite.Interpreter(model_content=flat, num_threads=threads)
-    runner.allocate_tensors()
-    return runner
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [frozen], trackable_obj=function
+        )
+        return converter.convert()
 
 
 def tflite_latency(
@@ -182,7 +177,7 @@ def tflite_latency(
     """
     interpreters = {}
     for name, model in models.items():
-        runner = _interpreter(to_tflite(model), threads)
+        runner = export.interpreter(to_tflite(model), threads)
         detail = runner.get_input_details()[0]
         if sample is None:
             x = np.random.default_rng(0).normal(size=detail["shape"])

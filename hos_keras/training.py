@@ -9,13 +9,16 @@ the model's inputs first, and says what to change.
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from hos_keras.errors import InvalidArgumentError
 
-__all__ = ["check_inputs"]
+__all__ = ["check_inputs", "many_models"]
 
 
 def _first_x(data):
@@ -112,3 +115,33 @@ def check_inputs(model: keras.Model, data, name: str = "data") -> None:
                 f"Model {model.name!r} takes {want_dtype} inputs (e.g. token ids) "
                 f"but {name} holds {dtype}; pass integers."
             )
+
+
+class _NoRetracingNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def many_models(function):
+    """Decorates a pipeline that trains and evaluates several models.
+
+    Keras traces one function per model it fits or evaluates, all from the same
+    Python code, and TensorFlow counts traces by code, not by function: a
+    pipeline that evaluates the original, the pruned and the recalibrated model
+    and then trains a distiller on a few batches each (`--steps` runs) reads to
+    it as one function retraced at every call, and it warns "triggered
+    tf.function retracing". Inside `function` that notice is dropped; every
+    other TensorFlow message passes.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        logger = tf.get_logger()
+        notice = _NoRetracingNotice()
+        logger.addFilter(notice)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            logger.removeFilter(notice)
+
+    return wrapper

@@ -30,7 +30,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.surgery import slim_model
-from hos_keras.training import check_inputs
+from hos_keras.training import check_inputs, many_models
 
 __all__ = ["OBJECTIVE", "HOSHyperModel"]
 
@@ -390,6 +390,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             return float(plan.details["latency"]["predicted_ms"])
         return float(plan.macs_after)
 
+    @many_models
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, **kwargs):
         validation_data = kwargs.get("validation_data")
         if validation_data is None:

@@ -191,7 +191,13 @@ def baseline(build, train, val, args) -> keras.Model:
         metrics=["accuracy"],
     )
     print(f"[recipe] training the baseline {model.name} for {args.epochs} epochs")
-    model.fit(train, validation_data=val, epochs=args.epochs, verbose=progress())
+    model.fit(
+        train,
+        validation_data=val,
+        epochs=args.epochs,
+        verbose=progress(),
+        shuffle=False,
+    )
     model.save(path)
     return model
 

@@ -62,3 +62,23 @@ def test_hos_keras_help_and_version_are_quiet():
     done = _run("--version")
     assert done.stdout.strip() == f"hos-keras {hos_keras.__version__}"
     assert not [line for line in done.stderr.splitlines() if line.strip()]
+
+
+def test_a_tflite_interpreter_is_made_quietly():
+    script = (
+        "import keras\n"
+        "from hos_keras import export\n"
+        "model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1)])\n"
+        "export.interpreter(export.to_tflite(model))\n"
+        "print('made')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOS_KERAS_QUIET": "1", "HOS_KERAS_VERBOSE": ""},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr
+    assert "XNNPACK" not in done.stderr

@@ -69,3 +69,37 @@ def test_every_entry_point_checks_before_training(monkeypatch):
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(True))
     with pytest.raises(InvalidArgumentError, match="data has shape"):
         model.fit(*GOOD, epochs=1, callbacks=[callback], verbose=0)
+
+
+def test_compress_on_a_dataset_raises_no_keras_or_tensorflow_notice(caplog):
+    import logging
+    import warnings
+
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    x = np.random.default_rng(0).normal(size=(64, 16, 16, 3)).astype("float32")
+    y = np.arange(64) % 3
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).take(3)
+    val = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).take(2)
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        caplog.at_level(logging.WARNING),
+    ):
+        warnings.simplefilter("always")
+        hos_keras.compress(
+            model,
+            train,
+            val,
+            target=0.4,
+            distill_epochs=1,
+            finetune_epochs=1,
+            latency_batch_sizes=(),
+            tflite_latency=False,
+            verbose=0,
+        )
+    messages = [str(w.message) for w in caught] + [
+        r.getMessage() for r in caplog.records
+    ]
+    assert not [m for m in messages if "shuffle" in m or "retracing" in m], messages
