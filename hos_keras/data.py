@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import logging
 import os
+import shutil
 from collections.abc import Callable
 
 import numpy as np
@@ -177,11 +179,25 @@ def _tfds_missing(name: str, data_dir, cause: str, manual_dir=None) -> str:
     )
 
 
+class _NoVariantNotice(logging.Filter):
+    """Drops tfds's notice about an unprepared dataset's folder: the error that
+    follows says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
 def _tfds_split(name, split, data_dir, download, manual_dir):
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    notice = _NoVariantNotice()
+    logging.getLogger("absl").addFilter(notice)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    finally:
+        logging.getLogger("absl").removeFilter(notice)
+    if not prepared:
         if not download:
             raise DatasetNotFoundError(
                 _tfds_missing(name, data_dir, "download=False", manual_dir)
@@ -189,9 +205,13 @@ def _tfds_split(name, split, data_dir, download, manual_dir):
         config = None
         if manual_dir is not None:
             config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+        root = os.path.expanduser(data_dir or "~/tensorflow_datasets")
+        made = [p for p in (root, os.path.join(root, name)) if not os.path.exists(p)]
         try:
             builder.download_and_prepare(download_config=config)
         except Exception as error:  # network, manual files, disk: one clear message
+            for path in made[:1]:  # leave no directory behind that was not there
+                shutil.rmtree(path, ignore_errors=True)
             cause = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
             raise DatasetNotFoundError(
                 _tfds_missing(name, data_dir, cause, manual_dir)
@@ -241,7 +261,7 @@ def cifar10(
     augment: bool | None = None,
     shuffle: bool | None = None,
     seed: int | None = 0,
-    download: bool = True,
+    download: bool = False,
 ) -> tf.data.Dataset:
     """CIFAR-10 through tensorflow-datasets, standardized per channel.
 
@@ -254,8 +274,9 @@ def cifar10(
             on for the training split.
         shuffle: Defaults to `None`: on for the training split.
         seed: Shuffle seed. Defaults to `0`.
-        download: Download and prepare the data when it is not in `data_dir`.
-            Defaults to `True`.
+        download: Download and prepare the data when it is not in `data_dir`
+            (network access). Defaults to `False`: data that is not prepared
+            raises at once, saying how to get it.
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 [b, 32, 32, 3], int64 [b])`;
@@ -286,7 +307,7 @@ def cifar100(
     augment: bool | None = None,
     shuffle: bool | None = None,
     seed: int | None = 0,
-    download: bool = True,
+    download: bool = False,
 ) -> tf.data.Dataset:
     """CIFAR-100 (fine labels) through tensorflow-datasets; see `cifar10`."""
     return _cifar(
@@ -322,8 +343,8 @@ def imagenet(
         augment: Defaults to `None`: on for the training split.
         shuffle: Defaults to `None`: on for the training split.
         seed: Shuffle seed. Defaults to `0`.
-        download: Prepare the data from `manual_dir` if it is not prepared.
-            Defaults to `True`.
+        download: Prepare the data from `manual_dir` if it is not prepared (no
+            network: ImageNet's files are never downloaded). Defaults to `True`.
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 [b, s, s, 3], int64 [b])`.

@@ -49,7 +49,11 @@ def arguments(argv=None):
 
 def main(argv=None):
     args = arguments(argv)
-    kwargs = {"data_dir": args.data_dir, "batch_size": args.batch_size}
+    kwargs = {
+        "data_dir": args.data_dir,
+        "batch_size": args.batch_size,
+        "download": args.download,
+    }
     train = common.limited(data.cifar100("train", seed=args.seed, **kwargs), args.steps)
     test = common.limited(data.cifar100("test", **kwargs), args.steps)
     model = common.baseline(lambda: models.resnet56(num_classes=100), train, test, args)

@@ -45,7 +45,11 @@ def arguments(argv=None):
 
 def main(argv=None):
     args = arguments(argv)
-    kwargs = {"data_dir": args.data_dir, "batch_size": args.batch_size}
+    kwargs = {
+        "data_dir": args.data_dir,
+        "batch_size": args.batch_size,
+        "download": args.download,
+    }
     train = common.limited(data.cifar10("train", seed=args.seed, **kwargs), args.steps)
     test = common.limited(data.cifar10("test", **kwargs), args.steps)
     model = common.baseline(

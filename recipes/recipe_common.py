@@ -41,6 +41,12 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data-dir", help="dataset directory (tfds data_dir / IDX files)")
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download and prepare a tensorflow-datasets dataset missing from "
+        "--data-dir (network access; without it a missing dataset stops at once)",
+    )
     p.add_argument("--output-dir", help="where the models and the report go")
     p.add_argument("--epochs", type=int, help="baseline training epochs")
     p.add_argument("--lr", type=float, help="baseline peak learning rate")

@@ -161,9 +161,11 @@ def test_cifar_on_mock_data_standardizes_and_augments():
                 for x, _ in tfds.load("cifar10", split="test", as_supervised=True)
             ]
         )
-        test = data.cifar10("test", data_dir="/nonexistent/tfds", batch_size=4)
+        test = data.cifar10(
+            "test", data_dir="/nonexistent/tfds", batch_size=4, download=True
+        )
         x = np.concatenate([b[0].numpy() for b in test])
-        train = data.cifar100("train", batch_size=2, shuffle=False)
+        train = data.cifar100("train", batch_size=2, shuffle=False, download=True)
         batch, labels = next(iter(train))
     mean = np.array([0.4914, 0.4822, 0.4465])
     std = np.array([0.2470, 0.2435, 0.2616])
@@ -186,17 +188,23 @@ def test_imagenet_on_mock_data():
 
 
 def test_missing_tfds_data_says_how_to_get_it(tmp_path, monkeypatch):
-    with pytest.raises(DatasetNotFoundError) as info:
-        data.cifar10(data_dir=str(tmp_path), download=False)
-    assert str(tmp_path) in str(info.value)
-    assert "download_and_prepare" in str(info.value)
-
     def offline(self, **kwargs):
         raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    absent = tmp_path / "absent" / "tfds"
+    # By default nothing is downloaded: the error comes at once, and no
+    # directory is made.
+    with pytest.raises(DatasetNotFoundError) as info:
+        data.cifar10(data_dir=str(absent))
+    assert str(absent) in str(info.value) and "download=False" in str(info.value)
+    assert "download_and_prepare" in str(info.value)
+    assert not (tmp_path / "absent").exists()
     with pytest.raises(DatasetNotFoundError, match="Failed to resolve"):
-        data.cifar100(data_dir=str(tmp_path))
+        data.cifar100(data_dir=str(absent), download=True)
+    assert not absent.exists()  # the failed download left nothing behind
+    with pytest.raises(DatasetNotFoundError, match="Failed to resolve"):
+        data.cifar100(data_dir=str(tmp_path), download=True)
     with pytest.raises(DatasetNotFoundError) as info:
         data.imagenet(data_dir=str(tmp_path), manual_dir=str(tmp_path / "tars"))
     assert "ILSVRC2012_img_train.tar" in str(info.value)

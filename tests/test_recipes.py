@@ -167,6 +167,7 @@ def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
         "4",
         "--data-dir",
         str(tmp_path / "tfds"),
+        "--download",  # mock_data makes the download a no-op
         "--output-dir",
         str(out),
         *extra,
