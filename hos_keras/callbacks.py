@@ -29,7 +29,7 @@ import numpy as np
 from hos_keras import allocation as allocation_lib
 from hos_keras import graph, surgery
 from hos_keras import latency as latency_lib
-from hos_keras.errors import InvalidArgumentError, PlanMismatchError
+from hos_keras.errors import InvalidArgumentError, PlanMismatchError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
@@ -61,12 +61,9 @@ def _sparsity(sparse, criterion, options: dict) -> GroupSparsity | None:
 
 def _writable_directory(path: str) -> str:
     """The directory of `path`, checked to exist and be writable."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise InvalidArgumentError(
-            f"Received plan_path={path!r}, but {directory!r} is not a writable "
-            "directory; create it or choose another path."
-        )
+    directory, problem = directory_problem(path)
+    if problem:
+        raise InvalidArgumentError(f"Received plan_path={path!r}, but {problem}.")
     return directory
 
 

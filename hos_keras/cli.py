@@ -26,7 +26,7 @@ import hos_keras
 from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, export
 from hos_keras.decompose import decompose
-from hos_keras.errors import HOSKerasError
+from hos_keras.errors import HOSKerasError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.surgery import slim_model
@@ -48,6 +48,14 @@ def _one_line(error: BaseException) -> str:
 def _load(path: str) -> keras.Model:
     if not os.path.exists(path):
         raise CommandError(f"{path}: no such file.")
+    if path.endswith((".h5", ".hdf5")):
+        name = os.path.basename(path)
+        stem = name.rsplit(".", 1)[0]
+        raise CommandError(
+            f"{path}: a legacy HDF5 model; hos-keras reads the .keras format. "
+            "Convert it once, in Python, if you trust the file: "
+            f"keras.models.load_model({name!r}).save({stem + '.keras'!r})."
+        )
     if os.path.isdir(path) or not path.endswith(".keras"):
         raise CommandError(
             f"{path}: expected a .keras file (saved with model.save('name.keras'))."
@@ -75,9 +83,9 @@ def _load(path: str) -> keras.Model:
 def _check_output(path: str, suffix: str, flag: str) -> None:
     if not path.endswith(suffix):
         raise CommandError(f"{flag} {path}: the file name must end with {suffix}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise CommandError(f"{flag} {path}: {directory} is not a writable directory.")
+    _, problem = directory_problem(path)
+    if problem:
+        raise CommandError(f"{flag} {path}: {problem}.")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
@@ -324,6 +332,12 @@ def _cmd_prune(args) -> None:
         except OSError as error:
             raise CommandError(
                 f"--from-plan {args.from_plan}: {error.strerror}."
+            ) from error
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise CommandError(
+                f"--from-plan {args.from_plan}: not a pruning plan; expected the "
+                "JSON file that hos-keras prune --plan (or PruningPlan.to_json()) "
+                f"writes ({type(error).__name__}: {_one_line(error)[:120]})."
             ) from error
     else:
         plan = _plan(model, args)

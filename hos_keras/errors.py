@@ -9,6 +9,7 @@ the modules share.
 
 import math
 import numbers
+import os
 
 
 class HOSKerasError(Exception):
@@ -80,3 +81,21 @@ def check_real(name: str, value, minimum: float = 0.0, hint: str = "") -> float:
             f"Received {name}={value!r}; pass a finite number >= {minimum:g}{hint}."
         )
     return number
+
+
+def directory_problem(path: str) -> tuple[str, str | None]:
+    """The directory a file `path` would be written into, and what stops it:
+    `None`, or a phrase such as "does not exist; create it (mkdir -p ...)"."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return directory, f"{directory} is a file, not a directory"
+    if not os.path.isdir(directory):
+        return directory, (
+            f"the directory {directory} does not exist; create it "
+            f"(mkdir -p {directory}) or choose another path"
+        )
+    if not os.access(directory, os.W_OK):
+        return directory, (
+            f"the directory {directory} is not writable; choose another path"
+        )
+    return directory, None

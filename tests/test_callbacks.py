@@ -101,7 +101,7 @@ def test_bad_arguments(tmp_path):
             hos_keras.HOSPruneCallback(prune_epochs=bad)
     with pytest.raises(InvalidArgumentError, match="one value per epoch"):
         hos_keras.HOSPruneCallback(prune_epochs=[1, 2], allocation="fixed", ratio=[0.5])
-    with pytest.raises(InvalidArgumentError, match="not a writable directory"):
+    with pytest.raises(InvalidArgumentError, match="does not exist; create it"):
         hos_keras.HOSPruneCallback(
             prune_epochs=[1], plan_path=str(tmp_path / "missing" / "p.json")
         )

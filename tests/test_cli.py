@@ -349,7 +349,24 @@ def test_bad_input_gives_one_line_and_status_1(saved, capsys, tmp_path):
     line = _error_line(
         *_run(capsys, "prune", path, "--out", corrupt / "slim.keras"), "prune"
     )
-    assert "not a writable directory" in line
+    assert "is a file, not a directory" in line
+    line = _error_line(
+        *_run(capsys, "prune", path, "--out", tmp_path / "new" / "slim.keras"), "prune"
+    )
+    assert f"{tmp_path / 'new'} does not exist; create it (mkdir -p" in line
+    legacy = tmp_path / "old.h5"
+    legacy.write_bytes(b"\x89HDF\r\n")
+    line = _error_line(*_run(capsys, "profile", legacy), "profile")
+    assert "legacy HDF5" in line and ".save(" in line and "old.keras" in line
+    binary = tmp_path / "plan.bin"
+    binary.write_bytes(b"\xfe\xff\x00binary")
+    line = _error_line(
+        *_run(
+            capsys, "prune", path, "--from-plan", binary, "--out", tmp_path / "s.keras"
+        ),
+        "prune",
+    )
+    assert f"--from-plan {binary}: not a pruning plan" in line
     line = _error_line(
         *_run(
             capsys,
