@@ -385,6 +385,23 @@ class HOSHyperModel(keras_tuner.HyperModel):
             return float(accuracy)
         return -float(cost - self._budget) / self._budget
 
+    def _over_budget_line(self, plan: PruningPlan, cost: float, score: float) -> str:
+        """What a skipped trial prints: why, by how much, and its score."""
+        if self._budget_key == "predicted_ms":
+            what = (
+                f"predicted {cost:.3f} ms, budget {self._budget:.3f} ms "
+                f"({plan.macs_reduction:.1%} fewer MACs)"
+            )
+        else:
+            what = (
+                f"{plan.macs_reduction:.1%} fewer MACs, the budget needs "
+                f"{1 - self._budget / self.macs_original:.1%}"
+            )
+        return (
+            f"[hos_keras] trial skipped, not trained: over budget ({what}); "
+            f"{OBJECTIVE} {score:.3f} ranks it below every trial within budget."
+        )
+
     def _cost(self, plan: PruningPlan) -> float:
         if self._budget_key == "predicted_ms":
             return float(plan.details["latency"]["predicted_ms"])
@@ -409,6 +426,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
         result[self._budget_key] = cost
         if cost > self._budget and self.over_budget == "reject":
             result[OBJECTIVE] = self.score(cost, None)
+            if kwargs.get("verbose", 1):
+                print(self._over_budget_line(plan, cost, result[OBJECTIVE]))
             return result
         data = args[0] if args else kwargs.get("x")
         if isinstance(data, tf.data.Dataset | keras.utils.PyDataset):

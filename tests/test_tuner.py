@@ -313,3 +313,18 @@ def test_a_trial_re_estimates_its_batch_norms_before_training():
     assert result["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == yv))
     with pytest.raises(InvalidArgumentError, match="recalibration_steps=-1"):
         HOSHyperModel(bn_model, target_reduction=0.3, recalibration_steps=-1)
+
+
+def test_an_over_budget_trial_says_it_was_skipped(base, capsys):
+    hypermodel = HOSHyperModel(base, target_reduction=0.95, coefficient=(3.0, 8.0))
+    hp = keras_tuner.HyperParameters()
+    distiller = hypermodel.build(hp)
+    result = hypermodel.fit(hp, distiller, *_data(8, 0), validation_data=_data(8, 1))
+    line = capsys.readouterr().out.strip()
+    assert line == (
+        "[hos_keras] trial skipped, not trained: over budget "
+        f"({result['macs_reduction']:.1%} fewer MACs, the budget needs 95.0%); "
+        f"hos_score {result['hos_score']:.3f} ranks it below every trial within budget."
+    )
+    hypermodel.fit(hp, distiller, *_data(8, 0), validation_data=_data(8, 1), verbose=0)
+    assert capsys.readouterr().out == ""
