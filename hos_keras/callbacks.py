@@ -33,6 +33,7 @@ from hos_keras.errors import InvalidArgumentError, PlanMismatchError, directory_
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.text import plural
 from hos_keras.training import check_inputs
 
 __all__ = ["HOSPruneCallback"]
@@ -296,7 +297,10 @@ class HOSPruneCallback(keras.callbacks.Callback):
             scalars `hos/ratio/<group>`, `hos/statistic/<group>`,
             `hos/macs_reduction`, and histograms `hos/scores/<group>`. Defaults to
             `None`.
-        verbose: Print a line per pruning step. Defaults to `1`.
+        verbose: Print a line per pruning step. Defaults to `1`. At each step
+            fit's logs (its console line and `History`) get one value,
+            `pruned_macs_reduction`; `callback.history` lists every step's
+            `{"epoch", "macs_reduction", "ratios": {group: ratio}}`.
         sparse: Sparse training up to the first pruning step
             (`hos_keras.GroupSparsity`, which shrinks the channels the criterion
             ranks least important so that pruning takes away little): `True` for
@@ -368,6 +372,7 @@ class HOSPruneCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.plan: PruningPlan | None = None
         self._masks: dict[str, list[np.ndarray]] = {}
+        self.history: list[dict] = []
         self.sparse = _sparsity(sparse, criterion, allocation_options)
         self._sparse_now = False
 
@@ -380,7 +385,8 @@ class HOSPruneCallback(keras.callbacks.Callback):
         planned = getattr(self.params, "get", lambda *_: None)("epochs")
         if planned is not None and self.prune_epochs[-1] > planned:
             raise InvalidArgumentError(
-                f"prune_epochs={self.prune_epochs} goes beyond the {planned} epochs "
+                f"prune_epochs={self.prune_epochs} goes beyond the "
+                f"{plural(planned, 'epoch')} "
                 "of this fit; prune earlier or train longer."
             )
         check_inputs(self.model, self.allocation_options.get("data"), "data")
@@ -439,10 +445,17 @@ class HOSPruneCallback(keras.callbacks.Callback):
             _write_atomically(self.plan_path, plan.to_json())
         if self.log_dir:
             self._summarize(plan, epoch + 1)
+        # One short value for fit's console line and History; the per-group
+        # ratios go to `history` and TensorBoard.
         if logs is not None:
             logs["pruned_macs_reduction"] = plan.macs_reduction
-            for group in plan.groups.values():
-                logs[f"ratio/{group.name}"] = group.ratio
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "macs_reduction": plan.macs_reduction,
+                "ratios": {g.name: g.ratio for g in plan.groups.values()},
+            }
+        )
         if self.verbose:
             print(
                 f"\nHOSPruneCallback: epoch {epoch + 1}: {plan.macs_reduction:.1%} "

@@ -30,6 +30,7 @@ from hos_keras.errors import HOSKerasError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.surgery import slim_model
+from hos_keras.text import plural
 
 __all__ = ["main"]
 
@@ -299,7 +300,7 @@ def _cmd_report(args) -> None:
         print(f"target search: coefficient {chosen.details['coefficient']:.4g}")
     if chosen.frozen:
         print()
-        print(f"not pruned ({len(chosen.frozen)} channel groups):")
+        print(f"not pruned ({plural(len(chosen.frozen), 'channel group')}):")
         for name, reason in chosen.frozen.items():
             print(f"  {name}: {reason}")
 

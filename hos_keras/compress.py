@@ -34,6 +34,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.text import plural
 from hos_keras.training import check_inputs, many_models
 
 __all__ = ["CompressionReport", "compress"]
@@ -796,7 +797,7 @@ def compress(
             **options,
         )
         say(
-            f"[hos_keras] plan: {len(plan.groups)} channel groups, MACs "
+            f"[hos_keras] plan: {plural(len(plan.groups), 'channel group')}, MACs "
             f"{plan.macs_before:,} -> {plan.macs_after:,} "
             f"({plan.macs_reduction:.1%} fewer)"
         )
@@ -822,7 +823,7 @@ def compress(
         )
         decomposition = decomposed.to_dict()
         say(
-            f"[hos_keras] decomposed {len(decomposed.layers)} layers "
+            f"[hos_keras] decomposed {plural(len(decomposed.layers), 'layer')} "
             f"({decompose_method}), MACs {decomposed.macs['original']:,} -> "
             f"{decomposed.macs['decomposed']:,}"
         )
@@ -844,7 +845,10 @@ def compress(
         ),
     )
     if recalibration_steps and batchnorm_layers(student):
-        say(f"[hos_keras] re-estimating batch norms on {recalibration_steps} batches")
+        say(
+            "[hos_keras] re-estimating batch norms on "
+            f"{plural(recalibration_steps, 'batch', 'batches')}"
+        )
         recalibrate_batchnorm(
             student,
             train_data,
@@ -894,7 +898,7 @@ def compress(
         )
         distiller.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         say(
-            f"[hos_keras] {stage}: {epochs} epochs "
+            f"[hos_keras] {stage}: {plural(epochs, 'epoch')} "
             f"{'with' if auxiliary else 'without'} the auxiliary losses"
         )
         run = distiller.fit(

@@ -44,6 +44,7 @@ import numpy as np
 
 from hos_keras import layer_rules
 from hos_keras.errors import UnsupportedModelError
+from hos_keras.text import plural
 
 __all__ = [
     "Call",
@@ -708,7 +709,7 @@ def warn_frozen(groups, stacklevel: int = 3) -> None:
         )
         lines.append(f"  - {what}: {shown}")
     warnings.warn(
-        f"hos_keras does not prune {count} channel groups that reach layers or "
+        f"hos_keras does not prune {plural(count, 'channel group')} that reach layers or "
         "operations it cannot prune through:\n"
         + "\n".join(lines)
         + "\nplan.frozen lists every frozen group. To prune through a layer of your "

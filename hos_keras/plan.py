@@ -32,6 +32,7 @@ from hos_keras.errors import (
     check_int,
 )
 from hos_keras.profile import profile
+from hos_keras.text import plural
 
 __all__ = [
     "GroupPlan",
@@ -276,7 +277,7 @@ class PruningPlan:
         )
         if self.frozen:
             print_fn(
-                f"not pruned: {len(self.frozen)} channel groups "
+                f"not pruned: {plural(len(self.frozen), 'channel group')} "
                 "(see plan.frozen for the reasons)"
             )
 

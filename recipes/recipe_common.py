@@ -27,6 +27,8 @@ os.environ.setdefault("HOS_KERAS_QUIET", "1")
 import hos_keras  # noqa: I001 - before keras, which imports TensorFlow
 import keras
 
+from hos_keras.text import plural
+
 
 def parser(description: str, **defaults) -> argparse.ArgumentParser:
     """The recipe flags; `defaults` sets the recipe's own values.
@@ -196,7 +198,10 @@ def baseline(build, train, val, args) -> keras.Model:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    print(f"[recipe] training the baseline {model.name} for {args.epochs} epochs")
+    print(
+        f"[recipe] training the baseline {model.name} for "
+        f"{plural(args.epochs, 'epoch')}"
+    )
     model.fit(
         train,
         validation_data=val,

@@ -523,3 +523,21 @@ def test_sparse_training_runs_until_the_first_pruning_step():
     assert not np.allclose(alone.get_layer("c1").get_weights()[0], untrained)
     with pytest.raises(InvalidArgumentError, match="sparse='yes'"):
         hos_keras.HOSPruneCallback(prune_epochs=[1], sparse="yes")
+
+
+def test_console_lines_stay_short_and_ratios_go_to_history(capsys):
+    model = _cnn()
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[1, 2], criterion="l1", allocation="fixed", ratio=[0.25, 0.5]
+    )
+    x, y = _data(16)
+    history = model.fit(x, y, epochs=2, batch_size=8, callbacks=[callback], verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 120, lines
+    assert not [line for line in lines if "ratio/" in line or "e+00" in line]
+    assert [len(v) for v in history.history.values()] == [2] * len(history.history)
+    assert [h["epoch"] for h in callback.history] == [1, 2]
+    last = callback.history[-1]
+    assert last["ratios"] == {g.name: g.ratio for g in callback.plan.groups.values()}
+    assert last["macs_reduction"] == callback.plan.macs_reduction
