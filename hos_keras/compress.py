@@ -40,6 +40,21 @@ from hos_keras.training import check_inputs, many_models
 __all__ = ["CompressionReport", "compress"]
 
 STAGES = ("original", "sparse", "pruned", "recalibrated", "distilled", "finetuned")
+# The layer statistic T each allocation reports (report.statistic_name()).
+_STATISTIC_NAMES = {
+    "shapiro": "Shapiro-Wilk W",
+    "jarque_bera": "Jarque-Bera JB",
+    "k34": "log10(1e13 |k3 k4|) / 21",
+    "itpruner": "importance exp(-beta s)",
+}
+_STAGE_LABELS = {
+    "original": "original",
+    "sparse": "sparse",
+    "pruned": "pruned",
+    "recalibrated": "BN recal.",
+    "distilled": "distilled",
+    "finetuned": "fine-tuned",
+}
 # compress's approaches, the paper's A1, A2 and A3 (METHOD.md section 4).
 APPROACHES = ("prune", "decompose", "prune+decompose")
 
@@ -136,26 +151,18 @@ class CompressionReport:
         """The report as JSON (see `to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent)
 
-    def plot(self, path: str) -> None:
-        """Saves a PNG of the per-layer pruning ratios and layer statistics.
+    def statistic_name(self) -> str | None:
+        """What the layer statistic T of `layers` is, for this allocation."""
+        name = self.allocation
+        if name == "target":
+            name = (self.plan.allocation_config if self.plan else {}).get("base")
+        return _STATISTIC_NAMES.get(name)
 
-        Top: the ratio of every pruned channel group (bars, in network order).
-        Bottom: the layer statistic T the allocation used (e.g. Shapiro-Wilk W),
-        where the allocation has one.
-
-        Args:
-            path: Output file, e.g. `"layers.png"`.
-
-        Raises:
-            InvalidArgumentError: if the report has no layers.
-        """
+    def layers_figure(self):
+        """The matplotlib figure `plot` saves (see there)."""
         if not self.layers:
             raise InvalidArgumentError("The report has no pruned layers to plot.")
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from matplotlib import pyplot
-
+        pyplot = _pyplot()
         names = [layer["name"] for layer in self.layers]
         positions = np.arange(len(names))
         statistics = [layer["statistic"] for layer in self.layers]
@@ -169,23 +176,102 @@ class CompressionReport:
             squeeze=False,
         )
         axes = axes[:, 0]
-        axes[0].bar(positions, [layer["ratio"] for layer in self.layers], color="C3")
-        axes[0].set_ylabel("pruning ratio")
-        axes[0].set_ylim(0, 1)
+        channels = [layer["channels"] for layer in self.layers]
+        kept = [layer["kept"] for layer in self.layers]
+        axes[0].bar(positions, channels, color="0.85", label="original")
+        colors = ["C0" if k == c else "C3" for k, c in zip(kept, channels, strict=True)]
+        axes[0].bar(positions, kept, color=colors, label="kept")
+        axes[0].set_ylabel("channels (kept of original)")
+        axes[0].legend(
+            handles=[
+                pyplot.Rectangle((0, 0), 1, 1, color="0.85", label="removed"),
+                pyplot.Rectangle((0, 0), 1, 1, color="C3", label="kept (pruned)"),
+                pyplot.Rectangle((0, 0), 1, 1, color="C0", label="kept (unpruned)"),
+            ],
+            fontsize=7,
+            loc="upper left",
+        )
         reduction = 1.0 - self.macs["slim"] / max(self.macs["original"], 1)
         axes[0].set_title(
             f"{self.model_name}: criterion {self.criterion}, allocation "
             f"{self.allocation}, {reduction:.0%} fewer MACs"
         )
         if has_statistic:
-            values = [np.nan if s is None else s for s in statistics]
+            values = [np.nan if v is None else v for v in statistics]
             axes[1].plot(positions, values, "o-", color="C0")
-            axes[1].set_ylabel("layer statistic T")
+            label = self.statistic_name() or "layer statistic"
+            axes[1].set_ylabel(f"T: {label}", fontsize=8)
         axes[-1].set_xticks(positions)
         axes[-1].set_xticklabels(names, rotation=90, fontsize=7)
         figure.tight_layout()
-        figure.savefig(path, dpi=110)
-        pyplot.close(figure)
+        return figure
+
+    def plot(self, path: str) -> None:
+        """Saves a PNG of the channels kept per layer and the layer statistics.
+
+        Top: every channel group's original channels (grey) and the channels
+        kept, in network order; groups left whole are drawn in another colour,
+        so that a ratio of 0 is visible. Bottom: the layer statistic T the
+        allocation used (e.g. Shapiro-Wilk W), where it has one, named.
+
+        Args:
+            path: Output file, e.g. `"layers.png"`.
+
+        Raises:
+            InvalidArgumentError: if the report has no layers.
+        """
+        _save(self.layers_figure(), path)
+
+    def stages_figure(self):
+        """The matplotlib figure `plot_stages` saves (see there)."""
+        pyplot = _pyplot()
+        stages = [s for s in STAGES if s in self.metrics]
+        accuracy = [self.accuracy(s) for s in stages]
+        ratios = {"MACs": self.macs, "params": self.params}
+        for batch, label in ((1, "TF latency b1"), (32, "TF latency b32")):
+            if batch in self.latency_ms.get("original", {}):
+                ratios[label] = {k: self.latency_ms[k][batch] for k in self.latency_ms}
+        if self.tflite_latency_ms:
+            ratios["TFLite latency b1"] = self.tflite_latency_ms
+        figure, (left, right) = pyplot.subplots(1, 2, figsize=(10, 3.6))
+        left.bar(
+            range(len(stages)),
+            [np.nan if a is None else a for a in accuracy],
+            color=["0.6"] + ["C0"] * (len(stages) - 1),
+        )
+        for i, value in enumerate(accuracy):
+            if value is not None:
+                left.text(
+                    i, value, f"{value:.4f}", ha="center", va="bottom", fontsize=7
+                )
+        left.set_xticks(range(len(stages)))
+        left.set_xticklabels([_STAGE_LABELS[s] for s in stages], fontsize=7)
+        left.set_ylabel("validation accuracy")
+        left.set_ylim(0, 1.05)
+        left.set_title("accuracy at each stage")
+        names = list(ratios)
+        values = [ratios[n]["original"] / max(ratios[n]["slim"], 1e-12) for n in names]
+        right.barh(range(len(names)), values, color="C2")
+        for i, value in enumerate(values):
+            right.text(value, i, f" {value:.2f}x", va="center", fontsize=7)
+        right.set_yticks(range(len(names)))
+        right.set_yticklabels(names, fontsize=8)
+        right.axvline(1.0, color="0.5", linewidth=0.8)
+        right.set_xlabel("original / slim")
+        right.set_title("smaller and faster by")
+        figure.suptitle(f"{self.model_name}: {self.approach}", fontsize=9)
+        figure.tight_layout()
+        return figure
+
+    def plot_stages(self, path: str) -> None:
+        """Saves a PNG of the accuracy at each stage (original, after pruning,
+        recalibration, distillation, fine-tuning: those that ran) beside the
+        MACs, parameter and latency ratios of original to slim.
+
+        Args:
+            path: Output file, e.g. `"stages.png"`.
+        """
+        _save(self.stages_figure(), path)
 
     def summary(self, print_fn: Callable[[str], Any] | None = None) -> None:
         """Prints the before/after table, the accuracy per stage and the layers.
@@ -324,6 +410,21 @@ def _first_inputs(data):
             "tf.data.Dataset or a keras PyDataset."
         )
     return keras.tree.map_structure(np.asarray, x)
+
+
+def _pyplot():
+    """matplotlib's pyplot, on the file-only Agg backend unless one is chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot
+
+    return pyplot
+
+
+def _save(figure, path: str) -> None:
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
 
 
 def _check_data(name: str, data) -> None:

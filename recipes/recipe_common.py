@@ -289,8 +289,9 @@ def compress_and_report(model, train, val, args, **settings):
         return slim, report
     plot = os.path.join(args.output_dir, "layers.png")
     report.plot(plot)
+    report.plot_stages(os.path.join(args.output_dir, "stages.png"))
     print(
         f"[recipe] saved {os.path.join(args.output_dir, 'slim.keras')}, plan.json, "
-        f"report.json and {plot}"
+        f"report.json, {plot} and stages.png"
     )
     return slim, report

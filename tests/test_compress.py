@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras import layers
 
 import hos_keras
+from hos_keras.compress import STAGES
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 
 
@@ -261,6 +262,34 @@ def test_plot_writes_a_png(resnet_run, tmp_path):
     )
     with pytest.raises(InvalidArgumentError, match="no pruned layers"):
         empty.plot(str(tmp_path / "none.png"))
+
+
+def test_figures_show_what_they_say(resnet_run, tmp_path):
+    report = resnet_run[-1]  # allocation "target" over shapiro
+    figure = report.layers_figure()
+    top, bottom = figure.axes
+    assert bottom.get_ylabel() == "T: Shapiro-Wilk W"
+    heights = [bar.get_height() for bar in top.patches]
+    n = len(report.layers)
+    assert heights[:n] == [layer["channels"] for layer in report.layers]
+    assert heights[n:] == [layer["kept"] for layer in report.layers]
+    # Groups left whole are drawn in their own colour, not as empty bars.
+    whole = [i for i, layer in enumerate(report.layers) if layer["ratio"] == 0]
+    colours = {tuple(top.patches[n + i].get_facecolor()) for i in whole}
+    pruned = {tuple(top.patches[n + i].get_facecolor()) for i in range(n)} - colours
+    assert whole and colours and pruned and not colours & pruned
+    stages = report.stages_figure()
+    left, right = stages.axes
+    labels = [t.get_text() for t in left.get_xticklabels()]
+    assert labels == ["original", "pruned", "BN recal.", "distilled", "fine-tuned"]
+    expected = [report.accuracy(s) for s in STAGES if s in report.metrics]
+    assert [bar.get_height() for bar in left.patches] == pytest.approx(expected)
+    names = [t.get_text() for t in right.get_yticklabels()]
+    assert names[:2] == ["MACs", "params"] and "TFLite latency b1" in names
+    macs = report.macs["original"] / report.macs["slim"]
+    assert right.patches[0].get_width() == pytest.approx(macs)
+    report.plot_stages(str(tmp_path / "stages.png"))
+    assert (tmp_path / "stages.png").read_bytes()[:4] == b"\x89PNG"
 
 
 class _LearningRates(keras.callbacks.Callback):

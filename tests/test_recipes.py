@@ -37,6 +37,7 @@ def _check_outputs(out, slim, report):
     for name in ("baseline.keras", "slim.keras", "plan.json", "report.json"):
         assert (out / name).exists(), name
     assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "stages.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((out / "report.json").read_text())
     stages = {"original", "pruned", "recalibrated", "distilled", "finetuned"}
     assert set(saved["accuracy"]) == stages
@@ -71,6 +72,9 @@ def test_paper_recipes_give_compress_the_reference_settings(
     class Report:
         def plot(self, path):
             received["plot"] = path
+
+        def plot_stages(self, path):
+            received["stages"] = path
 
     def compress(model, train, val, **kwargs):
         received.update(kwargs)
@@ -220,6 +224,9 @@ def test_a_pruning_flag_the_user_gives_takes_effect(monkeypatch, tmp_path, capsy
 
     class Report:
         def plot(self, path):
+            pass
+
+        def plot_stages(self, path):
             pass
 
     def compress(model, train, val, **kwargs):
