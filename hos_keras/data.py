@@ -233,11 +233,16 @@ def _cifar(
     shuffle,
     seed,
     download,
+    limit,
 ):
     split = _check_split(split, ("train", "test"))
     batch_size = check_int("batch_size", batch_size)
     training = split == "train"
     ds, size = _tfds_split(name, split, data_dir, download, None)
+    if limit is not None:
+        # Before the cache: a dataset read in part would warn at every epoch.
+        limit = check_int("limit", limit, hint=" or None")
+        ds, size = ds.take(limit), min(size or limit, limit)
     mean, std = _CIFAR_STATS[name]
     return _pipeline(
         ds,
@@ -262,6 +267,7 @@ def cifar10(
     shuffle: bool | None = None,
     seed: int | None = 0,
     download: bool = False,
+    limit: int | None = None,
 ) -> tf.data.Dataset:
     """CIFAR-10 through tensorflow-datasets, standardized per channel.
 
@@ -277,6 +283,8 @@ def cifar10(
         download: Download and prepare the data when it is not in `data_dir`
             (network access). Defaults to `False`: data that is not prepared
             raises at once, saying how to get it.
+        limit: Use only the first `limit` examples (quick runs). Defaults to
+            `None` (all).
 
     Returns:
         A batched `tf.data.Dataset` of `(float32 [b, 32, 32, 3], int64 [b])`;
@@ -295,7 +303,7 @@ def cifar10(
     ```
     """
     return _cifar(
-        "cifar10", split, data_dir, batch_size, augment, shuffle, seed, download
+        "cifar10", split, data_dir, batch_size, augment, shuffle, seed, download, limit
     )
 
 
@@ -308,10 +316,11 @@ def cifar100(
     shuffle: bool | None = None,
     seed: int | None = 0,
     download: bool = False,
+    limit: int | None = None,
 ) -> tf.data.Dataset:
     """CIFAR-100 (fine labels) through tensorflow-datasets; see `cifar10`."""
     return _cifar(
-        "cifar100", split, data_dir, batch_size, augment, shuffle, seed, download
+        "cifar100", split, data_dir, batch_size, augment, shuffle, seed, download, limit
     )
 
 

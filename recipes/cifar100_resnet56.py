@@ -54,8 +54,9 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "download": args.download,
     }
-    train = common.limited(data.cifar100("train", seed=args.seed, **kwargs), args.steps)
-    test = common.limited(data.cifar100("test", **kwargs), args.steps)
+    kwargs["limit"] = common.limit(args)
+    train = data.cifar100("train", seed=args.seed, **kwargs)
+    test = data.cifar100("test", **kwargs)
     model = common.baseline(lambda: models.resnet56(num_classes=100), train, test, args)
     return common.compress_and_report(model, train, test, args, allocation="shapiro")
 

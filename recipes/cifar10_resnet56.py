@@ -56,8 +56,9 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "download": args.download,
     }
-    train = common.limited(data.cifar10("train", seed=args.seed, **kwargs), args.steps)
-    test = common.limited(data.cifar10("test", **kwargs), args.steps)
+    kwargs["limit"] = common.limit(args)
+    train = data.cifar10("train", seed=args.seed, **kwargs)
+    test = data.cifar10("test", **kwargs)
     model = common.baseline(lambda: models.resnet56(num_classes=10), train, test, args)
     return common.compress_and_report(model, train, test, args, allocation="shapiro")
 

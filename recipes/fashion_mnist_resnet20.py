@@ -32,10 +32,15 @@ def arguments(argv=None):
 def main(argv=None):
     args = arguments(argv)
     train = data.fashion_mnist(
-        "train", data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed
+        "train",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        limit=common.limit(args),
     )
-    test = data.fashion_mnist("test", data_dir=args.data_dir, batch_size=500)
-    train, test = common.limited(train, args.steps), common.limited(test, args.steps)
+    test = data.fashion_mnist(
+        "test", data_dir=args.data_dir, batch_size=500, limit=common.limit(args, 500)
+    )
     model = common.baseline(
         lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
         train,

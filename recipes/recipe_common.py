@@ -125,8 +125,16 @@ def progress() -> int:
 
 
 def limited(dataset, steps):
-    """The first `steps` batches of a dataset (all of it when steps is None)."""
+    """The first `steps` batches of a dataset (all of it when steps is None);
+    for datasets without a cache (ImageNet's)."""
     return dataset.take(steps) if steps else dataset
+
+
+def limit(args, batch_size: int | None = None) -> int | None:
+    """The examples `--steps` batches hold, for the data functions' `limit`
+    (applied before their cache, which a partial read would discard with a
+    warning at every epoch); `None` without `--steps`."""
+    return args.steps * (batch_size or args.batch_size) if args.steps else None
 
 
 def decay_epochs(milestones, full_epochs: int, epochs: int) -> tuple[int, ...]:

@@ -45,11 +45,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.baseline and not os.path.exists(args.baseline):
         args.baseline = None  # train one below
+    steps = common.limit(args)
     train = data.fashion_mnist(
-        "train", data_dir=args.data_dir, batch_size=args.batch_size, limit=args.limit
+        "train",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        limit=min(args.limit, steps) if steps else args.limit,
     )
-    test = data.fashion_mnist("test", data_dir=args.data_dir, batch_size=500)
-    train, test = common.limited(train, args.steps), common.limited(test, args.steps)
+    test = data.fashion_mnist(
+        "test", data_dir=args.data_dir, batch_size=500, limit=common.limit(args, 500)
+    )
     model = common.baseline(
         lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
         train,

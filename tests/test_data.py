@@ -167,6 +167,8 @@ def test_cifar_on_mock_data_standardizes_and_augments():
         x = np.concatenate([b[0].numpy() for b in test])
         train = data.cifar100("train", batch_size=2, shuffle=False, download=True)
         batch, labels = next(iter(train))
+        limited = data.cifar10("test", batch_size=2, download=True, limit=3)
+        assert [int(b[0].shape[0]) for b in limited] == [2, 1]
     mean = np.array([0.4914, 0.4822, 0.4465])
     std = np.array([0.2470, 0.2435, 0.2616])
     np.testing.assert_allclose(x, (raw / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
