@@ -23,9 +23,14 @@ import sys
 
 # A recipe starts quietly: importing hos_keras first hides TensorFlow's C++
 # startup lines (unless --verbose).
-os.environ.setdefault("HOS_KERAS_QUIET", "1")
+_QUIET = "HOS_KERAS_QUIET" not in os.environ
+if _QUIET:
+    os.environ["HOS_KERAS_QUIET"] = "1"
 import hos_keras  # noqa: I001 - before keras, which imports TensorFlow
 import keras
+
+if _QUIET:  # not inherited by the processes a recipe (or a test) starts
+    del os.environ["HOS_KERAS_QUIET"]
 
 from hos_keras.text import plural
 
