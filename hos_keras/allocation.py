@@ -41,6 +41,7 @@ from hos_keras.errors import (
     UnknownNameError,
     UnreachableTargetError,
     check_int,
+    check_real,
 )
 
 __all__ = [
@@ -739,14 +740,7 @@ class ITPrunerAllocation(Allocation):
             )
         )
         self.min_keep = _check_fraction("min_keep", min_keep)
-        try:
-            self.beta = float(beta)
-        except (TypeError, ValueError):
-            self.beta = float("nan")
-        if not math.isfinite(self.beta) or self.beta < 0:
-            raise InvalidArgumentError(
-                f"Received beta={beta!r}; pass a finite number >= 0."
-            )
+        self.beta = check_real("beta", beta, 0.0)
         self.images = check_int("images", images)
 
     def allocate(self, context: AllocationContext) -> Allocated:

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import graph, surgery
+from hos_keras import graph, sparsity, surgery
 from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
@@ -43,21 +43,12 @@ def _sparsity(sparse, criterion, options: dict) -> GroupSparsity | None:
     """The callback's `GroupSparsity` from its `sparse` argument."""
     if sparse is None or sparse is False:
         return None
-    if isinstance(sparse, GroupSparsity):
-        return sparse
     shared = {  # the first pruning step's, which the sparse training precedes
         k: options[k][0] if _per_step(k, options[k]) else options[k]
         for k in ("scope", "skip", "data")
         if k in options
     }
-    if sparse is True:
-        return GroupSparsity(criterion, **shared)
-    if isinstance(sparse, dict):
-        return GroupSparsity(**{"criterion": criterion, **shared, **sparse})
-    raise InvalidArgumentError(
-        f"Received sparse={sparse!r}; pass True, a dict of GroupSparsity "
-        "arguments (e.g. {'strength': 1e-3}) or a hos_keras.GroupSparsity."
-    )
+    return sparsity.from_argument(sparse, criterion=criterion, **shared)
 
 
 def _writable_directory(path: str) -> str:

@@ -26,6 +26,7 @@ import tensorflow as tf
 from hos_keras import allocation as allocation_lib
 from hos_keras import distill, graph, surgery
 from hos_keras import latency as latency_lib
+from hos_keras import sparsity as sparsity_lib
 from hos_keras.criteria import get_criterion
 from hos_keras.decompose import decompose
 from hos_keras.errors import InvalidArgumentError, check_int
@@ -497,18 +498,12 @@ def _fresh_optimizer(identifier, default: Callable[[], keras.optimizers.Optimize
 
 
 def _sparsity(sparse, criterion, scope, skip, seed, data, steps) -> GroupSparsity:
-    """compress's `GroupSparsity` from its `sparse` argument."""
-    if isinstance(sparse, GroupSparsity):
-        return sparse
-    if sparse is not None and not isinstance(sparse, dict):
-        raise InvalidArgumentError(
-            f"Received sparse={sparse!r}; pass a dict of GroupSparsity arguments "
-            "(e.g. {'strength': 1e-2}) or a hos_keras.GroupSparsity."
-        )
+    """compress's `GroupSparsity` from its `sparse` argument (`None`: the
+    defaults, with this call's criterion, scope, skip and training data)."""
     options = {"criterion": criterion, "scope": scope, "skip": skip, "seed": seed}
     if getattr(get_criterion(criterion, seed=seed), "statistics", ()):
         options.update(data=data, calibration_steps=steps)
-    return GroupSparsity(**{**options, **(sparse or {})})
+    return sparsity_lib.from_argument(True if sparse is None else sparse, **options)
 
 
 def _sparse_trained(

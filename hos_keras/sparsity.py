@@ -177,14 +177,13 @@ class GroupSparsity(keras.callbacks.Callback):
             return
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         step = rate * self.strength
-        for variable, scale in self._steps:
-            value = keras.ops.convert_to_numpy(variable)
+        ops = keras.ops
+        for variable, scale in self._steps:  # in place, on the variables' device
             if self.method == "group_norm":
-                updated = value * (1.0 - step * scale)
+                variable.assign(variable * (1.0 - step * scale))
             else:
-                threshold = step * scale
-                updated = np.sign(value) * np.maximum(np.abs(value) - threshold, 0.0)
-            variable.assign(updated.astype(value.dtype))
+                shrunk = ops.maximum(ops.abs(variable) - step * scale, 0.0)
+                variable.assign(ops.sign(variable) * shrunk)
 
     def _prepare(self):
         """Scores the channels and turns them into a scale per weight entry."""
@@ -240,7 +239,8 @@ class GroupSparsity(keras.callbacks.Callback):
                 else:
                     scale = lookup[inputs] + lookup[outputs]
                 if np.any(scale):
-                    steps.append((variable, scale.astype(np.float64)))
+                    scale = keras.ops.convert_to_tensor(scale, variable.dtype)
+                    steps.append((variable, scale))
         if not steps:
             raise InvalidArgumentError(
                 f"GroupSparsity(method={self.method!r}) found nothing to penalise in "
@@ -253,3 +253,23 @@ class GroupSparsity(keras.callbacks.Callback):
                 )
             )
         self._steps = steps
+
+
+def from_argument(sparse, **defaults) -> GroupSparsity:
+    """A `GroupSparsity` from a `sparse=` argument of compress or the callback:
+    `True` (the `defaults`), a dict of arguments overriding them, or an
+    instance (used as it is).
+
+    Raises:
+        InvalidArgumentError: for anything else.
+    """
+    if isinstance(sparse, GroupSparsity):
+        return sparse
+    if sparse is True:
+        return GroupSparsity(**defaults)
+    if isinstance(sparse, dict):
+        return GroupSparsity(**{**defaults, **sparse})
+    raise InvalidArgumentError(
+        f"Received sparse={sparse!r}; pass True, a dict of GroupSparsity "
+        "arguments (e.g. {'strength': 1e-2}) or a hos_keras.GroupSparsity."
+    )

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import keras
 import keras_tuner
-import tensorflow as tf
 
 from hos_keras import distill, graph
 from hos_keras import latency as latency_lib
@@ -429,9 +428,6 @@ class HOSHyperModel(keras_tuner.HyperModel):
             if kwargs.get("verbose", 1):
                 print(self._over_budget_line(plan, cost, result[OBJECTIVE]))
             return result
-        data = args[0] if args else kwargs.get("x")
-        if isinstance(data, tf.data.Dataset | keras.utils.PyDataset):
-            kwargs.setdefault("shuffle", False)  # the pipeline shuffles itself
         total = (
             epochs if epochs is not None else self.distill_epochs + self.finetune_epochs
         )
@@ -439,7 +435,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         if initial_epoch == 0 and self.recalibration_steps:
             recalibrate_batchnorm(
                 model.student,
-                data,
+                x,
                 self.recalibration_steps,
                 batch_size=kwargs.get("batch_size") or 32,
             )
