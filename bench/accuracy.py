@@ -42,12 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+from finetuning import Runs, accuracy, copy, finetune, machine, sgd
 
 import hos_keras
 from hos_keras import data, models
@@ -85,22 +84,6 @@ def parse_args():
     return p.parse_args()
 
 
-def sgd(lr, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
-    return keras.optimizers.SGD(
-        schedule, momentum=0.9, nesterov=True, weight_decay=5e-4
-    )
-
-
-def accuracy(model, test) -> float:
-    correct = total = 0
-    for x, y in test:
-        logits = model(x, training=False)
-        correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32)))
-        total += int(y.shape[0])
-    return correct / total
-
-
 def train_baseline(args, train, test):
     os.makedirs(args.cache_dir, exist_ok=True)
     path = os.path.join(args.cache_dir, f"baseline_e{args.epochs}.keras")
@@ -119,12 +102,6 @@ def train_baseline(args, train, test):
     elapsed = time.perf_counter() - start
     model.save(path)
     return model, elapsed
-
-
-def copy(model):
-    twin = type(model).from_config(model.get_config())
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 def approaches(args, teacher, train, test, base_accuracy, began):
@@ -153,30 +130,18 @@ def approaches(args, teacher, train, test, base_accuracy, began):
     for name, cost in costs.items():
         print(f"{name}: {1 - cost['macs'] / macs:.1%} fewer MACs", flush=True)
     runs = []
-    steps = int(train.cardinality()) * args.finetune_epochs
     for seed in range(args.seeds):
         for name, (model, plan, _) in students.items():
             keras.utils.set_random_seed(seed)
             student = copy(model)
             compressed = accuracy(student, test)
-            distiller = hos_keras.HOSDistiller(
-                student, teacher, plan=plan, output_weight=1.0
-            )
-            distiller.compile(
-                optimizer=sgd(args.finetune_lr, steps),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            start = time.perf_counter()
-            distiller.fit(
-                train.shuffle(64, seed=seed), epochs=args.finetune_epochs, verbose=0
-            )
-            seconds = time.perf_counter() - start
+            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             final = accuracy(student, test)
             runs.append(
                 {
                     "seed": seed,
                     "approach": name,
-                    "pivots": list(distiller.pivots),
+                    "pivots": pivots,
                     "compressed_accuracy": compressed,
                     "accuracy": final,
                     "seconds": seconds,
@@ -229,13 +194,7 @@ def approaches(args, teacher, train, test, base_accuracy, began):
         "table": table,
         "runs": runs,
         "total_minutes": (time.perf_counter() - began) / 60,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "load_average_end": os.getloadavg(),
-        },
+        "machine": machine(),
     }
     out = args.out or os.path.join(RESULTS, "accuracy_approaches.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -322,52 +281,31 @@ def other_criteria(args, teacher, train, test, base_accuracy, began):
         "training_images": args.limit or 60000,
         "optimizer": "SGD momentum 0.9 Nesterov, weight decay 5e-4, cosine",
     }
-    runs = []
-    if os.path.exists(out):
-        with open(out, encoding="utf-8") as stream:
-            earlier = json.load(stream)
-        if earlier.get("config") == config:
-            runs = earlier["runs"]
-            print(f"resuming: {len(runs)} runs in {out}")
-    steps = int(train.cardinality()) * args.finetune_epochs
+    runs = Runs(out, config, lambda runs: _criteria_table(plans, runs))
     for seed in range(args.seeds):
         for label, _, _ in OTHERS:
-            if any(r["seed"] == seed and r["row"] == label for r in runs):
+            if runs.done(seed=seed, row=label):
                 continue
             plan = plans[label][0]
             keras.utils.set_random_seed(seed)
             student = hos_keras.slim_model(teacher, plan)
             pruned = accuracy(student, test)
-            distiller = hos_keras.HOSDistiller(
-                student, teacher, plan=plan, output_weight=1.0
-            )
-            distiller.compile(
-                optimizer=sgd(args.finetune_lr, steps),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            start = time.perf_counter()
-            distiller.fit(
-                train.shuffle(64, seed=seed), epochs=args.finetune_epochs, verbose=0
-            )
-            seconds = time.perf_counter() - start
+            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             final = accuracy(student, test)
-            runs.append(
-                {
-                    "seed": seed,
-                    "row": label,
-                    "pruned_accuracy": pruned,
-                    "accuracy": final,
-                    "seconds": seconds,
-                    "load_average": os.getloadavg(),
-                }
+            runs.add(
+                seed=seed,
+                row=label,
+                pivots=pivots,
+                pruned_accuracy=pruned,
+                accuracy=final,
+                seconds=seconds,
             )
             print(
                 f"seed {seed} {label:<16} pruned {pruned:.4f} -> fine-tuned "
                 f"{final:.4f} ({seconds:.0f} s)",
                 flush=True,
             )
-            _write_criteria(out, config, plans, runs, began)
-    table = _write_criteria(out, config, plans, runs, began)
+    table = runs.write()
     print(f"\nbaseline {base_accuracy:.4f}")
     for row in table:
         print(
@@ -378,7 +316,7 @@ def other_criteria(args, teacher, train, test, base_accuracy, began):
     print(f"wrote {out}")
 
 
-def _write_criteria(out, config, plans, runs, began):
+def _criteria_table(plans, runs) -> list:
     table = []
     for label, criterion, allocation in OTHERS:
         plan = plans[label][0]
@@ -400,21 +338,6 @@ def _write_criteria(out, config, plans, runs, began):
                 "n": len(values),
             }
         )
-    result = {
-        "config": config,
-        "table": table,
-        "runs": runs,
-        "minutes_this_call": (time.perf_counter() - began) / 60,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
-    }
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as stream:
-        json.dump(result, stream, indent=1)
     return table
 
 
@@ -451,7 +374,6 @@ def main():
     assert len(set(macs.values())) == 1, macs
 
     runs = []
-    steps = int(train.cardinality()) * args.finetune_epochs
     for seed in range(args.seeds):
         for criterion in CRITERIA:
             plan = plans[criterion]
@@ -468,29 +390,19 @@ def main():
                 keras.utils.set_random_seed(seed)
                 student = hos_keras.slim_model(teacher, plan)
                 pruned = accuracy(student, test)
-                # output_weight=1.0: the weight bench/results/accuracy.json was
-                # measured with (the distiller's default is now the reference's 5
-                # with pivot losses).
-                distiller = hos_keras.HOSDistiller(
-                    student, teacher, plan=plan, auxiliary=auxiliary, output_weight=1.0
+                # output_weight=1.0 (finetune's): the weight
+                # bench/results/accuracy.json was measured with (the distiller's
+                # default is now the reference's 5 with pivot losses).
+                seconds, pivots = finetune(
+                    student, teacher, plan, train, seed, args, auxiliary=auxiliary
                 )
-                distiller.compile(
-                    optimizer=sgd(args.finetune_lr, steps),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                )
-                start = time.perf_counter()
-                distiller.fit(
-                    train.shuffle(64, seed=seed),
-                    epochs=args.finetune_epochs,
-                    verbose=0,
-                )
-                seconds = time.perf_counter() - start
                 final = accuracy(student, test)
                 runs.append(
                     {
                         "seed": seed,
                         "criterion": criterion,
                         "auxiliary": auxiliary,
+                        "pivots": pivots,
                         "pruned_accuracy": pruned,
                         "accuracy": final,
                         "seconds": seconds,
@@ -547,12 +459,7 @@ def main():
         "table": table,
         "runs": runs,
         "total_minutes": (time.perf_counter() - began) / 60,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": machine(),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as stream:

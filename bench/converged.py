@@ -31,16 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import keras
 import numpy as np
-import tensorflow as tf
-from accuracy import accuracy, sgd
+from finetuning import Runs, accuracy, finetune, machine, sgd
 
 import hos_keras
-from hos_keras import data, models
+from hos_keras import data, models, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -65,16 +63,6 @@ def parse_args():
     p.add_argument("--model", default=BASELINE, help="the baseline .keras file")
     p.add_argument("--out", help="results file")
     return p.parse_args()
-
-
-def machine() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "load_average": os.getloadavg(),
-    }
 
 
 def layer_normality(model) -> dict:
@@ -161,41 +149,17 @@ def train_baseline(args, train, test):
     print(f"baseline {result['test_accuracy']:.4f}; wrote {out} and {args.model}")
 
 
-def finetune(args, student, teacher, plan, train, seed) -> tuple[float, float]:
-    """Fine-tunes `student` with the auxiliary losses; returns the seconds."""
-    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan, output_weight=1.0)
-    steps = int(train.cardinality()) * args.finetune_epochs
-    distiller.compile(
-        optimizer=sgd(args.finetune_lr, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    start = time.perf_counter()
-    distiller.fit(
-        train.shuffle(64, seed=seed),
-        epochs=args.finetune_epochs,
-        verbose=0,
-        shuffle=False,
-    )
-    return time.perf_counter() - start
-
-
 def sparse_trained(args, teacher, criterion, train, seed):
+    """A copy of the baseline after `--sparse-epochs` of GroupSparsity."""
     keras.utils.set_random_seed(seed)
-    model = type(teacher).from_config(teacher.get_config())
-    model.set_weights(teacher.get_weights())
-    model.compile(
-        optimizer=sgd(args.finetune_lr, int(train.cardinality()) * args.sparse_epochs),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    sparsity = hos_keras.GroupSparsity(criterion, strength=args.sparse_strength)
-    model.fit(
+    return training.sparse_trained(
+        teacher,
         train.shuffle(64, seed=seed),
-        epochs=args.sparse_epochs,
-        callbacks=[sparsity],
-        verbose=0,
-        shuffle=False,
+        args.sparse_epochs,
+        hos_keras.GroupSparsity(criterion, strength=args.sparse_strength),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=sgd(args.finetune_lr, int(train.cardinality()) * args.sparse_epochs),
     )
-    return model
 
 
 def criteria(args, train, test):
@@ -236,21 +200,13 @@ def criteria(args, train, test):
         "batch_size": args.batch_size,
         "training_images": args.limit or 60000,
     }
-    runs = []
-    if os.path.exists(out):
-        with open(out, encoding="utf-8") as stream:
-            earlier = json.load(stream)
-        if earlier.get("config") == config:
-            runs = earlier["runs"]
-            print(f"resuming: {len(runs)} runs in {out}")
+    runs = Runs(out, config, summarize)
 
     def done(row, seed):
-        return any(r["row"] == row and r["seed"] == seed for r in runs)
+        return runs.done(row=row, seed=seed)
 
     def record(row, seed, **values):
-        runs.append(
-            {"row": row, "seed": seed, **values, "load_average": os.getloadavg()}
-        )
+        runs.add(row=row, seed=seed, **values)
         print(
             f"seed {seed} {row:<22} "
             + ", ".join(
@@ -258,7 +214,6 @@ def criteria(args, train, test):
             ),
             flush=True,
         )
-        write(out, config, runs)
 
     for seed in range(args.seeds):
         for criterion in CRITERIA:
@@ -272,7 +227,7 @@ def criteria(args, train, test):
             hos_keras.recalibrate_batchnorm(
                 twin, recalibration, batch_size=args.batch_size
             )
-            seconds = finetune(args, student, teacher, plan, train, seed)
+            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             record(
                 criterion,
                 seed,
@@ -280,10 +235,13 @@ def criteria(args, train, test):
                 recalibrated_accuracy=accuracy(twin, test),
                 accuracy=accuracy(student, test),
                 seconds=seconds,
+                pivots=pivots,
             )
     best = max(
         CRITERIA,
-        key=lambda c: np.mean([r["accuracy"] for r in runs if r["row"] == c] or [0.0]),
+        key=lambda c: np.mean(
+            [r["accuracy"] for r in runs.runs if r["row"] == c] or [0.0]
+        ),
     )
     for seed in range(args.seeds):
         row = f"{best} + recalibration"
@@ -296,7 +254,7 @@ def criteria(args, train, test):
                 student, recalibration, batch_size=args.batch_size
             )
             recalibrated = accuracy(student, test)
-            seconds = finetune(args, student, teacher, plan, train, seed)
+            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             record(
                 row,
                 seed,
@@ -304,6 +262,7 @@ def criteria(args, train, test):
                 recalibrated_accuracy=recalibrated,
                 accuracy=accuracy(student, test),
                 seconds=seconds,
+                pivots=pivots,
             )
         row = f"{best} + sparse training"
         if not done(row, seed):
@@ -317,7 +276,7 @@ def criteria(args, train, test):
             hos_keras.recalibrate_batchnorm(
                 twin, recalibration, batch_size=args.batch_size
             )
-            seconds = finetune(args, student, teacher, plan, train, seed)
+            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             record(
                 row,
                 seed,
@@ -326,9 +285,10 @@ def criteria(args, train, test):
                 recalibrated_accuracy=accuracy(twin, test),
                 accuracy=accuracy(student, test),
                 seconds=seconds,
+                pivots=pivots,
                 sparse_seconds=sparse_seconds,
             )
-    table = write(out, config, runs)
+    table = runs.write()
     print(f"\nbaseline {base_accuracy:.4f}; {reference.macs_reduction:.1%} fewer MACs")
     for row in table:
         print(
@@ -338,7 +298,8 @@ def criteria(args, train, test):
     print(f"wrote {out}")
 
 
-def write(out, config, runs) -> list:
+def summarize(runs) -> list:
+    """One row per benchmark row: mean and spread over the seeds."""
     table = []
     for row in dict.fromkeys(r["row"] for r in runs):
         chosen = [r for r in runs if r["row"] == row]
@@ -356,13 +317,6 @@ def write(out, config, runs) -> list:
                 "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                 "n": len(values),
             }
-        )
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as stream:
-        json.dump(
-            {"config": config, "table": table, "runs": runs, "machine": machine()},
-            stream,
-            indent=1,
         )
     return table
 

@@ -12,7 +12,7 @@ from hos_keras import _startup
 if _startup.wanted():  # hos-keras and the recipes start quietly
     _startup.quiet_import()
 
-from hos_keras import data, errors, latency, layer_rules, models, tuner
+from hos_keras import allocation, data, errors, latency, layer_rules, models, training
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -23,6 +23,7 @@ from hos_keras.allocation import (
     TargetAllocation,
     allocation_names,
     get_allocation,
+    register_allocation,
 )
 from hos_keras.callbacks import HOSPruneCallback
 from hos_keras.compress import CompressionReport, compress
@@ -60,6 +61,16 @@ from hos_keras.surgery import mask_model, slim_model, weight_masks
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # `hos_keras.tuner` imports keras_tuner, which only a search needs.
+    if name == "tuner":
+        import importlib
+
+        return importlib.import_module("hos_keras.tuner")
+    raise AttributeError(f"module 'hos_keras' has no attribute {name!r}")
+
+
 __all__ = [
     "Allocation",
     "ChannelGraph",
@@ -81,6 +92,7 @@ __all__ = [
     "RandomCriterion",
     "ShapiroWilkAllocation",
     "TargetAllocation",
+    "allocation",
     "allocation_names",
     "auto_pivots",
     "channel_groups",
@@ -106,12 +118,14 @@ __all__ = [
     "plan_pruning",
     "profile",
     "recalibrate_batchnorm",
+    "register_allocation",
     "register_criterion",
     "register_layer_rule",
     "score_filters",
     "shapiro_wilk",
     "skew",
     "slim_model",
+    "training",
     "tuner",
     "weight_masks",
 ]

@@ -5,7 +5,8 @@ TensorFlow's C++ runtime writes lines such as "oneDNN custom operations are on",
 to the process's standard error when it is imported and when it first looks for
 devices; `TF_CPP_MIN_LOG_LEVEL` does not silence the ones written before its
 logging starts; the TFLite interpreter announces its XNNPACK delegate each time
-one is made. Nothing here imports TensorFlow before `quiet_import` does.
+one is made, and the converter writes lines such as "Ignored output_format." on
+every conversion. Nothing here imports TensorFlow before `quiet_import` does.
 """
 
 from __future__ import annotations
@@ -41,20 +42,25 @@ def chatter(line: str) -> bool:
 @contextlib.contextmanager
 def hidden_chatter():
     """Captures standard error (the file descriptor, which C++ writes to) for
-    the block, then writes again every line that is not startup chatter."""
+    the block, then writes again every line that is not TensorFlow's chatter;
+    if the block raises, every line is written again (they may explain why)."""
     sys.stderr.flush()
     saved = os.dup(2)
+    failed = False
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
             yield
+        except BaseException:
+            failed = True
+            raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
-            kept = [line for line in text.splitlines() if not chatter(line)]
+            kept = [line for line in text.splitlines() if failed or not chatter(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
 

@@ -47,18 +47,50 @@ from hos_keras.errors import (
 __all__ = [
     "Allocation",
     "AllocationContext",
+    "CostModel",
     "CumulantAllocation",
     "FixedAllocation",
     "GlobalAllocation",
     "ITPrunerAllocation",
     "JarqueBeraAllocation",
+    "Knob",
     "ShapiroWilkAllocation",
     "StatisticAllocation",
     "TargetAllocation",
     "allocation_names",
     "eq9_ratios",
+    "for_target",
     "get_allocation",
+    "register_allocation",
 ]
+
+
+class CostModel:
+    """What a plan costs, as allocations see it: how ratios round to kept
+    channels, and the share of the model's MACs (and of its predicted latency)
+    those channels remove.
+
+    The planner makes one per plan; a subclass may wrap another (progressive
+    pruning does, to count channels removed by an earlier step).
+    """
+
+    #: Whether `latency_reduction` can be asked (the planner has a latency model).
+    has_latency: bool = False
+
+    def keep_counts(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        """Channels kept per group for these ratios (min_channels, round_to)."""
+        raise NotImplementedError
+
+    def macs_reduction(self, counts: Mapping[str, int]) -> float:
+        """Fraction of the model's MACs removed when each group keeps `counts`."""
+        raise NotImplementedError
+
+    def latency_reduction(self, counts: Mapping[str, int]) -> float:
+        """Fraction of the model's predicted latency removed (see `has_latency`)."""
+        raise InvalidArgumentError(
+            "latency_reduction needs a latency model; plan with "
+            "hos_keras.plan_pruning(..., runtime=...) or pass latency_model=."
+        )
 
 
 @dataclasses.dataclass
@@ -74,13 +106,8 @@ class AllocationContext:
             `stat_range="conv"`: every convolution of the network (a prunable
             group's producers together, other conv layers one by one, in scope
             or not), no Dense layer.
-        keep_counts: Function from ratios to channels kept per layer, applying
-            `min_channels` and `round_to`.
-        macs_reduction: Function from channels kept per layer to the fraction of
-            the model's MACs removed.
-        latency_reduction: Function from channels kept per layer to the fraction
-            of the model's latency the plan is predicted to remove, when the
-            planner has a latency model; else `None`.
+        cost: The plan's `CostModel`; `keep_counts`, `macs_reduction` and
+            `latency_reduction` ask it.
         features: With calibration data (`plan_pruning(..., data=...)`), a
             function from group names and a number of inputs to the linear CKA
             of the groups' feature maps on those inputs
@@ -92,10 +119,58 @@ class AllocationContext:
     scores: Mapping[str, np.ndarray]
     weights: Callable[[str], np.ndarray]
     reference: Sequence[str]
-    keep_counts: Callable[[Mapping[str, float]], dict[str, int]]
-    macs_reduction: Callable[[Mapping[str, int]], float]
-    latency_reduction: Callable[[Mapping[str, int]], float] | None = None
+    cost: CostModel
     features: Callable[[Sequence[str], int], np.ndarray] | None = None
+
+    def keep_counts(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        """Channels kept per layer for these ratios (`CostModel.keep_counts`)."""
+        return self.cost.keep_counts(ratios)
+
+    def macs_reduction(self, counts: Mapping[str, int]) -> float:
+        """Fraction of MACs removed at these counts."""
+        return self.cost.macs_reduction(counts)
+
+    @property
+    def latency_reduction(self) -> Callable[[Mapping[str, int]], float] | None:
+        """The function from counts to the fraction of predicted latency
+        removed, or `None` when the planner has no latency model."""
+        return self.cost.latency_reduction if self.cost.has_latency else None
+
+
+@dataclasses.dataclass
+class Knob:
+    """The one setting of an allocation a target search turns.
+
+    `TargetAllocation` bisects `value` between `low` and `high` for the least
+    pruning that reaches its target; any allocation that returns a `Knob` from
+    `knob(context)` can be a target's base, including registered ones.
+
+    Attributes:
+        name: The setting's name, reported in the plan's details (e.g.
+            `"coefficient"`).
+        low: Smallest value searched.
+        high: Largest value searched.
+        ratios: Function from a value to the ratio of every layer.
+        prunes_more: `"high"` if larger values prune more, `"low"` otherwise.
+        integer: Whether the value is an integer (searched exactly).
+        log: Whether to bisect on the log of the value (`low > 0`).
+        steps: Bisection steps of a real-valued knob.
+        statistics: The layer statistic T of each layer, if the allocation has
+            one (reported in the plan).
+        details: Function from the value found to what the plan's details
+            record about it. Defaults to `{name: value}`.
+    """
+
+    name: str
+    low: float
+    high: float
+    ratios: Callable[[float], dict[str, float]]
+    prunes_more: str = "high"
+    integer: bool = False
+    log: bool = False
+    steps: int = 60
+    statistics: dict[str, float] | None = None
+    details: Callable[[float], dict] | None = None
 
 
 @dataclasses.dataclass
@@ -118,6 +193,16 @@ class Allocation:
     def get_config(self) -> dict:
         """The constructor arguments, for the plan's record."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Allocation:
+        """The allocation `get_config` describes: `cls(**config)`."""
+        return cls(**config)
+
+    def knob(self, context: AllocationContext) -> Knob | None:
+        """The setting a target search turns to reach a MACs or latency target
+        with this allocation, or `None` if it has none (the default)."""
+        return None
 
     def retarget(
         self,
@@ -254,6 +339,20 @@ class StatisticAllocation(Allocation):
     def ratios_for(self, statistics, t_min, t_max, coefficient) -> dict[str, float]:
         return eq9_ratios(
             statistics, t_min, t_max, coefficient, self.step, self.max_ratio
+        )
+
+    def knob(self, context: AllocationContext) -> Knob:
+        """Eq. 9's coefficient c, searched on a log scale in [1e-3, 1e3]."""
+        statistics, t_min, t_max = self.statistics(context)
+        return Knob(
+            "coefficient",
+            1e-3,
+            1e3,
+            lambda c: self.ratios_for(statistics, t_min, t_max, c),
+            prunes_more="low",
+            log=True,
+            statistics=statistics,
+            details=lambda c: {"coefficient": c, "t_min": t_min, "t_max": t_max},
         )
 
     def allocate(self, context: AllocationContext) -> Allocated:
@@ -406,6 +505,18 @@ class GlobalAllocation(Allocation):
         removed = self.removed_counts(context, n_removed)
         return {n: removed[n] / context.channels[n] for n in context.layers}
 
+    def knob(self, context: AllocationContext) -> Knob:
+        """The number of filters removed, searched exactly."""
+        total = self.total(context)
+        return Knob(
+            "filters_removed",
+            0,
+            total - 1,
+            lambda k: self.ratios_for_count(context, int(k)),
+            integer=True,
+            details=lambda k: {"fraction": k / total},
+        )
+
     def allocate(self, context: AllocationContext) -> Allocated:
         n_removed = math.floor(self.fraction * self.total(context) + 1e-9)
         return Allocated(
@@ -463,6 +574,18 @@ class FixedAllocation(Allocation):
                 return value
         return 0.0
 
+    def knob(self, context: AllocationContext) -> Knob:
+        """One uniform ratio, up to the given ratio when it is a positive number
+        (else 0.99)."""
+        cap = self.ratio if isinstance(self.ratio, float) and self.ratio > 0 else 0.99
+        return Knob(
+            "ratio",
+            0.0,
+            cap,
+            lambda r: {n: r for n in context.layers},
+            steps=40,
+        )
+
     def allocate(self, context: AllocationContext) -> Allocated:
         return Allocated({name: self.ratio_of(name) for name in context.layers})
 
@@ -501,7 +624,6 @@ class TargetAllocation(Allocation):
     """
 
     name = "target"
-    _BASES = ("shapiro", "jarque_bera", "k34", "global", "fixed")
 
     def __init__(
         self,
@@ -529,9 +651,10 @@ class TargetAllocation(Allocation):
             value,
             f", e.g. 0.5 for 50% fewer {'MACs' if self.metric == 'macs' else 'ms'}",
         )
-        if base not in self._BASES:
+        if base not in _knob_names():
             raise UnknownNameError(
-                f"Received base={base!r}; pass one of {list(self._BASES)}."
+                f"Received base={base!r}; pass one of {_knob_names()} (the "
+                "allocations with a knob to search)."
             )
         self.target = target
         self.macs_reduction = target if self.metric == "macs" else None
@@ -545,85 +668,46 @@ class TargetAllocation(Allocation):
 
     def _reduction(self, context, ratios) -> float:
         counts = context.keep_counts(ratios)
-        if self.metric == "latency":
-            if context.latency_reduction is None:
-                raise InvalidArgumentError(
-                    "latency_reduction needs a latency model; plan with "
-                    "hos_keras.plan_pruning(..., runtime=...) or pass "
-                    "latency_model=."
-                )
-            return context.latency_reduction(counts)
+        if self.metric == "latency":  # the cost model says if it cannot
+            return context.cost.latency_reduction(counts)
         return context.macs_reduction(counts)
 
     def allocate(self, context: AllocationContext) -> Allocated:
-        target = self.target
-        base = self._base
-        if isinstance(base, GlobalAllocation):
-            lo, hi = 0, base.total(context) - 1
+        knob = self._base.knob(context)
+        value = self._search(context, knob)
+        details = knob.details(value) if knob.details else {knob.name: value}
+        return self._result(
+            context, knob.ratios(value), knob.statistics, {**details, "base": self.base}
+        )
 
-            def ratios_at(k):
-                return base.ratios_for_count(context, k)
+    def _search(self, context, knob: Knob) -> float:
+        """The knob's value of least pruning that reaches the target."""
 
-            if self._reduction(context, ratios_at(hi)) < target:
-                self._unreachable(context, ratios_at(hi))
+        def meets(value) -> bool:
+            return self._reduction(context, knob.ratios(value)) >= self.target
+
+        more = knob.high if knob.prunes_more == "high" else knob.low
+        if not meets(more):
+            self._unreachable(context, knob.ratios(more))
+        if knob.integer:  # the smallest (or largest) integer that meets it
+            lo, hi = int(knob.low), int(knob.high)
             while lo < hi:
-                mid = (lo + hi) // 2
-                if self._reduction(context, ratios_at(mid)) >= target:
-                    hi = mid
+                if knob.prunes_more == "high":
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if meets(mid) else (mid + 1, hi)
                 else:
-                    lo = mid + 1
-            ratios = ratios_at(lo)
-            total = base.total(context)
-            return self._result(
-                context, ratios, None, {"fraction": lo / total, "base": self.base}
-            )
-        if isinstance(base, FixedAllocation):
-            return self._search_uniform(context, base)
-        statistics, t_min, t_max = base.statistics(context)
-
-        def ratios_of(c):
-            return base.ratios_for(statistics, t_min, t_max, c)
-
-        lo, hi = math.log(1e-3), math.log(1e3)
-        if self._reduction(context, ratios_of(math.exp(lo))) < target:
-            self._unreachable(context, ratios_of(math.exp(lo)))
-        for _ in range(60):
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if meets(mid) else (lo, mid - 1)
+            return lo
+        scale, unscale = (math.log, math.exp) if knob.log else (float, float)
+        lo, hi = scale(knob.low), scale(knob.high)
+        for _ in range(knob.steps):
             mid = 0.5 * (lo + hi)
-            if self._reduction(context, ratios_of(math.exp(mid))) >= target:
-                lo = mid
+            if knob.prunes_more == "high":
+                lo, hi = (lo, mid) if meets(unscale(mid)) else (mid, hi)
             else:
-                hi = mid
-        coefficient = math.exp(lo)
-        return self._result(
-            context,
-            ratios_of(coefficient),
-            statistics,
-            {
-                "coefficient": coefficient,
-                "t_min": t_min,
-                "t_max": t_max,
-                "base": self.base,
-            },
-        )
-
-    def _search_uniform(self, context, base: FixedAllocation) -> Allocated:
-        cap = base.ratio if isinstance(base.ratio, float) and base.ratio > 0 else 0.99
-
-        def ratios_at(r):
-            return {n: r for n in context.layers}
-
-        if self._reduction(context, ratios_at(cap)) < self.target:
-            self._unreachable(context, ratios_at(cap))
-        lo, hi = 0.0, cap
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            if self._reduction(context, ratios_at(mid)) >= self.target:
-                hi = mid
-            else:
-                lo = mid
-        return self._result(
-            context, ratios_at(hi), None, {"ratio": hi, "base": self.base}
-        )
+                lo, hi = (mid, hi) if meets(unscale(mid)) else (lo, mid)
+        return unscale(hi if knob.prunes_more == "high" else lo)
 
     def _result(self, context, ratios, statistics, details) -> Allocated:
         details["achieved_macs_reduction"] = context.macs_reduction(
@@ -967,6 +1051,69 @@ def allocation_names() -> list[str]:
     return sorted(_ALLOCATIONS)
 
 
+def _knob_names() -> list[str]:
+    """The allocations a `TargetAllocation` can search (they have a knob)."""
+    return sorted(n for n, c in _ALLOCATIONS.items() if c.knob is not Allocation.knob)
+
+
+def register_allocation(cls: type[Allocation]) -> type[Allocation]:
+    """Adds an `Allocation` subclass under its `name`, so that `plan_pruning`,
+    `compress` and `get_allocation` find it by name; one that implements
+    `knob` can also be the base of a MACs or latency target.
+
+    Usable as a class decorator.
+
+    Args:
+        cls: A subclass of `Allocation` with a class attribute `name` not taken
+            yet.
+
+    Returns:
+        `cls`.
+
+    Raises:
+        InvalidArgumentError: if `cls` is not an `Allocation` subclass, or its
+            name is taken.
+
+    Example:
+
+    ```python
+    @hos_keras.register_allocation
+    class Half(hos_keras.Allocation):
+        name = "half"
+
+        def __init__(self, share=0.5):
+            self.share = share
+
+        def allocate(self, context):
+            return hos_keras.allocation.Allocated(
+                {n: self.share for n in context.layers})
+
+        def knob(self, context):
+            return hos_keras.allocation.Knob(
+                "share", 0.0, 0.9, lambda s: {n: s for n in context.layers})
+
+    plan = hos_keras.plan_pruning(model, allocation="target", base="half",
+                                  macs_reduction=0.4)
+    ```
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Allocation)):
+        raise InvalidArgumentError(
+            f"Received {cls!r}; pass a subclass of hos_keras.Allocation."
+        )
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name or name == Allocation.name:
+        raise InvalidArgumentError(
+            f"{cls.__name__} has no name of its own; give it a class attribute "
+            "name = '...'."
+        )
+    if name in _ALLOCATIONS:
+        raise InvalidArgumentError(
+            f"An allocation named {name!r} exists already; choose another name."
+        )
+    _ALLOCATIONS[name] = cls
+    return cls
+
+
 def get_allocation(allocation="shapiro", **options) -> Allocation:
     """Makes an allocation from its name and options (or passes an instance through).
 
@@ -1003,3 +1150,66 @@ def get_allocation(allocation="shapiro", **options) -> Allocation:
             f"{error}."
         ) from None
     return cls(**options)
+
+
+def for_target(
+    allocation="shapiro",
+    macs_reduction: float | None = None,
+    latency_reduction: float | None = None,
+    *,
+    names: tuple[str, str] = ("macs_reduction", "latency_reduction"),
+    **options,
+) -> Allocation:
+    """The allocation that meets a MACs or latency target with `allocation`.
+
+    The one place where compress, the CLI and the tuner turn "this allocation,
+    this target" into an allocation: without a target, `allocation` itself;
+    `"itpruner"` allocates for the target itself; any other name (or
+    `"target"`, over `base`, `"shapiro"` by default) becomes a
+    `TargetAllocation` that searches its knob.
+
+    Args:
+        allocation: A name from `allocation_names()`, or an `Allocation`
+            instance (only without a target). Defaults to `"shapiro"`.
+        macs_reduction: Fraction of MACs to remove. Defaults to `None`.
+        latency_reduction: Fraction of the latency to remove. Defaults to
+            `None`.
+        names: The two targets' names in the caller's words, for messages
+            (e.g. `("--target", "--latency-target")`).
+        **options: Options of the allocation (of the base, with a target).
+
+    Returns:
+        An `Allocation`.
+
+    Raises:
+        InvalidArgumentError: for both targets, or a target with an instance.
+        UnknownNameError: for an unknown name or a base without a knob.
+    """
+    given = {
+        k: v
+        for k, v in (
+            ("macs_reduction", macs_reduction),
+            ("latency_reduction", latency_reduction),
+        )
+        if v is not None
+    }
+    if len(given) == 2:
+        raise InvalidArgumentError(
+            f"Received {names[0]}={macs_reduction!r} and {names[1]}="
+            f"{latency_reduction!r}; pass one: a share of MACs or a share of latency "
+            "to remove."
+        )
+    if not given:
+        return get_allocation(allocation, **options)
+    if isinstance(allocation, Allocation):
+        which = names[0] if macs_reduction is not None else names[1]
+        raise InvalidArgumentError(
+            f"Received {which}={next(iter(given.values()))!r} with allocation "
+            f"{allocation.name!r}, an instance; with a target pass the base "
+            "allocation by name (e.g. 'shapiro'), or give the instance its target."
+        )
+    if allocation == ITPrunerAllocation.name:  # it allocates for its own target
+        return get_allocation(allocation, **given, **options)
+    if allocation == TargetAllocation.name:
+        return TargetAllocation(**given, **options)
+    return TargetAllocation(base=allocation, **given, **options)

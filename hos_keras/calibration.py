@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import stats
+from hos_keras import graph, stats
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = ["ChannelStatistics", "collect"]
@@ -243,10 +243,9 @@ def batches(
 
 
 def _default_loss(model):
-    from hos_keras.compress import _outputs_probabilities
 
     return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=not _outputs_probabilities(model), reduction=None
+        from_logits=not graph.ends_with_softmax(model), reduction=None
     )
 
 

@@ -155,9 +155,6 @@ class _CumulativeAllocation(allocation_lib.Allocation):
                 for name, c in counts.items()
             }
 
-        def slim_counts(counts: Mapping[str, int]) -> dict[str, int]:
-            return {name: min(int(c), left[name]) for name, c in counts.items()}
-
         def scores(name: str) -> np.ndarray:
             full = np.full(groups[name].channels, -np.inf)
             full[groups[name].keep] = context.scores[name]
@@ -166,29 +163,45 @@ class _CumulativeAllocation(allocation_lib.Allocation):
         macs_left = (
             previous.macs_after / previous.macs_before if previous.macs_before else 1.0
         )
-
-        def macs_reduction(counts):
-            return 1.0 - (1.0 - context.macs_reduction(slim_counts(counts))) * macs_left
-
-        latency_reduction = None
-        if context.latency_reduction is not None and self.latency_left is not None:
-
-            def latency_reduction(counts):
-                saved = context.latency_reduction(slim_counts(counts))
-                return 1.0 - (1.0 - saved) * self.latency_left
-
         allocated = self.allocation.allocate(
             dataclasses.replace(
                 context,
                 channels={name: groups[name].channels for name in context.channels},
                 scores={name: scores(name) for name in context.scores},
-                keep_counts=lambda ratios: context.keep_counts(slim_ratios(ratios)),
-                macs_reduction=macs_reduction,
-                latency_reduction=latency_reduction,
+                cost=_CountedFromOriginal(
+                    context.cost, slim_ratios, left, macs_left, self.latency_left
+                ),
             )
         )
         self.original_ratios = dict(allocated.ratios)
         return dataclasses.replace(allocated, ratios=slim_ratios(allocated.ratios))
+
+
+class _CountedFromOriginal(allocation_lib.CostModel):
+    """The cost model of a later pruning step, in the original model's terms:
+    ratios and counts are of the original channels, reductions of the original
+    model's MACs and latency (what earlier steps removed counts too)."""
+
+    def __init__(self, slim, slim_ratios, left, macs_left, latency_left):
+        self.slim, self.slim_ratios, self.left = slim, slim_ratios, left
+        self.macs_left, self.latency_left = macs_left, latency_left
+        self.has_latency = slim.has_latency and latency_left is not None
+
+    def _slim_counts(self, counts: Mapping[str, int]) -> dict[str, int]:
+        return {name: min(int(c), self.left[name]) for name, c in counts.items()}
+
+    def keep_counts(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        return self.slim.keep_counts(self.slim_ratios(ratios))
+
+    def macs_reduction(self, counts: Mapping[str, int]) -> float:
+        saved = self.slim.macs_reduction(self._slim_counts(counts))
+        return 1.0 - (1.0 - saved) * self.macs_left
+
+    def latency_reduction(self, counts: Mapping[str, int]) -> float:
+        if not self.has_latency:
+            return super().latency_reduction(counts)
+        saved = self.slim.latency_reduction(self._slim_counts(counts))
+        return 1.0 - (1.0 - saved) * self.latency_left
 
 
 def _in_original_channels(

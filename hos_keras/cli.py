@@ -29,6 +29,7 @@ from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
+from hos_keras.report import table
 from hos_keras.surgery import slim_model
 from hos_keras.text import plural
 
@@ -89,41 +90,8 @@ def _check_output(path: str, suffix: str, flag: str) -> None:
         raise CommandError(f"{flag} {path}: {problem}.")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
-    """Lines of a table: first column left-aligned, the others right-aligned."""
-
-    def cell(value) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if isinstance(value, (int, np.integer)):
-            return f"{value:,}"
-        return str(value)
-
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [
-        max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)
-    ]
-    lines = [
-        "  ".join(
-            h.ljust(w) if i == 0 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(headers, widths, strict=True))
-        )
-    ]
-    lines.append("-" * len(lines[0]))
-    for row in cells:
-        lines.append(
-            "  ".join(
-                v.ljust(w) if i == 0 else v.rjust(w)
-                for i, (v, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-    return lines
-
-
-def _allocation(args, strict: bool = True) -> tuple[str, dict]:
-    """The allocation name and options the flags ask for.
+def _allocation(args, strict: bool = True) -> allocation_lib.Allocation:
+    """The allocation the flags ask for.
 
     With `strict`, a flag that does not apply to the allocation is an error;
     otherwise it is left out (the report uses -c for its own table).
@@ -177,18 +145,13 @@ def _allocation(args, strict: bool = True) -> tuple[str, dict]:
             f"--allocation {name} needs {needed[name][1].split()[0]} (e.g. "
             f"{needed[name][1]}) or --target; it has no default worth guessing."
         )
-    if name == "itpruner":
-        if latency_target is not None:
-            return name, {"latency_reduction": latency_target}
-        return name, {} if target is None else {"macs_reduction": target}
-    if target is not None or latency_target is not None or name == "target":
-        options = {"base": base}
-        if target is not None:
-            options["macs_reduction"] = target
-        if latency_target is not None:
-            options["latency_reduction"] = latency_target
-        return "target", options
-    return name, options
+    return allocation_lib.for_target(
+        name,
+        target,
+        latency_target,
+        names=("--target", "--latency-target"),
+        **options,
+    )
 
 
 def _calibration(args) -> dict:
@@ -212,18 +175,16 @@ def _calibration(args) -> dict:
 
 
 def _plan(model, args, strict: bool = True) -> PruningPlan:
-    allocation, options = _allocation(args, strict)
     return plan_pruning(
         model,
         args.criterion,
-        allocation,
+        _allocation(args, strict),
         **_calibration(args),
         min_channels=args.min_channels,
         round_to=args.round_to,
         scope=args.scope,
         skip=args.skip,
         runtime=getattr(args, "runtime", "tflite"),
-        **options,
     )
 
 
@@ -287,14 +248,14 @@ def _cmd_report(args) -> None:
         "planned",
         "kept",
     )
-    for line in _table(headers, rows):
+    for line in table(headers, rows):
         print(line)
     print()
     totals = [
         (name, f"-{p.macs_reduction:.1%}", f"-{p.params_reduction:.1%}")
         for name, p in (*plans.items(), (f"planned ({chosen.allocation})", chosen))
     ]
-    for line in _table(("allocation", "MACs", "params"), totals):
+    for line in table(("allocation", "MACs", "params"), totals):
         print(line)
     if chosen.details.get("coefficient") is not None and args.target is not None:
         print(f"target search: coefficient {chosen.details['coefficient']:.4g}")
@@ -313,7 +274,7 @@ def _cmd_profile(args) -> None:
             (name, entry["type"], entry["params"], entry["macs"])
             for name, entry in cost["layers"].items()
         ]
-        for line in _table(("layer", "type", "params", "MACs"), rows):
+        for line in table(("layer", "type", "params", "MACs"), rows):
             print(line)
         print()
     print(f"model:  {model.name}")
@@ -383,7 +344,7 @@ def _cmd_decompose(args) -> None:
     ]
     ranks = "R3xR4" if args.method == "tucker2" else "groupsxrank"
     headers = ("layer", ranks, "kernel err", "output err", "MACs", "MACs after")
-    for line in _table(headers, rows):
+    for line in table(headers, rows):
         print(line)
     print(
         f"{args.method}, factor {args.factor:g}: params {report.params['original']:,}"

@@ -512,9 +512,10 @@ class HOSDistiller(keras.Model):
         return gathers
 
     def get_config(self) -> dict:
-        """Architecture and settings (weights travel with the models' own files)."""
+        """Architecture and settings (weights travel with the models' own files),
+        on top of `keras.Model`'s own (name, trainable, dtype)."""
         return {
-            "name": self.name,
+            **super().get_config(),
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": keras.saving.serialize_keras_object(self.teacher),
             "plan": None if self._plan is None else self._plan.to_json(),

@@ -29,7 +29,7 @@ def to_tflite(model: keras.Model) -> bytes:
     Returns:
         The flatbuffer bytes.
     """
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _startup.hidden_chatter():
         path = os.path.join(scratch, "saved_model")
         model.export(path, format="tf_saved_model", verbose=False)
         return tf.lite.TFLiteConverter.from_saved_model(path).convert()

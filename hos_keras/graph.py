@@ -51,6 +51,7 @@ __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "channel_groups",
+    "ends_with_softmax",
     "functional_nodes",
     "get_layer",
     "inner_graph",
@@ -601,7 +602,10 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
     Returns:
         A `ChannelGraph`: every group (prunable or frozen, with the reason) and,
         for every layer whose weights are indexed by channel, which group channel
-        each of its input and output positions carries.
+        each of its input and output positions carries. The graph is traced once
+        per model (and table of layer rules) and shared by every later call -
+        planning, slimming, masking, distilling and the tuner all read the same
+        one -, so treat it as read-only.
 
     Raises:
         UnsupportedModelError: for a subclassed or unbuilt model.
@@ -614,6 +618,22 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
         print(group.name, group.channels, group.producers)
     ```
     """
+    rules = layer_rules.table_key()
+    cached = _GRAPHS.get(model)
+    if cached is None or cached[0] != rules:
+        cached = (rules, _trace_groups(model))
+        _GRAPHS[model] = cached
+    if warn:
+        warn_frozen(cached[1].groups)
+    return cached[1]
+
+
+# model -> (the layer rules' table key, its ChannelGraph)
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _trace_groups(model: keras.Model) -> ChannelGraph:
+    """`channel_groups` without the cache and the warning."""
     tracer = _Tracer(model)
     tracer.trace()
     slots = tracer.slots
@@ -666,8 +686,6 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
             ChannelGroup(name, tuple(producers), len(ordered), tuple(members), reason)
         )
         classes[name] = group_classes
-    if warn:
-        warn_frozen(groups)
     reshapes = {k: slots.roots(v) for k, v in tracer.reshapes.items()}
     tensors = {k: slots.roots(v) for k, v in tracer.layer_outputs.items()}
     return ChannelGraph(
@@ -716,3 +734,19 @@ def warn_frozen(groups, stacklevel: int = 3) -> None:
         "own, describe it with hos_keras.register_layer_rule.",
         stacklevel=stacklevel,
     )
+
+
+def ends_with_softmax(model: keras.Model) -> bool:
+    """Whether the model's (first) output is already a softmax."""
+    output = model.outputs[0]
+    producers = [
+        node.operation
+        for node in functional_nodes(model)
+        if any(t is output for t in node.output_tensors)
+    ]
+    if not producers:
+        return False
+    layer = producers[0]
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    return getattr(layer, "activation", None) is keras.activations.softmax

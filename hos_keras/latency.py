@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import export, graph, layer_rules
+from hos_keras import _startup, export, graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = [
@@ -143,8 +143,8 @@ def to_tflite(model: keras.Model) -> bytes:
 
     spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
     function = tf.function(lambda x: model(x, training=False))
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _startup.hidden_chatter():
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
         warnings.simplefilter("ignore")
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
             [frozen], trackable_obj=function
@@ -734,3 +734,50 @@ def measure_plan(model: keras.Model, plan, latency_model: LatencyModel) -> dict:
         "measured_slim_ms": slim_ms,
         "measured_speedup": original_ms / max(slim_ms, 1e-9),
     }
+
+
+def original_and_slim(
+    original: keras.Model,
+    teacher: keras.Model,
+    slim: keras.Model,
+    sample,
+    batch_sizes: Sequence[int] = (1, 32),
+    runs: int = 20,
+    tflite: bool = True,
+) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """`compress`'s timing of a model before and after compression.
+
+    Args:
+        original: The model as the user gave it (timed in TensorFlow).
+        teacher: Its uncompiled copy (converted for TFLite).
+        slim: The compressed model.
+        sample: Inputs of at least one example (see `measure_latency`).
+        batch_sizes: Batch sizes of the TensorFlow timing; `()` skips it.
+        runs: Timed calls per model and batch size.
+        tflite: Also time both at batch 1 in the TFLite interpreter (single-input
+            models; a conversion failure gives a warning and no figure).
+
+    Returns:
+        `({"original": {batch: ms}, "slim": {...}}, {"original": ms, "slim": ms})`,
+        each empty when not measured.
+    """
+    latency = {}
+    if batch_sizes:
+        latency = measure_latency(
+            {"original": original, "slim": slim}, sample, batch_sizes, runs=runs
+        )
+    timed = {}
+    if tflite and len(original.inputs) == 1:
+        try:
+            timed = tflite_latency(
+                {"original": teacher, "slim": slim},
+                keras.tree.flatten(sample)[0],
+                runs=runs,
+            )
+        except Exception as error:  # noqa: BLE001 - the converter raises many kinds
+            warnings.warn(
+                f"TFLite latency not measured: conversion failed "
+                f"({type(error).__name__}: {' '.join(str(error).split())[:200]}).",
+                stacklevel=3,
+            )
+    return latency, timed

@@ -945,6 +945,12 @@ def register_layer_rule(layer_class: type, rule: LayerRule) -> None:
     _RULES[layer_class] = rule
 
 
+def table_key() -> tuple:
+    """What identifies the table of rules now (a traced graph is valid while
+    it stays the same)."""
+    return tuple((cls, id(rule)) for cls, rule in _RULES.items())
+
+
 def get_rule(layer) -> LayerRule | None:
     """The rule for a layer or operation, or `None` when hos_keras has none.
 

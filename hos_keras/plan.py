@@ -32,6 +32,7 @@ from hos_keras.errors import (
     check_int,
 )
 from hos_keras.profile import profile
+from hos_keras.report import table
 from hos_keras.text import plural
 
 __all__ = [
@@ -241,12 +242,6 @@ class PruningPlan:
             print_fn: Function called with each line. Defaults to `print`.
         """
         print_fn = print_fn or print
-        name_width = max([len("layer")] + [len(n) for n in self.groups]) + 2
-        header = (
-            f"{'layer':<{name_width}}{'channels':>9}{'kept':>7}{'ratio':>7}"
-            f"{'T':>10}{'score min':>12}{'score med':>12}"
-        )
-        rule = "-" * len(header)
         allocation = self.allocation
         base = (self.allocation_config or {}).get("base")
         if allocation == "target" and base:
@@ -255,18 +250,22 @@ class PruningPlan:
             f"Pruning plan for {self.model_name!r}: criterion={self.criterion}, "
             f"allocation={allocation}"
         )
-        print_fn(rule)
-        print_fn(header)
-        print_fn(rule)
-        for plan in self.groups.values():
-            statistic = "-" if plan.statistic is None else f"{plan.statistic:.4g}"
-            print_fn(
-                f"{plan.name:<{name_width}}{plan.channels:>9}{len(plan.keep):>7}"
-                f"{plan.ratio:>7.2f}{statistic:>10}"
-                f"{float(np.min(plan.scores)):>12.3g}"
-                f"{float(np.median(plan.scores)):>12.3g}"
+        rows = [
+            (
+                plan.name,
+                plan.channels,
+                len(plan.keep),
+                f"{plan.ratio:.2f}",
+                plan.statistic,
+                f"{float(np.min(plan.scores)):.3g}",
+                f"{float(np.median(plan.scores)):.3g}",
             )
-        print_fn(rule)
+            for plan in self.groups.values()
+        ]
+        headers = ("layer", "channels", "kept", "ratio", "T", "score min", "score med")
+        lines = table(headers, rows)
+        for line in [*lines, lines[1]]:
+            print_fn(line)
         print_fn(
             f"params: {self.params_before:,} -> {self.params_after:,} "
             f"({self.params_reduction:.1%} fewer)"
@@ -607,32 +606,22 @@ def plan_pruning(
 
     positions = {g.name: _producer_positions(g, channel_graph) for g in prunable}
 
-    def kept(counts: Mapping[str, int]) -> dict[str, np.ndarray]:
-        return {
-            n: _kept_indices(scores[n], c, positions[n], min_channels)
-            for n, c in counts.items()
-        }
-
-    def cost(counts: Mapping[str, int]) -> dict:
-        return _cost(model, channel_graph, kept(counts))
-
-    def keep_counts(ratios: Mapping[str, float]) -> dict[str, int]:
-        return {
-            name: _keep_count(by_name[name].channels, ratio, min_channels, round_to)
-            for name, ratio in ratios.items()
-        }
-
-    def macs_reduction(counts: Mapping[str, int]) -> float:
-        return 1.0 - cost(counts)["macs"] / base_cost["macs"]
-
     if wants_latency and latency_model is None:
         latency_model = latency_lib.build_latency_model(
             model, runtime, channel_graph=channel_graph
         )
-
-    def latency_reduction(counts: Mapping[str, int]) -> float:
-        predicted = latency_model.predict(*_channel_counts(channel_graph, kept(counts)))
-        return 1.0 - predicted / latency_model.base_ms
+    cost = _PlanCost(
+        model,
+        channel_graph,
+        {name: g.channels for name, g in by_name.items()},
+        scores,
+        positions,
+        min_channels,
+        round_to,
+        base_cost["macs"],
+        latency_model,
+    )
+    keep_counts, kept = cost.keep_counts, cost.kept
 
     def features(names: Sequence[str], images: int) -> np.ndarray:
         first = [by_name[name].producers[0] for name in names]
@@ -651,9 +640,7 @@ def plan_pruning(
         scores=scores,
         weights=weights,
         reference=conv_names,
-        keep_counts=keep_counts,
-        macs_reduction=macs_reduction,
-        latency_reduction=latency_reduction if latency_model is not None else None,
+        cost=cost,
         features=features if data is not None else None,
     )
 
@@ -662,7 +649,7 @@ def plan_pruning(
         ratios = {name: 0.0 for name in by_name}
         ratios.update(allocated.ratios)
         counts = keep_counts(ratios)
-        after = cost(counts)
+        after = cost.cost(counts)
         statistics = allocated.statistics or {}
         kept_indices = kept(counts)
         groups = {
@@ -902,6 +889,59 @@ def _scope_filter(scope, skip) -> Callable[[graph.ChannelGroup, Any], bool]:
         return True
 
     return in_scope
+
+
+class _PlanCost(allocation_lib.CostModel):
+    """The planner's `CostModel`: kept channels by score, MACs counted on the
+    channel graph, latency predicted by the latency model (if any)."""
+
+    def __init__(
+        self,
+        model,
+        channel_graph,
+        channels,
+        scores,
+        positions,
+        min_channels,
+        round_to,
+        base_macs,
+        latency_model=None,
+    ):
+        self.model, self.channel_graph = model, channel_graph
+        self.channels, self.scores, self.positions = channels, scores, positions
+        self.min_channels, self.round_to = min_channels, round_to
+        self.base_macs, self.latency_model = base_macs, latency_model
+        self.has_latency = latency_model is not None
+
+    def kept(self, counts: Mapping[str, int]) -> dict[str, np.ndarray]:
+        """The indices each group keeps at `counts`: its best-scored channels."""
+        return {
+            n: _kept_indices(self.scores[n], c, self.positions[n], self.min_channels)
+            for n, c in counts.items()
+        }
+
+    def cost(self, counts: Mapping[str, int]) -> dict:
+        """`profile`-style params and MACs of the model at `counts`."""
+        return _cost(self.model, self.channel_graph, self.kept(counts))
+
+    def keep_counts(self, ratios: Mapping[str, float]) -> dict[str, int]:
+        return {
+            name: _keep_count(
+                self.channels[name], ratio, self.min_channels, self.round_to
+            )
+            for name, ratio in ratios.items()
+        }
+
+    def macs_reduction(self, counts: Mapping[str, int]) -> float:
+        return 1.0 - self.cost(counts)["macs"] / self.base_macs
+
+    def latency_reduction(self, counts: Mapping[str, int]) -> float:
+        if self.latency_model is None:
+            return super().latency_reduction(counts)
+        predicted = self.latency_model.predict(
+            *_channel_counts(self.channel_graph, self.kept(counts))
+        )
+        return 1.0 - predicted / self.latency_model.base_ms
 
 
 def _channel_counts(

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 
 from hos_keras import graph, layer_rules
+from hos_keras.criteria import get_criterion
 from hos_keras.errors import InvalidArgumentError, check_real
 
 __all__ = ["GroupSparsity", "channel_weights"]
@@ -255,20 +256,32 @@ class GroupSparsity(keras.callbacks.Callback):
         self._steps = steps
 
 
-def from_argument(sparse, **defaults) -> GroupSparsity:
-    """A `GroupSparsity` from a `sparse=` argument of compress or the callback:
-    `True` (the `defaults`), a dict of arguments overriding them, or an
-    instance (used as it is).
+def from_argument(
+    sparse, *, data=None, calibration_steps: int | None = None, **defaults
+) -> GroupSparsity:
+    """A `GroupSparsity` from a `sparse=` argument of compress, the callback or
+    the tuner: `True` or `None` (the `defaults`), a dict of arguments overriding
+    them, or an instance (used as it is).
+
+    `data` and `calibration_steps` are passed only when the criterion scores
+    feature maps (a data-driven criterion such as `"dfs"`).
 
     Raises:
         InvalidArgumentError: for anything else.
     """
     if isinstance(sparse, GroupSparsity):
         return sparse
-    if sparse is True:
-        return GroupSparsity(**defaults)
+    if sparse is True or sparse is None:
+        sparse = {}
     if isinstance(sparse, dict):
-        return GroupSparsity(**{**defaults, **sparse})
+        options = {**defaults, **sparse}
+        criterion = get_criterion(
+            options.get("criterion", "k34"), seed=options.get("seed", 0)
+        )
+        if data is not None and getattr(criterion, "statistics", ()):
+            options.setdefault("data", data)
+            options.setdefault("calibration_steps", calibration_steps)
+        return GroupSparsity(**options)
     raise InvalidArgumentError(
         f"Received sparse={sparse!r}; pass True, a dict of GroupSparsity "
         "arguments (e.g. {'strength': 1e-2}) or a hos_keras.GroupSparsity."

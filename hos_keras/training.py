@@ -1,4 +1,10 @@
-"""Checks of the data a model is trained or evaluated on.
+"""How hos_keras trains and evaluates: data adapters and checks, evaluation,
+default optimizers and learning-rate schedules, and the one distill-then-fine-tune
+path of `compress`, the tuner, the recipes and the benchmarks.
+
+The paper trains the slim student in two stages (Chatzikonstantinou et al.,
+CVPRW 2020, section 3.4): with the auxiliary reconstruction losses against the
+unpruned teacher, then with the task loss alone (`distill_then_finetune`).
 
 Keras casts inputs to the model's dtype without a word, so raw uint8 images given
 to a model trained on standardized floats run - and give chance accuracy. Every
@@ -11,14 +17,35 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from hos_keras.errors import InvalidArgumentError
+from hos_keras.text import plural
 
-__all__ = ["check_inputs", "many_models"]
+__all__ = [
+    "check_data",
+    "check_inputs",
+    "check_lr_schedule",
+    "distill_then_finetune",
+    "evaluate_model",
+    "fresh_optimizer",
+    "many_models",
+    "sgd",
+    "sparse_trained",
+]
+
+# The paper's optimizers: SGD with Nesterov momentum 0.9 (section 4), lr 1e-3
+# while distilling, 1e-4 while fine-tuning.
+DISTILL_LR = 1e-3
+FINETUNE_LR = 1e-4
+SPARSE_LR = 1e-2
 
 
 def _first_x(data):
@@ -145,3 +172,387 @@ def many_models(function):
             logger.removeFilter(notice)
 
     return wrapper
+
+
+# -- data adapters -----------------------------------------------------------
+
+
+def is_arrays(data) -> bool:
+    """Whether `data` is an `(x, y[, sample_weight])` tuple of arrays."""
+    return isinstance(data, tuple) and not isinstance(data[0], tf.data.Dataset)
+
+
+def data_kwargs(data, batch_size: int | None) -> dict:
+    """Keyword arguments of fit/evaluate for a dataset or an (x, y[, w]) tuple."""
+    if is_arrays(data):
+        if len(data) not in (2, 3):
+            raise InvalidArgumentError(
+                f"Received a tuple of {len(data)} items as data; pass (x, y), "
+                "(x, y, sample_weight), a tf.data.Dataset or a keras PyDataset."
+            )
+        kwargs = {"x": data[0], "y": data[1], "batch_size": batch_size}
+        if len(data) == 3:
+            kwargs["sample_weight"] = data[2]
+        return kwargs
+    return {"x": data}
+
+
+def train_kwargs(data, batch_size: int | None) -> dict:
+    """`data_kwargs` for fit: datasets are shuffled by their own pipeline, so
+    fit's `shuffle` is on for arrays only (no "shuffle ignored" notice)."""
+    kwargs = data_kwargs(data, batch_size)
+    kwargs["shuffle"] = is_arrays(data)
+    return kwargs
+
+
+def first_inputs(data):
+    """The inputs of the first batch of `data`, as numpy arrays."""
+    if is_arrays(data):
+        x = data[0]
+    elif isinstance(data, tf.data.Dataset):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(next(iter(data.take(1))))
+    elif isinstance(data, keras.utils.PyDataset):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data[0])
+    else:
+        raise InvalidArgumentError(
+            f"Received data of type {type(data).__name__}; pass (x, y), a "
+            "tf.data.Dataset or a keras PyDataset."
+        )
+    return keras.tree.map_structure(np.asarray, x)
+
+
+def check_data(name: str, data) -> None:
+    """Raises unless `data` is a kind of training data hos_keras takes.
+
+    Args:
+        name: The argument's name in the message.
+        data: `(x, y[, sample_weight])` arrays, a batched `tf.data.Dataset` or a
+            `keras.utils.PyDataset`.
+
+    Raises:
+        InvalidArgumentError: for None, another type, or a tuple of the wrong
+            length.
+    """
+    if data is None:
+        raise InvalidArgumentError(
+            f"Received {name}=None; pass (x, y) arrays, a batched tf.data.Dataset "
+            "or a keras PyDataset."
+        )
+    if is_arrays(data):
+        data_kwargs(data, 1)
+    elif not isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)):
+        raise InvalidArgumentError(
+            f"Received {name} of type {type(data).__name__}; pass (x, y) arrays, a "
+            "batched tf.data.Dataset or a keras PyDataset."
+        )
+
+
+def evaluate_model(
+    model: keras.Model, data, loss, metrics, *, batch_size=None, verbose=0
+) -> dict[str, float]:
+    """`evaluate` results of a model, without compiling the model itself.
+
+    A functional view sharing the layers is compiled instead, so the model keeps
+    no compile state (its .keras file holds no optimizer).
+
+    Args:
+        model: A built functional or Sequential model.
+        data: As `check_data` takes.
+        loss: The loss to report.
+        metrics: The metrics to report.
+        batch_size: Batch size for arrays. Defaults to `None` (Keras's 32).
+        verbose: `evaluate`'s verbosity. Defaults to `0`.
+
+    Returns:
+        `{"loss": ..., <metric>: ...}` as Python floats.
+    """
+    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    view.compile(loss=loss, metrics=metrics)
+    values = view.evaluate(
+        **data_kwargs(data, batch_size), return_dict=True, verbose=verbose
+    )
+    return {k: float(v) for k, v in values.items()}
+
+
+def accuracy_of(results: dict[str, float]) -> float | None:
+    """The first value of `evaluate` results whose name contains "accuracy"."""
+    return next((v for k, v in results.items() if "accuracy" in k), None)
+
+
+# -- optimizers and schedules ------------------------------------------------
+
+
+def sgd(
+    learning_rate: float,
+    *,
+    steps: int | None = None,
+    weight_decay: float | None = None,
+    nesterov: bool = True,
+) -> keras.optimizers.SGD:
+    """hos_keras's default optimizer: SGD with momentum 0.9, Nesterov by default
+    (the paper's, section 4).
+
+    Args:
+        learning_rate: The learning rate (the peak, with `steps`).
+        steps: If given, the rate decays to 0 over this many steps (cosine).
+            Defaults to `None` (constant).
+        weight_decay: Decoupled weight decay. Defaults to `None`.
+        nesterov: Nesterov momentum. Defaults to `True`.
+
+    Returns:
+        A new `keras.optimizers.SGD`.
+    """
+    rate = learning_rate
+    if steps is not None:
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(int(steps), 1))
+    return keras.optimizers.SGD(
+        rate, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay
+    )
+
+
+def fresh_optimizer(identifier, learning_rate: float) -> keras.optimizers.Optimizer:
+    """A new optimizer: `sgd(learning_rate)` for None, else from a name, a config
+    dict, or a copy of an instance (so that a stage never inherits the slots of
+    another)."""
+    if identifier is None:
+        return sgd(learning_rate)
+    if isinstance(identifier, keras.optimizers.Optimizer):
+        return keras.optimizers.deserialize(keras.optimizers.serialize(identifier))
+    return keras.optimizers.get(identifier)
+
+
+def check_lr_schedule(name: str, schedule):
+    """A learning-rate schedule argument, checked.
+
+    Args:
+        name: The argument's name in the messages.
+        schedule: None, a `keras.optimizers.schedules.LearningRateSchedule`, or a
+            function of the epoch returning the learning rate.
+
+    Returns:
+        None, the `LearningRateSchedule` itself, or a checked version of the
+        epoch function in the `(epoch, lr)` form `LearningRateScheduler` calls.
+
+    Raises:
+        InvalidArgumentError: if `schedule` is not callable, or gives a rate at
+            epoch 0 that is not a finite number >= 0.
+    """
+    if schedule is None or isinstance(
+        schedule, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        return schedule
+    if not callable(schedule):
+        raise InvalidArgumentError(
+            f"Received {name}={schedule!r}; pass a function of the epoch returning "
+            "the learning rate (e.g. lambda epoch: 1e-3 * 0.1 ** (epoch >= 80)) or "
+            "a keras.optimizers.schedules.LearningRateSchedule."
+        )
+
+    def rate(epoch: int, _current_rate: float | None = None) -> float:
+        value = schedule(epoch)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise InvalidArgumentError(
+                f"{name} returned {value!r} for epoch {epoch}; return a finite "
+                "learning rate >= 0 as a Python float."
+            )
+        return float(value)
+
+    rate(0)  # a bad schedule fails before any training
+    return rate
+
+
+def _scheduled(optimizer: keras.optimizers.Optimizer, schedule, first_epoch: int):
+    """`optimizer` rebuilt with `schedule` as its learning rate, and the callbacks
+    that apply it (a `LearningRateScheduler` for an epoch function, which counts
+    epochs from `first_epoch`, the stage's first)."""
+    if schedule is None:
+        return optimizer, []
+    config = optimizer.get_config()
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = schedule
+        return type(optimizer).from_config(config), []
+    config["learning_rate"] = schedule(0)
+    scheduler = keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr=None: schedule(epoch - first_epoch)
+    )
+    return type(optimizer).from_config(config), [scheduler]
+
+
+# -- the training stages -----------------------------------------------------
+
+
+def sparse_trained(
+    model: keras.Model,
+    train_data,
+    epochs: int,
+    sparsity: keras.callbacks.Callback,
+    *,
+    loss,
+    metrics: Sequence = (),
+    optimizer=None,
+    batch_size: int | None = None,
+    verbose: int = 0,
+) -> keras.Model:
+    """A copy of `model` after `epochs` of sparse training (`GroupSparsity`).
+
+    Args:
+        model: A built functional or Sequential model; it is not modified.
+        train_data: As `check_data` takes.
+        epochs: Epochs of training with the task loss and `sparsity`.
+        sparsity: A `hos_keras.GroupSparsity` callback made for `model`.
+        loss: The task loss.
+        metrics: Metrics to compile. Defaults to `()`.
+        optimizer: As `fresh_optimizer` takes. Defaults to `None`: `sgd(1e-2)`.
+        batch_size: Batch size for arrays. Defaults to `None`.
+        verbose: fit's verbosity. Defaults to `0`.
+
+    Returns:
+        The trained copy (compiled).
+    """
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.compile(
+        optimizer=fresh_optimizer(optimizer, SPARSE_LR),
+        loss=loss,
+        metrics=list(metrics),
+    )
+    if verbose:
+        print(
+            f"[hos_keras] sparse training: {plural(epochs, 'epoch')} "
+            f"({sparsity.method}, strength {sparsity.strength:g})"
+        )
+    copy.fit(
+        **train_kwargs(train_data, batch_size),
+        epochs=epochs,
+        callbacks=[sparsity],
+        verbose=verbose,
+    )
+    return copy
+
+
+def distill_then_finetune(
+    distiller,
+    train_data,
+    *,
+    distill_epochs: int,
+    finetune_epochs: int,
+    loss,
+    metrics: Sequence = (),
+    distill_optimizer=None,
+    finetune_optimizer=None,
+    distill_lr: float = DISTILL_LR,
+    finetune_lr: float = FINETUNE_LR,
+    distill_lr_schedule=None,
+    finetune_lr_schedule=None,
+    validation_data=None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    batch_size: int | None = None,
+    initial_epoch: int = 0,
+    verbose: int = 0,
+    after_stage: Callable[[str], Any] | None = None,
+    **fit_kwargs,
+) -> dict[str, dict[str, list[float]]]:
+    """Trains a `HOSDistiller`'s student with the auxiliary losses, then without.
+
+    The paper's two stages (section 3.4): `distill_epochs` with the task loss,
+    the output MSE and the pivot MSEs against the teacher, then
+    `finetune_epochs` with the task loss alone, each with its own fresh
+    optimizer. Epochs count on across both stages (the fine-tuning's first
+    epoch is `distill_epochs`), so a run resumed at `initial_epoch` (as
+    KerasTuner's Hyperband does) trains only what is left.
+
+    Args:
+        distiller: A `hos_keras.HOSDistiller`.
+        train_data: As `check_data` takes.
+        distill_epochs: Epochs with the auxiliary losses; `0` skips the stage.
+        finetune_epochs: Epochs without them; `0` skips the stage.
+        loss: The task loss.
+        metrics: Metrics to compile. Defaults to `()`.
+        distill_optimizer: The distillation's optimizer: as `fresh_optimizer`
+            takes (a name, a config or an instance, copied), or the distiller's
+            own compiled optimizer (kept as it is, with its slots). Defaults to
+            `None`: `sgd(distill_lr)`.
+        finetune_optimizer: The same for the fine-tuning. Defaults to `None`:
+            `sgd(finetune_lr)`.
+        distill_lr: Learning rate of the default distillation optimizer.
+            Defaults to `1e-3`, the paper's.
+        finetune_lr: The same for the fine-tuning. Defaults to `1e-4`.
+        distill_lr_schedule: Replaces the distillation's learning rate: a
+            function of the epoch counted from 0 within the stage (applied at
+            the start of each epoch), or a `LearningRateSchedule` of the
+            optimizer's step (see `check_lr_schedule`). Defaults to `None`.
+        finetune_lr_schedule: The same for the fine-tuning. Defaults to `None`.
+        validation_data: Given to fit. Defaults to `None`.
+        callbacks: Keras callbacks of both stages. Defaults to `()`.
+        batch_size: Batch size for arrays. Defaults to `None`.
+        initial_epoch: The epoch to start from (stages wholly before it are
+            skipped). Defaults to `0`.
+        verbose: fit's verbosity; with it, a line announces each stage.
+            Defaults to `0`.
+        after_stage: Called with `"distill"` or `"finetune"` after each stage
+            that trained (e.g. to evaluate the student). Defaults to `None`.
+        **fit_kwargs: Other arguments of `fit` (e.g. `steps_per_epoch`).
+
+    Returns:
+        `{"distill": history, "finetune": history}` for the stages that trained,
+        each the `History.history` dict as Python floats.
+
+    Example:
+
+    ```python
+    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan)
+    hos_keras.training.distill_then_finetune(
+        distiller, train_ds, distill_epochs=10, finetune_epochs=2,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ```
+    """
+    schedules = {
+        "distill": check_lr_schedule("distill_lr_schedule", distill_lr_schedule),
+        "finetune": check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule),
+    }
+    stages = (
+        ("distill", True, distill_epochs, distill_optimizer, distill_lr),
+        ("finetune", False, finetune_epochs, finetune_optimizer, finetune_lr),
+    )
+    history = {}
+    fit_kwargs = {**train_kwargs(train_data, batch_size), **fit_kwargs}
+    first = 0
+    for stage, auxiliary, epochs, optimizer, rate in stages:
+        last = first + int(epochs)
+        if epochs and initial_epoch < last:
+            distiller.set_auxiliary(auxiliary)
+            own = optimizer is not None and optimizer is getattr(
+                distiller, "optimizer", None
+            )
+            if not own or schedules[stage] is not None:
+                optimizer, schedulers = _scheduled(
+                    fresh_optimizer(optimizer, rate), schedules[stage], first
+                )
+                distiller.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+            else:
+                schedulers = []
+            if verbose:
+                print(
+                    f"[hos_keras] {stage}: {plural(epochs, 'epoch')} "
+                    f"{'with' if auxiliary else 'without'} the auxiliary losses"
+                )
+            run = distiller.fit(
+                **fit_kwargs,
+                validation_data=validation_data,
+                epochs=last,
+                initial_epoch=max(initial_epoch, first),
+                callbacks=[*schedulers, *callbacks],
+                verbose=verbose,
+            )
+            history[stage] = {
+                k: [float(v) for v in vs] for k, vs in run.history.items()
+            }
+            if after_stage is not None:
+                after_stage(stage)
+        first = last
+    return history

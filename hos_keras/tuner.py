@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import keras
 import keras_tuner
 
-from hos_keras import distill, graph
+from hos_keras import allocation as allocation_lib
+from hos_keras import distill, graph, sparsity, training
 from hos_keras import latency as latency_lib
-from hos_keras.compress import evaluate_model
 from hos_keras.criteria import get_criterion
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError, check_int
 from hos_keras.plan import PruningPlan, plan_pruning
@@ -134,6 +134,19 @@ class HOSHyperModel(keras_tuner.HyperModel):
         recalibration_steps: Batches of the search's training data on which a
             trial's slim student re-estimates its batch norms before training
             (`hos_keras.recalibrate_batchnorm`); `0` to skip. Defaults to `8`.
+        sparse_epochs: Epochs of sparse training of the base model before the
+            search (`hos_keras.GroupSparsity`, once, on a copy, with `loss`):
+            every trial plans and slims the sparse model, and the teacher stays
+            `base_model`, as in `compress(sparse_epochs=...)`. Needs
+            `sparse_data`. Defaults to `0` (none).
+        sparse: `GroupSparsity` arguments (a dict) or instance. Defaults to
+            `None`: its defaults, with the first criterion of `criterion`, and
+            `scope` and `skip`.
+        sparse_data: The training data of the sparse training: `(x, y)` arrays,
+            a batched `tf.data.Dataset` or a `keras.utils.PyDataset`. Defaults
+            to `None`.
+        sparse_optimizer: Its optimizer (name, config or instance). Defaults to
+            `None`: SGD(1e-2, momentum 0.9, Nesterov).
 
     Raises:
         InvalidArgumentError: for an empty search space (every entry fixed),
@@ -182,6 +195,10 @@ class HOSHyperModel(keras_tuner.HyperModel):
         calibration_data=None,
         calibration_steps: int | None = 16,
         recalibration_steps: int = 8,
+        sparse_epochs: int = 0,
+        sparse=None,
+        sparse_data=None,
+        sparse_optimizer=None,
         name: str | None = "hos_hypermodel",
     ):
         super().__init__(name=name, tunable=True)
@@ -257,18 +274,19 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 f"{sorted(used)}."
             )
         self.base_model = base_model
+        self.pruned_from = base_model  # the model every trial plans and slims
         self.macs_budget = int(macs_budget)
         if self.latency_model is not None:
             self._budget_key = "predicted_ms"
             self._budget = self.latency_model.base_ms * (1 - float(target_latency))
         else:
             self._budget_key, self._budget = "macs", self.macs_budget
-        self.distill_epochs = int(distill_epochs)
-        self.finetune_epochs = int(finetune_epochs)
+        self.distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
+        self.finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
         self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.metrics = list(metrics)
         self.over_budget = over_budget
-        self.min_channels = int(min_channels)
+        self.min_channels = check_int("min_channels", min_channels, minimum=1)
         self.scope = scope
         self.skip = skip
         self.calibration = {
@@ -290,6 +308,33 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 f"Received criterion={criterion!r} with calibration_data=None; "
                 f"{data_criteria} score feature maps: pass calibration_data=(x, y) "
                 "or a tf.data.Dataset."
+            )
+        self.sparse_epochs = check_int("sparse_epochs", sparse_epochs, minimum=0)
+        if self.sparse_epochs:
+            if sparse_data is None:
+                raise InvalidArgumentError(
+                    f"Received sparse_epochs={sparse_epochs!r} with sparse_data="
+                    "None; pass the training data (x, y) or a tf.data.Dataset: a "
+                    "hypermodel does not see the search's data before planning."
+                )
+            training.check_data("sparse_data", sparse_data)
+            check_inputs(base_model, sparse_data, "sparse_data")
+            first = self.space["criterion"][1]
+            self.pruned_from = training.sparse_trained(
+                base_model,
+                sparse_data,
+                self.sparse_epochs,
+                sparsity.from_argument(
+                    sparse,
+                    criterion=first[0] if isinstance(first, list) else first,
+                    scope=scope,
+                    skip=skip,
+                    data=calibration_data,
+                    calibration_steps=calibration_steps,
+                ),
+                loss=self.loss,
+                metrics=self.metrics,
+                optimizer=sparse_optimizer,
             )
 
     @property
@@ -319,7 +364,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         calibration = {}
         if getattr(get_criterion(criterion), "statistics", ()):
             calibration = self.calibration
-        if allocation == "itpruner":
+        if allocation == "itpruner":  # it allocates exactly for the budget
             calibration = self.calibration
             target = (
                 {"macs_reduction": 1.0 - self.macs_budget / self.macs_original}
@@ -328,25 +373,24 @@ class HOSHyperModel(keras_tuner.HyperModel):
                     "latency_reduction": 1.0 - self._budget / self.latency_model.base_ms
                 }
             )
-            value = {"beta": value, **target}
+            allocator = allocation_lib.for_target(allocation, **target, beta=value)
         else:
-            value = {knob: value}
+            allocator = allocation_lib.get_allocation(allocation, **{knob: value})
         return plan_pruning(
-            self.base_model,
+            self.pruned_from,
             criterion,
-            allocation,
+            allocator,
             **calibration,
             min_channels=self.min_channels,
             scope=self.scope,
             skip=self.skip,
             latency_model=self.latency_model,
             verify_latency=False,
-            **value,
         )
 
     def build(self, hp) -> distill.HOSDistiller:
         plan = self.plan(hp)
-        student = slim_model(self.base_model, plan)
+        student = slim_model(self.pruned_from, plan)
         try:
             pivots = distill.auto_pivots(student, 2)
         except InvalidArgumentError:
@@ -361,7 +405,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         )
         distiller.hos_plan = plan
         distiller.compile(
-            optimizer=self._sgd(self._value(hp, "learning_rate")),
+            optimizer=training.sgd(self._value(hp, "learning_rate")),
             loss=self.loss,
             metrics=self.metrics,
         )
@@ -369,10 +413,6 @@ class HOSHyperModel(keras_tuner.HyperModel):
         # after training) loads into a freshly built distiller without mismatch.
         distiller.optimizer.build(distiller.trainable_variables)
         return distiller
-
-    @staticmethod
-    def _sgd(lr: float) -> keras.optimizers.Optimizer:
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
 
     def score(self, cost: float, accuracy: float | None) -> float:
         """The objective: accuracy within the budget, else -(relative excess).
@@ -435,28 +475,30 @@ class HOSHyperModel(keras_tuner.HyperModel):
         if initial_epoch == 0 and self.recalibration_steps:
             recalibrate_batchnorm(
                 model.student,
-                x,
+                x if y is None else (x, y),
                 self.recalibration_steps,
                 batch_size=kwargs.get("batch_size") or 32,
             )
-        if initial_epoch < switch:
-            model.fit(*args, epochs=switch, initial_epoch=initial_epoch, **kwargs)
-        if max(initial_epoch, switch) < total:
-            model.set_auxiliary(False)
-            learning_rate = self._value(hp, "learning_rate") / 10
-            model.compile(
-                optimizer=self._sgd(learning_rate), loss=self.loss, metrics=self.metrics
-            )
-            model.fit(
-                *args, epochs=total, initial_epoch=max(initial_epoch, switch), **kwargs
-            )
-        evaluation = evaluate_model(
+        learning_rate = self._value(hp, "learning_rate")
+        options = {k: v for k, v in kwargs.items() if k not in ("x", "y")}
+        training.distill_then_finetune(
+            model,
+            x if y is None else (x, y),
+            distill_epochs=switch,
+            finetune_epochs=total - switch,
+            loss=self.loss,
+            metrics=self.metrics,
+            distill_optimizer=model.optimizer,  # build()'s, with its slots
+            finetune_optimizer=training.sgd(learning_rate / 10),
+            initial_epoch=initial_epoch,
+            **options,
+        )
+        evaluation = training.evaluate_model(
             model.student, validation_data, self.loss, self.metrics
         )
-        accuracy = next(
-            (v for k, v in evaluation.items() if "accuracy" in k),
-            -evaluation["loss"],
-        )
+        accuracy = training.accuracy_of(evaluation)
+        if accuracy is None:
+            accuracy = -evaluation["loss"]
         result.update({f"val_{k}": v for k, v in evaluation.items()})
         result[OBJECTIVE] = self.score(cost, accuracy)
         return result

@@ -25,7 +25,7 @@ model. CIFAR-100 comes from tensorflow-datasets (--data-dir).
 
 import recipe_common as common
 
-from hos_keras import data, models
+from hos_keras import models
 
 
 def arguments(argv=None):
@@ -33,32 +33,15 @@ def arguments(argv=None):
     return common.parser(
         __doc__.splitlines()[0],
         output_dir="runs/cifar100_resnet56",
-        epochs=160,
-        lr=0.1,
-        batch_size=64,
-        distill_epochs=140,
-        distill_lr=1e-3,
-        distill_decay_epochs=(80, 120),
-        finetune_epochs=30,
-        finetune_lr=1e-5,
-        finetune_nesterov=False,
-        scope="inner",
+        **{**common.PAPER_CIFAR, "finetune_lr": 1e-5},
         coefficient=8.7,
     ).parse_args(argv)
 
 
 def main(argv=None):
-    args = arguments(argv)
-    kwargs = {
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "download": args.download,
-    }
-    kwargs["limit"] = common.limit(args)
-    train = data.cifar100("train", seed=args.seed, **kwargs)
-    test = data.cifar100("test", **kwargs)
-    model = common.baseline(lambda: models.resnet56(num_classes=100), train, test, args)
-    return common.compress_and_report(model, train, test, args, allocation="shapiro")
+    return common.cifar(
+        arguments(argv), "cifar100", lambda: models.resnet56(num_classes=100)
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ The baseline training (160 epochs of SGD, Nesterov, cosine from 0.1, weight deca
 
 import recipe_common as common
 
-from hos_keras import data, models
+from hos_keras import models
 
 
 def arguments(argv=None):
@@ -28,35 +28,16 @@ def arguments(argv=None):
     return common.parser(
         __doc__.splitlines()[0],
         output_dir="runs/cifar10_mobilenetv2",
-        epochs=160,
-        lr=0.1,
-        batch_size=64,
-        distill_epochs=140,
-        distill_lr=1e-3,
-        distill_decay_epochs=(80, 120),
-        finetune_epochs=30,
-        finetune_lr=1e-4,
-        finetune_nesterov=False,
-        scope="inner",
+        **common.PAPER_CIFAR,
         skip=["stem_conv", "head_conv"],
         target=0.5,
     ).parse_args(argv)
 
 
 def main(argv=None):
-    args = arguments(argv)
-    kwargs = {
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "download": args.download,
-    }
-    kwargs["limit"] = common.limit(args)
-    train = data.cifar10("train", seed=args.seed, **kwargs)
-    test = data.cifar10("test", **kwargs)
-    model = common.baseline(
-        lambda: models.cifar_mobilenet_v2(num_classes=10), train, test, args
+    return common.cifar(
+        arguments(argv), "cifar10", lambda: models.cifar_mobilenet_v2(num_classes=10)
     )
-    return common.compress_and_report(model, train, test, args, allocation="shapiro")
 
 
 if __name__ == "__main__":

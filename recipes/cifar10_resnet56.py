@@ -27,7 +27,7 @@ model. CIFAR-10 comes from tensorflow-datasets (--data-dir).
 
 import recipe_common as common
 
-from hos_keras import data, models
+from hos_keras import models
 
 
 def arguments(argv=None):
@@ -35,32 +35,15 @@ def arguments(argv=None):
     return common.parser(
         __doc__.splitlines()[0],
         output_dir="runs/cifar10_resnet56",
-        epochs=160,
-        lr=0.1,
-        batch_size=64,
-        distill_epochs=140,
-        distill_lr=1e-3,
-        distill_decay_epochs=(80, 120),
-        finetune_epochs=30,
-        finetune_lr=1e-4,
-        finetune_nesterov=False,
-        scope="inner",
+        **common.PAPER_CIFAR,
         coefficient=3.7,
     ).parse_args(argv)
 
 
 def main(argv=None):
-    args = arguments(argv)
-    kwargs = {
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "download": args.download,
-    }
-    kwargs["limit"] = common.limit(args)
-    train = data.cifar10("train", seed=args.seed, **kwargs)
-    test = data.cifar10("test", **kwargs)
-    model = common.baseline(lambda: models.resnet56(num_classes=10), train, test, args)
-    return common.compress_and_report(model, train, test, args, allocation="shapiro")
+    return common.cifar(
+        arguments(argv), "cifar10", lambda: models.resnet56(num_classes=10)
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -47,3 +48,15 @@ def script_report():
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     return run
+
+
+@pytest.fixture
+def cnn():
+    """A fresh `tiny.cnn()`: three prunable convs with differing statistics."""
+    return tiny.cnn()
+
+
+@pytest.fixture
+def residual_cnn():
+    """A fresh `tiny.residual_cnn()`: a channel group across a residual Add."""
+    return tiny.residual_cnn()

@@ -7,25 +7,11 @@ import keras
 import numpy as np
 import pytest
 import scipy.stats
-from keras import layers
+import tiny
 
 import hos_keras
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.plan import restrict_plan
-
-
-def _cnn():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
-    x = layers.BatchNormalization(name="bn1")(x)
-    x = layers.ReLU()(x)
-    y = layers.Conv2D(8, 3, padding="same", name="c2")(x)
-    x = layers.Add()([x, y])
-    x = layers.Conv2D(6, 3, name="c3")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(3, name="out")(x)
-    return keras.Model(inputs, outputs)
 
 
 def _data(n=32):
@@ -35,7 +21,7 @@ def _data(n=32):
 
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adamw"])
 def test_fit_with_progressive_pruning(tmp_path, optimizer):
-    model = _cnn()
+    model = tiny.residual_cnn()
     opt = (
         keras.optimizers.SGD(0.05, momentum=0.9)
         if optimizer == "sgd_momentum"
@@ -105,7 +91,7 @@ def test_bad_arguments(tmp_path):
         hos_keras.HOSPruneCallback(
             prune_epochs=[1], plan_path=str(tmp_path / "missing" / "p.json")
         )
-    model = _cnn()
+    model = tiny.residual_cnn()
     model.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -125,7 +111,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def _compiled_cnn():
-    model = _cnn()
+    model = tiny.residual_cnn()
     model.compile(
         optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -335,7 +321,7 @@ def test_later_macs_targets_stay_relative_to_the_original_model():
 
 @pytest.mark.parametrize("swap", [False, True], ids=["ema", "swap_ema_weights"])
 def test_masks_hold_with_an_ema_optimizer(swap):
-    model = _cnn()
+    model = tiny.residual_cnn()
     model.compile(
         optimizer=keras.optimizers.AdamW(0.01, use_ema=True, ema_momentum=0.9),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -369,7 +355,7 @@ def test_masks_hold_with_an_ema_optimizer(swap):
 
 
 def test_several_steps_per_execution_are_refused():
-    model = _cnn()
+    model = tiny.residual_cnn()
     model.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -395,7 +381,7 @@ def _with_groups(plan, **groups):
 
 
 def test_restrict_plan_never_brings_back_a_channel_and_updates_ratios():
-    model = _cnn()
+    model = tiny.residual_cnn()
     base = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
     previous = _with_groups(
         base,
@@ -432,7 +418,7 @@ def test_a_skip_list_holds_for_every_step():
 
 
 def test_a_data_criterion_plans_every_step_on_the_calibration_set():
-    model = _cnn()
+    model = tiny.residual_cnn()
     x, y = _data()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
     callback = hos_keras.HOSPruneCallback(
@@ -487,7 +473,7 @@ def test_sparse_training_runs_until_the_first_pruning_step():
     x, y = _data(16)
 
     def fit(callbacks, epochs):
-        model = _cnn()
+        model = tiny.residual_cnn()
         # No task gradient: only the sparse training moves the weights.
         model.compile(
             keras.optimizers.SGD(0.1), loss=lambda t, p: 0.0 * keras.ops.sum(p)
@@ -519,14 +505,14 @@ def test_sparse_training_runs_until_the_first_pruning_step():
                 np.where(masks[layer.name][i], a, 0) if layer.name in masks else a
             )
             np.testing.assert_allclose(b.numpy(), expected, rtol=1e-6, err_msg=b.path)
-    untrained = _cnn().get_layer("c1").get_weights()[0]
+    untrained = tiny.residual_cnn().get_layer("c1").get_weights()[0]
     assert not np.allclose(alone.get_layer("c1").get_weights()[0], untrained)
     with pytest.raises(InvalidArgumentError, match="sparse='yes'"):
         hos_keras.HOSPruneCallback(prune_epochs=[1], sparse="yes")
 
 
 def test_console_lines_stay_short_and_ratios_go_to_history(capsys):
-    model = _cnn()
+    model = tiny.residual_cnn()
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = hos_keras.HOSPruneCallback(
         prune_epochs=[1, 2], criterion="l1", allocation="fixed", ratio=[0.25, 0.5]

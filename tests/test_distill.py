@@ -461,6 +461,8 @@ def test_get_config_round_trip(pair):
         decay=2.0,
     )
     config = distiller.get_config()
+    # Keras's own keys come from keras.Model.get_config.
+    assert {"name", "trainable", "dtype"} <= set(config)
     clone = hos_keras.HOSDistiller.from_config(config)
     assert clone.get_config() == config
     assert clone.pivots == ["r"] and clone.output_weight == 5.0

@@ -6,6 +6,7 @@ import pytest
 from keras import layers
 
 import hos_keras
+from hos_keras import graph as graph_lib
 
 
 def _analyse(build, shape=(8, 8, 4)):
@@ -219,3 +220,31 @@ def test_reference_networks_prune_what_the_paper_prunes_and_more():
     )
     assert sorted(inner.details["excluded"]) == sorted(streams)
     assert all(inner[name].statistic is not None for name in singles)
+
+
+def test_the_graph_is_traced_once_per_model_and_rule_table(cnn, monkeypatch):
+    traced = []
+    trace = graph_lib._trace_groups
+    monkeypatch.setattr(
+        graph_lib, "_trace_groups", lambda model: traced.append(model) or trace(model)
+    )
+    first = hos_keras.channel_groups(cnn)
+    plan = hos_keras.plan_pruning(cnn, "l1", "fixed", ratio=0.5)
+    hos_keras.slim_model(cnn, plan)
+    hos_keras.mask_model(cnn, plan)
+    assert hos_keras.channel_groups(cnn) is first
+    assert traced == [cnn]
+    # Another model of the same architecture is traced for itself.
+    twin = type(cnn).from_config(cnn.get_config())
+    hos_keras.channel_groups(twin)
+    assert len(traced) == 2
+    # A new layer rule can change the groups: the graph is traced again.
+
+    class Scale(keras.layers.Layer):
+        pass
+
+    monkeypatch.setitem(
+        hos_keras.layer_rules._RULES, Scale, hos_keras.layer_rules.PerChannel()
+    )
+    assert hos_keras.channel_groups(cnn) is not first
+    assert len(traced) == 3

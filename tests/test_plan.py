@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.stats
+import tiny
 from keras import layers
 
 import hos_keras
@@ -21,36 +22,6 @@ from hos_keras.errors import (
 )
 
 WIDTHS = (8, 12, 16)
-
-
-def _cnn(widths=WIDTHS, seed=0, name="cnn"):
-    """conv-bn-relu x2, pool, conv-relu, GAP, Dense: three prunable convs."""
-    inputs = keras.Input((10, 10, 3))
-    x = layers.Conv2D(widths[0], 3, padding="same", name="c1")(inputs)
-    x = layers.BatchNormalization(name="bn1")(x)
-    x = layers.ReLU(name="r1")(x)
-    x = layers.Conv2D(widths[1], 3, padding="same", name="c2")(x)
-    x = layers.BatchNormalization(name="bn2")(x)
-    x = layers.ReLU(name="r2")(x)
-    x = layers.MaxPooling2D(name="pool")(x)
-    x = layers.Conv2D(widths[2], 3, activation="relu", name="c3")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = layers.Dense(10, name="logits")(x)
-    model = keras.Model(inputs, outputs, name=name)
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, (layers.Conv2D, layers.Dense)):
-            shape = tuple(layer.kernel.shape)
-            # Layers with different shapes of weight distributions, so that the
-            # layer statistics and the filter scores all differ.
-            draws = {
-                "c1": rng.normal(size=shape),
-                "c2": rng.gamma(2.0, 1.0, shape) - 2.0,
-                "c3": rng.standard_t(3, shape),
-                "logits": rng.laplace(size=shape),
-            }[layer.name]
-            layer.kernel.assign(0.1 * draws)
-    return model
 
 
 def _scipy_k34(layer):
@@ -85,7 +56,7 @@ CONVS = ("c1", "c2", "c3")
 
 @pytest.fixture(scope="module")
 def model():
-    return _cnn()
+    return tiny.cnn()
 
 
 def test_channel_groups_of_a_plain_cnn(model):
@@ -280,7 +251,7 @@ def test_costs_after_equal_a_narrower_twin_model(model):
     )
     kept = tuple(len(plan[n].keep) for n in CONVS)
     assert kept == (4, 9, 4)
-    twin = _cnn(kept)
+    twin = tiny.cnn(kept)
     assert plan.params_before == model.count_params()
     assert plan.params_after == twin.count_params()
     k1, k2, k3 = kept
@@ -379,7 +350,7 @@ def test_summary_table(model):
 
 
 def test_constant_filter_goes_first():
-    model = _cnn(seed=3)
+    model = tiny.cnn(seed=3)
     kernel = model.get_layer("c2").kernel
     values = kernel.numpy()
     values[..., 5] = 0.0
@@ -435,7 +406,7 @@ def test_bad_arguments_name_the_argument_and_value(model):
 
 
 def test_nan_weights_in_a_prunable_layer_name_it():
-    model = _cnn(seed=1)
+    model = tiny.cnn(seed=1)
     values = model.get_layer("c3").kernel.numpy()
     values[0, 0, 0, 0] = np.nan
     model.get_layer("c3").kernel.assign(values)

@@ -55,6 +55,18 @@ def _run(*args, env=None):
     )
 
 
+def _python(script, env=None):
+    """Runs `script` in a fresh Python with `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 def test_hos_keras_help_and_version_are_quiet():
     done = _run("--help", env={"HOS_KERAS_QUIET": "", "HOS_KERAS_VERBOSE": ""})
     assert done.returncode == 0 and "hos-keras" in done.stdout
@@ -72,13 +84,47 @@ def test_a_tflite_interpreter_is_made_quietly():
         "export.interpreter(export.to_tflite(model))\n"
         "print('made')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HOS_KERAS_QUIET": "1", "HOS_KERAS_VERBOSE": ""},
-        check=False,
-    )
+    done = _python(script, {"HOS_KERAS_QUIET": "1", "HOS_KERAS_VERBOSE": ""})
     assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr
     assert "XNNPACK" not in done.stderr
+
+
+def test_tflite_conversion_writes_nothing_in_a_users_script():
+    # Not a hos-keras process: only the lines hos_keras's own calls write are
+    # hidden, so everything after the marker comes from the conversions.
+    script = (
+        "import sys, keras\n"
+        "from hos_keras import export, latency\n"
+        "model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1)])\n"
+        "sys.stderr.write('--- converting\\n'); sys.stderr.flush()\n"
+        "export.interpreter(export.to_tflite(model))\n"
+        "export.interpreter(latency.to_tflite(model))\n"
+        "print('made')\n"
+    )
+    done = _python(script, {"HOS_KERAS_QUIET": "", "HOS_KERAS_VERBOSE": ""})
+    assert done.returncode == 0 and done.stdout.strip() == "made", done.stderr
+    after = done.stderr.split("--- converting\n", 1)[1]
+    assert not [line for line in after.splitlines() if line.strip()], after
+
+
+def test_a_failing_block_keeps_every_line(capfd):
+    try:
+        with _startup.hidden_chatter():
+            os.write(2, (CHATTER[1] + "\n").encode())
+            raise RuntimeError("conversion failed")
+    except RuntimeError:
+        pass
+    assert CHATTER[1] in capfd.readouterr().err
+
+
+def test_importing_hos_keras_does_not_load_keras_tuner():
+    script = (
+        "import sys, hos_keras\n"
+        "assert 'keras_tuner' not in sys.modules, 'loaded at import'\n"
+        "from hos_keras.tuner import HOSHyperModel\n"
+        "assert hos_keras.tuner.HOSHyperModel is HOSHyperModel\n"
+        "assert 'keras_tuner' in sys.modules\n"
+        "print('lazy')\n"
+    )
+    done = _python(script)
+    assert done.returncode == 0 and done.stdout.strip() == "lazy", done.stderr

@@ -4,20 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import layers
+import tiny
 
 import hos_keras
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.training import check_inputs
-
-
-def _model():
-    inputs = keras.Input((12, 12, 1))
-    x = layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
-    x = layers.Conv2D(8, 3, padding="same", name="c2")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(3, name="out")(x), name="small")
-
 
 RAW = np.zeros((8, 12, 12), np.uint8), np.zeros(8, np.int64)
 INTS = np.zeros((8, 12, 12, 1), np.uint8), np.zeros(8, np.int64)
@@ -37,14 +28,21 @@ GOOD = np.zeros((8, 12, 12, 1), np.float32), np.zeros(8, np.int64)
 )
 def test_check_inputs(data, message):
     if message is None:
-        check_inputs(_model(), data)
+        check_inputs(
+            tiny.chain((8, 8), input_shape=(12, 12, 1), activation=None, name="small"),
+            data,
+        )
         return
     with pytest.raises(InvalidArgumentError, match=message):
-        check_inputs(_model(), data, "train_data")
+        check_inputs(
+            tiny.chain((8, 8), input_shape=(12, 12, 1), activation=None, name="small"),
+            data,
+            "train_data",
+        )
 
 
 def test_every_entry_point_checks_before_training(monkeypatch):
-    model = _model()
+    model = tiny.chain((8, 8), input_shape=(12, 12, 1), activation=None, name="small")
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained on unchecked data")
@@ -103,3 +101,110 @@ def test_compress_on_a_dataset_raises_no_keras_or_tensorflow_notice(caplog):
         r.getMessage() for r in caplog.records
     ]
     assert not [m for m in messages if "shuffle" in m or "retracing" in m], messages
+
+
+class _Stages(keras.callbacks.Callback):
+    """Records, at the start of every epoch, what the distiller trains with."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        self.epochs.append(
+            {
+                "epoch": epoch,
+                "auxiliary": self.model.auxiliary,
+                "lr": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                "steps_before": int(keras.ops.convert_to_numpy(optimizer.iterations)),
+                "optimizer": id(optimizer),
+            }
+        )
+
+
+def _distiller():
+    keras.utils.set_random_seed(0)
+    teacher = tiny.chain((8, 8), input_shape=(12, 12, 1), activation=None, name="small")
+    plan = hos_keras.plan_pruning(teacher, "l1", "fixed", ratio=0.5)
+    return hos_keras.HOSDistiller(
+        hos_keras.slim_model(teacher, plan), teacher, plan=plan, pivots=[]
+    )
+
+
+def test_distill_then_finetune_runs_both_stages_with_fresh_optimizers():
+    distiller = _distiller()
+    stages, after = _Stages(), []
+    given = keras.optimizers.SGD(0.02)
+    x = np.random.default_rng(0).normal(size=(16, 12, 12, 1)).astype("float32")
+    history = hos_keras.training.distill_then_finetune(
+        distiller,
+        (x, np.arange(16) % 3),
+        distill_epochs=2,
+        finetune_epochs=2,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        distill_optimizer=given,
+        finetune_lr_schedule=lambda epoch: [0.5, 0.25][epoch],
+        batch_size=8,
+        callbacks=[stages],
+        after_stage=after.append,
+    )
+    seen = stages.epochs
+    assert [e["epoch"] for e in seen] == [0, 1, 2, 3]
+    assert [e["auxiliary"] for e in seen] == [True, True, False, False]
+    # The distillation's optimizer is a copy of the one given, the
+    # fine-tuning's a new one: each starts at step 0.
+    assert seen[0]["optimizer"] != id(given) and seen[0]["lr"] == pytest.approx(0.02)
+    assert [e["steps_before"] for e in seen] == [0, 2, 0, 2]
+    assert seen[2]["optimizer"] != seen[0]["optimizer"]
+    # The schedule counts epochs from the stage's first.
+    assert [e["lr"] for e in seen[2:]] == pytest.approx([0.5, 0.25])
+    assert after == ["distill", "finetune"]
+    assert set(history) == {"distill", "finetune"}
+    assert len(history["distill"]["loss"]) == 2
+    assert "output_mse" in history["distill"]
+    assert "output_mse" not in history["finetune"]
+
+
+def test_distill_then_finetune_resumes_and_keeps_a_compiled_optimizer():
+    distiller = _distiller()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    own = hos_keras.training.sgd(0.03)
+    distiller.compile(optimizer=own, loss=loss)
+    stages, after = _Stages(), []
+    x = np.zeros((8, 12, 12, 1), "float32")
+    history = hos_keras.training.distill_then_finetune(
+        distiller,
+        (x, np.zeros(8, "int32")),
+        distill_epochs=2,
+        finetune_epochs=1,
+        loss=loss,
+        distill_optimizer=own,
+        batch_size=8,
+        initial_epoch=1,
+        callbacks=[stages],
+        after_stage=after.append,
+    )
+    # Epoch 0 is done: epoch 1 distills with the compiled optimizer, then the
+    # fine-tuning gets the default SGD at 1e-4.
+    assert [(e["epoch"], e["auxiliary"]) for e in stages.epochs] == [
+        (1, True),
+        (2, False),
+    ]
+    assert stages.epochs[0]["optimizer"] == id(own)
+    assert stages.epochs[1]["lr"] == pytest.approx(1e-4)
+    assert after == ["distill", "finetune"]
+    assert len(history["distill"]["loss"]) == 1
+
+
+def test_sgd_defaults():
+    plain = hos_keras.training.sgd(0.1)
+    assert plain.momentum == pytest.approx(0.9) and plain.nesterov
+    decayed = hos_keras.training.sgd(0.1, steps=10, weight_decay=5e-4)
+    schedule = keras.optimizers.schedules.deserialize(
+        decayed.get_config()["learning_rate"]
+    )
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(10)) == pytest.approx(0.0, abs=1e-7)
+    assert float(schedule(5)) == pytest.approx(0.05)  # cosine's midpoint
+    assert decayed.weight_decay == pytest.approx(5e-4)

@@ -4,22 +4,12 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
+import tiny
 from keras import layers
 
 import hos_keras
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 from hos_keras.tuner import HOSHyperModel
-
-
-def _model():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((12, 12, 3))
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inputs)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c3")(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(3, name="logits")(x)
-    return keras.Model(inputs, outputs, name="tiny")
 
 
 def _data(n, seed):
@@ -42,7 +32,7 @@ class CountingHyperModel(HOSHyperModel):
 
 @pytest.fixture(scope="module")
 def base():
-    return _model()
+    return tiny.chain((16, 16, 16), input_shape=(12, 12, 3), head="logits")
 
 
 def _search(tuner, n=32):
@@ -328,3 +318,49 @@ def test_an_over_budget_trial_says_it_was_skipped(base, capsys):
     )
     hypermodel.fit(hp, distiller, *_data(8, 0), validation_data=_data(8, 1), verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_sparse_training_before_the_search(base):
+    x, y = _data(32, 1)
+    kept = [w.copy() for w in base.get_weights()]
+    keras.utils.set_random_seed(7)
+    hypermodel = HOSHyperModel(
+        base,
+        target_reduction=0.3,
+        coefficient=(0.6, 1.2),
+        criterion="l1",
+        sparse_epochs=1,
+        sparse={"strength": 0.2},
+        sparse_data=(x, y),
+    )
+    # By hand: a copy trained one epoch with GroupSparsity, as compress does.
+    keras.utils.set_random_seed(7)
+    by_hand = type(base).from_config(base.get_config())
+    by_hand.set_weights(base.get_weights())
+    by_hand.compile(
+        optimizer=keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    sparsity = hos_keras.GroupSparsity("l1", strength=0.2)
+    by_hand.fit(x, y, epochs=1, callbacks=[sparsity], verbose=0)
+    for got, want in zip(
+        hypermodel.pruned_from.get_weights(), by_hand.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The base model is untouched and stays every trial's teacher; the
+    # student is slimmed from the sparse model.
+    for got, want in zip(base.get_weights(), kept, strict=True):
+        np.testing.assert_array_equal(got, want)
+    hp = keras_tuner.HyperParameters()
+    distiller = hypermodel.build(hp)
+    assert distiller.teacher is base
+    expected = hos_keras.slim_model(by_hand, distiller.hos_plan)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(distiller.student(x[:4])),
+        keras.ops.convert_to_numpy(expected(x[:4])),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    with pytest.raises(InvalidArgumentError, match="sparse_data"):
+        HOSHyperModel(base, target_reduction=0.3, sparse_epochs=1)

@@ -1,0 +1,61 @@
+"""The one table printer and the compression report's summary."""
+
+import numpy as np
+
+from hos_keras.report import CompressionReport, table
+
+
+def test_table_aligns_and_formats():
+    lines = table(
+        ("layer", "channels", "ratio", "T"),
+        [("conv1", 1234, "0.50", 0.123456), ("c2", np.int64(8), "0.25", None)],
+    )
+    assert lines == [
+        "layer  channels  ratio       T",
+        "------------------------------",
+        "conv1     1,234   0.50  0.1235",
+        "c2            8   0.25       -",
+    ]
+
+
+def _report(**changes):
+    values = {
+        "model_name": "m",
+        "criterion": "k34",
+        "allocation": "shapiro",
+        "metrics": {
+            "original": {"loss": 0.5, "accuracy": 0.9},
+            "pruned": {"loss": 2.0, "accuracy": 0.1},
+            "finetuned": {"loss": 0.6, "accuracy": 0.88},
+        },
+        "params": {"original": 1000, "slim": 400},
+        "macs": {"original": 20000, "slim": 10000},
+        "latency_ms": {"original": {1: 2.0}, "slim": {1: 1.0}},
+        "file_bytes": {"original": 5000, "slim": None},
+        "layers": [
+            {"name": "c1", "channels": 8, "kept": 4, "ratio": 0.5, "statistic": 0.97}
+        ],
+        "pivots": [],
+        "history": {},
+    }
+    values.update(changes)
+    return CompressionReport(**values)
+
+
+def test_summary_lines():
+    lines = []
+    _report().summary(print_fn=lines.append)
+    assert lines[0] == "Compression of 'm': criterion=k34, allocation=shapiro"
+    text = "\n".join(lines)
+    params = next(line for line in lines if line.startswith("params"))
+    assert params.split() == ["params", "1,000", "400", "2.50x"]
+    macs = next(line for line in lines if line.startswith("MACs"))
+    assert macs.split()[-1] == "2.00x"
+    files = next(line for line in lines if line.startswith(".keras file"))
+    assert files.split()[-2:] == ["-", "-"]  # no slim size, no ratio
+    assert "right after pruning" in text and "after fine-tuning" in text
+    stage = next(line for line in lines if line.startswith("after fine-tuning"))
+    assert stage.split()[-2:] == ["0.8800", "0.6000"]
+    layer = next(line for line in lines if line.startswith("c1 "))
+    assert layer.split() == ["c1", "8", "4", "0.50", "0.97"]
+    assert "distillation" not in text  # a stage that did not run is not shown
