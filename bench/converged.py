@@ -219,28 +219,31 @@ def criteria(args, train, test):
             flush=True,
         )
 
+    def pruned_and_tuned(source, criterion, seed, recalibrate_first=False):
+        """Prunes `source` to the shared widths and fine-tunes the student
+        against the baseline; the accuracy right after pruning, after batch-norm
+        recalibration (of the student itself with `recalibrate_first`, else of
+        a twin) and after fine-tuning."""
+        keras.utils.set_random_seed(seed)
+        plan = plan_for(source, criterion, seed)
+        student = hos_keras.slim_model(source, plan)
+        pruned = accuracy(student, test)
+        twin = student if recalibrate_first else hos_keras.slim_model(source, plan)
+        hos_keras.recalibrate_batchnorm(twin, recalibration, batch_size=args.batch_size)
+        recalibrated = accuracy(twin, test)
+        seconds, pivots = finetune(student, teacher, plan, train, seed, args)
+        return {
+            "pruned_accuracy": pruned,
+            "recalibrated_accuracy": recalibrated,
+            "accuracy": accuracy(student, test),
+            "seconds": seconds,
+            "pivots": pivots,
+        }
+
     for seed in range(args.seeds):
         for criterion in CRITERIA:
-            if done(criterion, seed):
-                continue
-            keras.utils.set_random_seed(seed)
-            plan = plan_for(teacher, criterion, seed)
-            student = hos_keras.slim_model(teacher, plan)
-            pruned = accuracy(student, test)
-            twin = hos_keras.slim_model(teacher, plan)
-            hos_keras.recalibrate_batchnorm(
-                twin, recalibration, batch_size=args.batch_size
-            )
-            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
-            record(
-                criterion,
-                seed,
-                pruned_accuracy=pruned,
-                recalibrated_accuracy=accuracy(twin, test),
-                accuracy=accuracy(student, test),
-                seconds=seconds,
-                pivots=pivots,
-            )
+            if not done(criterion, seed):
+                record(criterion, seed, **pruned_and_tuned(teacher, criterion, seed))
     best = max(
         CRITERIA,
         key=lambda c: np.mean(
@@ -250,46 +253,17 @@ def criteria(args, train, test):
     for seed in range(args.seeds):
         row = f"{best} + recalibration"
         if not done(row, seed):
-            keras.utils.set_random_seed(seed)
-            plan = plan_for(teacher, best, seed)
-            student = hos_keras.slim_model(teacher, plan)
-            pruned = accuracy(student, test)
-            hos_keras.recalibrate_batchnorm(
-                student, recalibration, batch_size=args.batch_size
-            )
-            recalibrated = accuracy(student, test)
-            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
-            record(
-                row,
-                seed,
-                pruned_accuracy=pruned,
-                recalibrated_accuracy=recalibrated,
-                accuracy=accuracy(student, test),
-                seconds=seconds,
-                pivots=pivots,
-            )
+            record(row, seed, **pruned_and_tuned(teacher, best, seed, True))
         row = f"{best} + sparse training"
         if not done(row, seed):
             start = time.perf_counter()
             sparse = sparse_trained(args, teacher, best, train, seed)
             sparse_seconds = time.perf_counter() - start
-            plan = plan_for(sparse, best, seed)
-            student = hos_keras.slim_model(sparse, plan)
-            pruned = accuracy(student, test)
-            twin = hos_keras.slim_model(sparse, plan)
-            hos_keras.recalibrate_batchnorm(
-                twin, recalibration, batch_size=args.batch_size
-            )
-            seconds, pivots = finetune(student, teacher, plan, train, seed, args)
             record(
                 row,
                 seed,
                 sparse_accuracy=accuracy(sparse, test),
-                pruned_accuracy=pruned,
-                recalibrated_accuracy=accuracy(twin, test),
-                accuracy=accuracy(student, test),
-                seconds=seconds,
-                pivots=pivots,
+                **pruned_and_tuned(sparse, best, seed),
                 sparse_seconds=sparse_seconds,
             )
     table = runs.write()

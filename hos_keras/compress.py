@@ -387,15 +387,13 @@ def compress(
         results["recalibrated"] = evaluate(student, "after BN recalibration")
 
     if pivots == "auto":
-        try:
-            pivots = distill.auto_pivots(student, n_pivots)
-        except InvalidArgumentError:
+        pivots = distill.auto_pivots(student, n_pivots, strict=False)
+        if n_pivots and not pivots:
             say(
                 f"[hos_keras] {model.name!r} has too few residual blocks or "
                 f"downsampling stages for {n_pivots} pivots: distilling with the "
                 "output loss only (pass pivots=[...] to match intermediate layers)."
             )
-            pivots = []
     distiller = distill.HOSDistiller(
         student,
         teacher,

@@ -52,6 +52,7 @@ from hos_keras.errors import (
     InvalidArgumentError,
     UnknownNameError,
     check_int,
+    check_real,
 )
 from hos_keras.profile import profile
 from hos_keras.surgery import _rebuild, _Replay
@@ -168,16 +169,9 @@ def decompose(
         raise UnknownNameError(
             f"Received method={method!r}; pass one of {list(METHODS)}."
         )
-    if (
-        isinstance(factor, bool)
-        or not isinstance(factor, numbers.Real)
-        or not math.isfinite(factor)
-        or factor < 1
-    ):
-        raise InvalidArgumentError(
-            f"Received factor={factor!r}; pass a compression factor >= 1 "
-            "(e.g. 2.0 for half the parameters of each layer)."
-        )
+    factor = check_real(
+        "factor", factor, 1.0, " (a compression factor: 2.0 halves each layer)"
+    )
     if not isinstance(tol, numbers.Real) or tol < 0:
         raise InvalidArgumentError(f"Received tol={tol!r}; pass a number >= 0.")
     max_iter = check_int("max_iter", max_iter, minimum=0)

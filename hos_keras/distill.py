@@ -197,7 +197,7 @@ def _closest(targets: list[int], ends: list[int]) -> list[int]:
     )
 
 
-def auto_pivots(model: keras.Model, n: int = 2) -> list[str]:
+def auto_pivots(model: keras.Model, n: int = 2, *, strict: bool = True) -> list[str]:
     """Pivot layers placed as the paper's code places them.
 
     The candidates are the B residual block outputs of `block_outputs`, or, in a
@@ -225,13 +225,16 @@ def auto_pivots(model: keras.Model, n: int = 2) -> list[str]:
     Args:
         model: The (student) model.
         n: Number of intermediate losses. Defaults to `2`.
+        strict: Raise when the model has too few blocks or stages for `n`
+            pivots; with `False`, return `[]` (distil with the output loss
+            only, as `compress` and the tuner do). Defaults to `True`.
 
     Returns:
         Layer (or operation) names, in depth order.
 
     Raises:
-        InvalidArgumentError: if n is not an integer >= 0, or the model has too
-            few blocks or stages for n distinct pivots.
+        InvalidArgumentError: if n is not an integer >= 0, or (with `strict`)
+            the model has too few blocks or stages for n distinct pivots.
 
     Example:
 
@@ -258,6 +261,8 @@ def auto_pivots(model: keras.Model, n: int = 2) -> list[str]:
         if n <= len(ends):
             positions = _closest(positions, ends)
     if positions is None or len(set(positions)) < n:
+        if not strict:
+            return []
         kind = "residual blocks" if residual else "downsampling stages (no residual)"
         raise InvalidArgumentError(
             f"Model {model.name!r} has {blocks} {kind}, too few for {n} "

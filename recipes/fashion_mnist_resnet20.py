@@ -10,8 +10,6 @@ Run: bash run.sh demo   or   python recipes/fashion_mnist_resnet20.py --help
 
 import recipe_common as common
 
-from hos_keras import data, models
-
 
 def arguments(argv=None):
     """The recipe's settings, overridden by the flags in `argv`."""
@@ -31,22 +29,7 @@ def arguments(argv=None):
 
 def main(argv=None):
     args = arguments(argv)
-    train = data.fashion_mnist(
-        "train",
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        limit=common.limit(args),
-    )
-    test = data.fashion_mnist(
-        "test", data_dir=args.data_dir, batch_size=500, limit=common.limit(args, 500)
-    )
-    model = common.baseline(
-        lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
-        train,
-        test,
-        args,
-    )
+    train, test, model = common.fashion_mnist_resnet20(args)
     return common.compress_and_report(model, train, test, args, allocation="shapiro")
 
 

@@ -32,7 +32,7 @@ import keras
 if _QUIET:  # not inherited by the processes a recipe (or a test) starts
     del os.environ["HOS_KERAS_QUIET"]
 
-from hos_keras import data, training
+from hos_keras import data, models, training
 from hos_keras.text import plural
 
 # The paper's CIFAR schedule, from the authors' code (see cifar10_resnet56.py):
@@ -342,3 +342,33 @@ def cifar(args, dataset: str, build):
     test = load("test", **kwargs)
     model = baseline(build, train, test, args)
     return compress_and_report(model, train, test, args, allocation="shapiro")
+
+
+def fashion_mnist_resnet20(args, images: int | None = None):
+    """The Fashion-MNIST recipes' data (the first `images` training images, all
+    by default; `--steps` limits further) and their ResNet-20 baseline (trained,
+    or the saved one).
+
+    Returns:
+        `(train, test, model)`.
+    """
+    steps = limit(args)
+    if images is not None:
+        steps = min(images, steps) if steps else images
+    train = data.fashion_mnist(
+        "train",
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        limit=steps,
+    )
+    test = data.fashion_mnist(
+        "test", data_dir=args.data_dir, batch_size=500, limit=limit(args, 500)
+    )
+    model = baseline(
+        lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
+        train,
+        test,
+        args,
+    )
+    return train, test, model

@@ -17,7 +17,6 @@ import os
 
 import keras_tuner
 
-from hos_keras import data, models
 from hos_keras.tuner import HOSHyperModel
 
 TUNERS = {
@@ -45,22 +44,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.baseline and not os.path.exists(args.baseline):
         args.baseline = None  # train one below
-    steps = common.limit(args)
-    train = data.fashion_mnist(
-        "train",
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        limit=min(args.limit, steps) if steps else args.limit,
-    )
-    test = data.fashion_mnist(
-        "test", data_dir=args.data_dir, batch_size=500, limit=common.limit(args, 500)
-    )
-    model = common.baseline(
-        lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
-        train,
-        test,
-        args,
-    )
+    train, test, model = common.fashion_mnist_resnet20(args, images=args.limit)
     hypermodel = HOSHyperModel(
         model,
         target_reduction=args.target,

@@ -6,7 +6,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from keras import layers
+import tiny
 
 import hos_keras
 from hos_keras import calibration
@@ -16,13 +16,7 @@ WIDTHS = {"c1": 6, "c2": 8, "c3": 6}
 
 
 def _model():
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((8, 8, 2))
-    x = inputs
-    for name, width in WIDTHS.items():
-        x = layers.Conv2D(width, 3, padding="same", activation="relu", name=name)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, layers.Dense(3, name="out")(x))
+    return tiny.chain(tuple(WIDTHS.values()), input_shape=(8, 8, 2), seed=2)
 
 
 def _data(n=24):
