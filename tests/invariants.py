@@ -26,6 +26,16 @@ def randomize_bn(model, seed=0):
     return model
 
 
+def assert_same_outputs(a, b, x, rtol=1e-5, atol=1e-6):
+    """Models `a` and `b` give the same outputs on `x` (inference mode)."""
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(a(x, training=False)),
+        keras.ops.convert_to_numpy(b(x, training=False)),
+        rtol=rtol,
+        atol=atol,
+    )
+
+
 def check_invariant(model, plan, input_shape, seed=0):
     """slim == mask on a random batch; the model untouched; costs as planned."""
     before = [w.copy() for w in model.get_weights()]

@@ -43,28 +43,25 @@ def test_chatter_is_recognised_and_nothing_else():
     assert not any(_startup.chatter(line) for line in KEPT)
 
 
-def _run(*args, env=None):
-    command = Path(sys.executable).with_name("hos-keras")
+def _subprocess(argv, env=None):
+    """Runs `argv` with `env` added to the environment."""
     return subprocess.run(
-        [str(command), *args],
+        argv,
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def _run(*args, env=None):
+    return _subprocess([str(Path(sys.executable).with_name("hos-keras")), *args], env)
 
 
 def _python(script, env=None):
-    """Runs `script` in a fresh Python with `env` added to the environment."""
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+    """Runs `script` in a fresh Python."""
+    return _subprocess([sys.executable, "-c", script], env)
 
 
 def test_hos_keras_help_and_version_are_quiet():

@@ -1,5 +1,6 @@
 """HOSHyperModel with KerasTuner: searches, budget, resume, best student, errors."""
 
+import invariants
 import keras
 import keras_tuner
 import numpy as np
@@ -76,12 +77,7 @@ def test_random_search_finds_a_student_within_budget_and_resumes(base, tmp_path)
     )
     student.save(tmp_path / "student.keras")
     reloaded = keras.models.load_model(tmp_path / "student.keras")
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(reloaded(xv)),
-        keras.ops.convert_to_numpy(student(xv)),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    invariants.assert_same_outputs(reloaded, student, xv)
 
     # Same directory, overwrite=False: finished trials are not run again.
     again = tuner(2)
@@ -356,11 +352,6 @@ def test_sparse_training_before_the_search(base):
     distiller = hypermodel.build(hp)
     assert distiller.teacher is base
     expected = hos_keras.slim_model(by_hand, distiller.hos_plan)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(distiller.student(x[:4])),
-        keras.ops.convert_to_numpy(expected(x[:4])),
-        rtol=1e-4,
-        atol=1e-5,
-    )
+    invariants.assert_same_outputs(distiller.student, expected, x[:4], 1e-4, 1e-5)
     with pytest.raises(InvalidArgumentError, match="sparse_data"):
         HOSHyperModel(base, target_reduction=0.3, sparse_epochs=1)
