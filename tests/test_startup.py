@@ -125,3 +125,9 @@ def test_importing_hos_keras_does_not_load_keras_tuner():
     )
     done = _python(script)
     assert done.returncode == 0 and done.stdout.strip() == "lazy", done.stderr
+
+
+def test_hos_keras_quiet_hides_the_startup_lines_in_a_users_script():
+    done = _python("import hos_keras\nprint('imported')", {"HOS_KERAS_QUIET": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr
+    assert not [line for line in done.stderr.splitlines() if line.strip()], done.stderr
