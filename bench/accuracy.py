@@ -46,7 +46,7 @@ import time
 
 import keras
 import numpy as np
-from finetuning import Runs, accuracy, copy, finetune, machine, sgd
+from finetuning import Runs, accuracy, copy, finetune, machine, sgd, spread
 
 import hos_keras
 from hos_keras import data, models
@@ -164,10 +164,8 @@ def approaches(args, teacher, train, test, base_accuracy, began):
                 "pruned_macs_reduction": None if plan is None else plan.macs_reduction,
                 "macs_reduction": 1 - costs[name]["macs"] / macs,
                 "params": costs[name]["params"],
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                **spread(values),
                 "compressed_mean": float(before.mean()),
-                "n": len(values),
             }
         )
     result = {
@@ -332,10 +330,8 @@ def _criteria_table(plans, runs) -> list:
                 "params": plan.params_after,
                 "plan_seconds": plans[label][1],
                 "widths": {g: len(p.keep) for g, p in plan.groups.items()},
-                "mean": float(values.mean()) if len(values) else None,
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                **spread(values),
                 "pruned_mean": float(pruned.mean()) if len(pruned) else None,
-                "n": len(values),
             }
         )
     return table
@@ -428,10 +424,8 @@ def main():
                 {
                     "criterion": criterion,
                     "auxiliary": auxiliary,
-                    "mean": float(values.mean()),
-                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                    **spread(values),
                     "pruned_mean": float(pruned.mean()),
-                    "n": len(values),
                 }
             )
     result = {

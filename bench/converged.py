@@ -39,7 +39,7 @@ import time
 
 import keras
 import numpy as np
-from finetuning import Runs, accuracy, finetune, machine, sgd
+from finetuning import Runs, accuracy, finetune, machine, sgd, spread
 
 import hos_keras
 from hos_keras import data, models, training
@@ -291,9 +291,7 @@ def summarize(runs) -> list:
                 "row": row,
                 "pruned_mean": mean("pruned_accuracy"),
                 "recalibrated_mean": mean("recalibrated_accuracy"),
-                "mean": float(values.mean()),
-                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "n": len(values),
+                **spread(values),
             }
         )
     return table

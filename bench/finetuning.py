@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import hos_keras
@@ -37,6 +38,16 @@ def accuracy(model, test) -> float:
         correct += int(tf.reduce_sum(tf.cast(tf.argmax(logits, 1) == y, tf.int32)))
         total += int(y.shape[0])
     return correct / total
+
+
+def spread(values) -> dict:
+    """Mean (None for no value), sample standard deviation (0 for one) and count."""
+    values = np.asarray(values, dtype=float)
+    return {
+        "mean": float(values.mean()) if len(values) else None,
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def copy(model):

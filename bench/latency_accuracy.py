@@ -26,12 +26,13 @@ from pathlib import Path
 import keras
 
 import hos_keras
-from hos_keras import data, latency, models
+from hos_keras import latency
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "recipes"))
 
-import recipe_common as common  # the demo's own settings
+import fashion_mnist_resnet20 as demo  # the demo's own settings
+import recipe_common as common
 
 RESULTS = Path(__file__).parent / "results" / "latency_accuracy.json"
 
@@ -47,27 +48,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="batches per epoch (smoke runs)")
     parser.add_argument("--runs", type=int, default=300, help="TFLite timing runs")
     cli = parser.parse_args()
-    args = common.parser(
-        "latency accuracy",
-        output_dir=str(ROOT / "runs" / "fashion_mnist_resnet20"),
-        epochs=3,
-        lr=0.05,
-        batch_size=128,
-        distill_epochs=1,
-        distill_lr=1e-2,
-        finetune_epochs=1,
-        finetune_lr=1e-3,
-        target=0.5,
-    ).parse_args(["--steps", str(cli.steps)] if cli.steps else [])
-    train = data.fashion_mnist("train", batch_size=args.batch_size, seed=args.seed)
-    test = data.fashion_mnist("test", batch_size=500)
-    train, test = common.limited(train, args.steps), common.limited(test, args.steps)
-    model = common.baseline(
-        lambda: models.cifar_resnet(20, num_classes=10, input_shape=(28, 28, 1)),
-        train,
-        test,
-        args,
+    args = demo.arguments(
+        ["--output-dir", str(ROOT / "runs" / "fashion_mnist_resnet20")]
+        + (["--steps", str(cli.steps)] if cli.steps else [])
     )
+    train, test, model = common.fashion_mnist_resnet20(args)  # the demo's
     load_before = os.getloadavg()
     start = time.perf_counter()
     table = latency.build_latency_model(model, "tflite")
