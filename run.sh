@@ -43,8 +43,16 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "run.sh: installing hos_keras and its dependencies into $VENV (tensorflow," \
       "keras, keras-tuner, ...; about a minute on first use)" >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    # pip's own notices (setuptools' "Editable installation" build warning,
+    # this machine's index settings) go to a log, shown in full if pip fails.
+    local log="$VENV/pip-install.log"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+      "$VENV/bin/python" -m pip install -q -e ".[test]"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      echo "run.sh: installing into $VENV failed (the output above is in $log)" >&2
+      exit 1
+    fi
+    echo "run.sh: installed (pip's output: $log)" >&2
     echo "$want" >"$stamp"
   fi
 }
