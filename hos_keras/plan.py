@@ -32,7 +32,7 @@ from hos_keras.errors import (
     check_int,
 )
 from hos_keras.profile import profile
-from hos_keras.report import table
+from hos_keras.report import statistic_cell, table
 from hos_keras.text import plural
 
 __all__ = [
@@ -256,7 +256,7 @@ class PruningPlan:
                 plan.channels,
                 len(plan.keep),
                 f"{plan.ratio:.2f}",
-                plan.statistic,
+                statistic_cell(plan.statistic),
                 f"{float(np.min(plan.scores)):.3g}",
                 f"{float(np.median(plan.scores)):.3g}",
             )

@@ -38,6 +38,12 @@ def cell(value) -> str:
     return str(value)
 
 
+def statistic_cell(value) -> str:
+    """The layer statistic T: `-` when there is none, else 4 decimals, so that a
+    column of T values lines up (0.9540 beside 0.9969)."""
+    return "-" if value is None else f"{float(value):.4f}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     """The lines of a table: the header, a rule, then one line per row.
 
@@ -394,7 +400,7 @@ class CompressionReport:
                     layer["channels"],
                     layer["kept"],
                     f"{layer['ratio']:.2f}",
-                    layer["statistic"],
+                    statistic_cell(layer["statistic"]),
                 )
                 for layer in self.layers
             ]

@@ -33,7 +33,7 @@ def _report(**changes):
         "latency_ms": {"original": {1: 2.0}, "slim": {1: 1.0}},
         "file_bytes": {"original": 5000, "slim": None},
         "layers": [
-            {"name": "c1", "channels": 8, "kept": 4, "ratio": 0.5, "statistic": 0.97}
+            {"name": "c1", "channels": 8, "kept": 4, "ratio": 0.5, "statistic": 0.95}
         ],
         "pivots": [],
         "history": {},
@@ -57,5 +57,5 @@ def test_summary_lines():
     stage = next(line for line in lines if line.startswith("after fine-tuning"))
     assert stage.split()[-2:] == ["0.8800", "0.6000"]
     layer = next(line for line in lines if line.startswith("c1 "))
-    assert layer.split() == ["c1", "8", "4", "0.50", "0.97"]
+    assert layer.split() == ["c1", "8", "4", "0.50", "0.9500"]  # T to 4 decimals
     assert "distillation" not in text  # a stage that did not run is not shown
