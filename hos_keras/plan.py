@@ -32,7 +32,7 @@ from hos_keras.errors import (
     check_int,
 )
 from hos_keras.profile import profile
-from hos_keras.report import statistic_cell, table
+from hos_keras.report import allocation_label, statistic_cell, table
 from hos_keras.text import plural
 
 __all__ = [
@@ -242,10 +242,7 @@ class PruningPlan:
             print_fn: Function called with each line. Defaults to `print`.
         """
         print_fn = print_fn or print
-        allocation = self.allocation
-        base = (self.allocation_config or {}).get("base")
-        if allocation == "target" and base:
-            allocation = f"target over {base}"
+        allocation = allocation_label(self.allocation, self.allocation_config)
         print_fn(
             f"Pruning plan for {self.model_name!r}: criterion={self.criterion}, "
             f"allocation={allocation}"

@@ -38,6 +38,13 @@ def cell(value) -> str:
     return str(value)
 
 
+def allocation_label(allocation: str, config: dict | None) -> str:
+    """An allocation's name for people: `"target over shapiro"` for a target
+    search over a base allocation, else the name itself."""
+    base = (config or {}).get("base")
+    return f"target over {base}" if allocation == "target" and base else allocation
+
+
 def statistic_cell(value) -> str:
     """The layer statistic T: `-` when there is none, else 4 decimals, so that a
     column of T values lines up (0.9540 beside 0.9969)."""
@@ -192,6 +199,12 @@ class CompressionReport:
         """The report as JSON (see `to_dict`)."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def allocation_label(self) -> str:
+        """The allocation, with the base a target searched (`allocation_label`)."""
+        return allocation_label(
+            self.allocation, self.plan.allocation_config if self.plan else None
+        )
+
     def statistic_name(self) -> str | None:
         """What the layer statistic T of `layers` is, for this allocation."""
         name = self.allocation
@@ -235,7 +248,7 @@ class CompressionReport:
         reduction = 1.0 - self.macs["slim"] / max(self.macs["original"], 1)
         axes[0].set_title(
             f"{self.model_name}: criterion {self.criterion}, allocation "
-            f"{self.allocation}, {reduction:.0%} fewer MACs"
+            f"{self.allocation_label()}, {reduction:.0%} fewer MACs"
         )
         if has_statistic:
             values = [np.nan if v is None else v for v in statistics]
@@ -323,7 +336,9 @@ class CompressionReport:
         print_fn = print_fn or print
         how = []
         if self.approach != "decompose":
-            how.append(f"criterion={self.criterion}, allocation={self.allocation}")
+            how.append(
+                f"criterion={self.criterion}, allocation={self.allocation_label()}"
+            )
         if self.decomposition is not None:
             how.append(
                 f"decomposition={self.decomposition['method']} (factor "

@@ -1,8 +1,10 @@
 """The one table printer and the compression report's summary."""
 
+import types
+
 import numpy as np
 
-from hos_keras.report import CompressionReport, table
+from hos_keras.report import CompressionReport, allocation_label, table
 
 
 def test_table_aligns_and_formats():
@@ -59,3 +61,17 @@ def test_summary_lines():
     layer = next(line for line in lines if line.startswith("c1 "))
     assert layer.split() == ["c1", "8", "4", "0.50", "0.9500"]  # T to 4 decimals
     assert "distillation" not in text  # a stage that did not run is not shown
+
+
+def test_a_target_report_names_the_allocation_it_searched():
+    plan = types.SimpleNamespace(allocation_config={"base": "shapiro"})
+    report = _report(allocation="target", plan=plan)
+    lines = []
+    report.summary(print_fn=lines.append)
+    assert (
+        lines[0] == "Compression of 'm': criterion=k34, allocation=target over shapiro"
+    )
+    assert report.statistic_name() == "Shapiro-Wilk W"
+    title = report.layers_figure().axes[0].get_title()
+    assert "allocation target over shapiro" in title
+    assert allocation_label("global", {"fraction": 0.3}) == "global"
