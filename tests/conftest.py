@@ -26,6 +26,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:.*tf.lite.Interpreter is deprecated:UserWarning"
     )
+    # KerasTuner's oracle calls threading.currentThread().getName(), which
+    # Python 3.10+ reports as deprecated; also theirs.
+    config.addinivalue_line(
+        "filterwarnings", "ignore::DeprecationWarning:keras_tuner.src.engine.oracle"
+    )
 
 
 @pytest.fixture

@@ -42,7 +42,11 @@ def _check_reload(slim, shape, tmp_path, seed):
 def test_keras_applications_family_slims_exactly(family):
     keras.utils.set_random_seed(0)
     model, shape = zoo.application(family)
-    _covered(model, shape)
+    if family == "ConvNeXtTiny":  # LayerNormalization over the channels freezes
+        with pytest.warns(UserWarning, match="normalises over channels"):
+            _covered(model, shape)
+    else:
+        _covered(model, shape)
 
 
 @pytest.mark.slow
