@@ -59,26 +59,26 @@ model.compile(
 plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.3)
 """
 
-# Runs one snippet statement by statement; writes what happened to argv[2].
+# Runs one snippet statement by statement; writes what happened to argv[2]
+# (which errors were expected is decided by the caller, from EXPECTED_ERRORS).
 DRIVER = """
 import ast, json, sys, time, traceback
 source = open(sys.argv[1]).read()
-expected = json.loads(sys.argv[3])
 namespace = {"__name__": "__main__"}
 results = []
 for node in ast.parse(source).body:
     text = ast.get_source_segment(source, node)
     start = time.perf_counter()
+    error = error_type = trace = None
     try:
         exec(compile(ast.Module([node], []), "<readme>", "exec"), namespace)
-        error = None
     except Exception as e:
-        error = type(e).__name__ + ": " + str(e).splitlines()[0] if str(e) else type(e).__name__
-        allowed = [x for x in expected if x["statement"] in text]
-        if not (allowed and type(e).__name__ == allowed[0]["error"]):
-            traceback.print_exc()
-    results.append({"line": node.lineno, "statement": text.splitlines()[0],
-                    "seconds": round(time.perf_counter() - start, 2), "error": error})
+        error_type = type(e).__name__
+        error = error_type + (": " + str(e).splitlines()[0] if str(e) else "")
+        trace = traceback.format_exc()
+    results.append({"line": node.lineno, "statement": text,
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "error": error, "error_type": error_type, "traceback": trace})
 json.dump(results, open(sys.argv[2], "w"))
 """
 
@@ -144,7 +144,7 @@ def run_python(line: int, snippet: str, scratch: str) -> dict:
     outcome = os.path.join(workdir, "outcome.json")
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, script, outcome, json.dumps(EXPECTED_ERRORS)],
+        [sys.executable, "-c", DRIVER, script, outcome],
         check=False,
         cwd=workdir,
         env=user_env(),
@@ -161,21 +161,24 @@ def run_python(line: int, snippet: str, scratch: str) -> dict:
         )
     readme_statements = [s for s in statements if s["line"] is not None]
     errors = [s for s in statements if s["error"]]
-    unexpected = [
-        s
-        for s in errors
-        if not any(
-            e["statement"] in s["statement"] and s["error"].startswith(e["error"])
-            for e in EXPECTED_ERRORS
+    for s in errors:
+        s["expected"] = next(
+            (
+                e["why"]
+                for e in EXPECTED_ERRORS
+                if e["statement"] in s["statement"] and s["error_type"] == e["error"]
+            ),
+            None,
         )
-    ]
+    unexpected = [s for s in errors if s["expected"] is None]
     stderr = sort_stderr(done.stderr)
     return {
         "kind": "python",
         "readme_line": line,
         "seconds": round(time.perf_counter() - start, 1),
         "statements": readme_statements,
-        "expected_errors": [s for s in errors if s not in unexpected],
+        "expected_errors": [s for s in errors if s["expected"] is not None],
+        "unexpected_errors": unexpected,
         "ok": done.returncode == 0 and not unexpected and not stderr["other"],
         "returncode": done.returncode,
         "stderr": stderr,
@@ -296,7 +299,11 @@ def report(result: dict) -> None:
         f"{len(result['stderr']['tensorflow_startup'])} TensorFlow startup line(s)"
     )
     for s in result.get("expected_errors", []):
-        print(f"    expected error at line {s['line']}: {s['error']}")
+        print(f"    expected error at line {s['line']} ({s['expected']}): {s['error']}")
+    for s in result.get("unexpected_errors", []):
+        print(f"    error at line {s['line']}:")
+        for text in s["traceback"].splitlines():
+            print(f"      {text}")
     for other in result["stderr"]["other"][-15:]:
         print(f"    stderr: {other}")
     sys.stdout.flush()
