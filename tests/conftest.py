@@ -1,5 +1,13 @@
 """Shared pytest configuration and fixtures."""
 
+import os
+
+# TensorFlow turns its oneDNN kernels on by itself only on some CPUs (seen on
+# Intel, not on AMD EPYC); without them, its CPU Conv2D rejects channels_first
+# inputs in eager calls ("only supports the NHWC tensor format"). The suite tests
+# channels_first models, so it asks for them everywhere, before TensorFlow loads.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 import json
 import subprocess
 import sys

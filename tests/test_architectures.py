@@ -7,10 +7,9 @@ fails here.
 """
 
 import keras
-import numpy as np
 import pytest
 import zoo
-from invariants import check_invariant, randomize_bn
+from invariants import check_invariant, check_reload, live_batchnorm
 
 import hos_keras
 
@@ -18,23 +17,12 @@ MIN_MACS_REDUCTION = 0.15
 
 
 def _covered(model, shape, seed=1, ratio=0.3):
-    randomize_bn(model)
+    live_batchnorm(model)
     plan = hos_keras.plan_pruning(
         model, criterion="random", allocation="fixed", ratio=ratio, seed=seed
     )
     assert plan.macs_reduction >= MIN_MACS_REDUCTION, plan.frozen
-    return plan, check_invariant(model, plan, shape)
-
-
-def _check_reload(slim, shape, tmp_path, seed):
-    """The slim model saves to .keras and reloads with equal outputs."""
-    path = tmp_path / "slim.keras"
-    slim.save(path)
-    loaded = keras.models.load_model(path)
-    x = np.random.default_rng(seed).normal(size=(2, *shape)).astype("float32")
-    np.testing.assert_allclose(
-        loaded(x, training=False), slim(x, training=False), rtol=1e-5, atol=1e-6
-    )
+    return plan, check_invariant(model, plan)
 
 
 @pytest.mark.slow
@@ -63,8 +51,8 @@ def test_mobilenet_v3_keras_ops_nodes_are_traced_and_reload(tmp_path):
     model, shape = zoo.application("MobileNetV3Small")
     graph = hos_keras.channel_groups(model)
     assert not hos_keras.graph.frozen_by_reason(graph.groups)
-    _, slim = _covered(model, shape)
-    _check_reload(slim, shape, tmp_path, seed=3)
+    plan, slim = _covered(model, shape)
+    check_reload(slim, model, plan, tmp_path / "slim.keras", seed=3)
 
 
 def test_convnext_freezes_only_the_layer_normalised_stream():
@@ -83,7 +71,7 @@ def test_convnext_freezes_only_the_layer_normalised_stream():
 def test_keras_hub_backbone_slims_exactly_and_reloads(family, tmp_path):
     keras.utils.set_random_seed(0)
     model, shape = zoo.hub_classifier(family)
-    _, slim = _covered(model, shape)
+    plan, slim = _covered(model, shape)
     # Functional subclasses come back as plain functional models.
     assert all(
         type(layer) in (keras.Model, keras.Sequential)
@@ -91,7 +79,7 @@ def test_keras_hub_backbone_slims_exactly_and_reloads(family, tmp_path):
         or type(layer).__name__ == "Functional"
         for layer in slim.layers
     )
-    _check_reload(slim, shape, tmp_path, seed=4)
+    check_reload(slim, model, plan, tmp_path / "slim.keras", seed=4)
 
 
 @pytest.mark.slow
@@ -104,7 +92,6 @@ def test_keras_hub_backbone_and_task_as_the_model(tmp_path):
     backbone = backbone.layers[1]
     task = ResNetImageClassifier(backbone=backbone, num_classes=10, preprocessor=None)
     for model in (backbone, task):
-        _, slim = _covered(model, shape)
+        plan, slim = _covered(model, shape)
         assert type(slim).__name__ == "Functional"
-        slim.save(tmp_path / f"{model.name}.keras")
-        keras.models.load_model(tmp_path / f"{model.name}.keras")
+        check_reload(slim, model, plan, tmp_path / f"{model.name}.keras")

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from invariants import randomize_bn
+from invariants import live_batchnorm
 from keras import layers, ops
 
 import hos_keras
@@ -173,7 +173,7 @@ def test_any_plan_of_a_random_architecture_slims_exactly(data, tmp_path_factory)
     keras.backend.clear_session()
     keras.utils.set_random_seed(data.draw(st.integers(0, 2**16), label="seed"))
     model, shape = _architecture(data)
-    randomize_bn(model)
+    live_batchnorm(model)
     before = [np.array(w) for w in model.get_weights()]
     options = data.draw(
         st.sampled_from(

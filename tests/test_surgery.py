@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from invariants import check_invariant, randomize_bn
+from invariants import check_invariant, live_batchnorm
 from keras import layers
 
 import hos_keras
@@ -45,15 +45,15 @@ CIFAR = [
     "options",
     [
         {"criterion": "k34", "allocation": "fixed", "ratio": 0.5},
-        {"criterion": "abs_k34", "allocation": "shapiro", "coefficient": 1.2},
-        {"criterion": "random", "allocation": "global", "fraction": 0.6, "seed": 3},
+        {"criterion": "abs_k34", "allocation": "shapiro", "coefficient": 2.5},
+        {"criterion": "random", "allocation": "global", "fraction": 0.4, "seed": 3},
     ],
 )
 def test_slim_equals_masked_on_cifar_networks(name, build, shape, options):
     keras.utils.set_random_seed(0)
-    model = randomize_bn(build())
+    model = live_batchnorm(build())
     plan = hos_keras.plan_pruning(model, **options)
-    check_invariant(model, plan, shape)
+    check_invariant(model, plan)
 
 
 def test_depthwise_multiplier_separable_transpose_and_dense_chain():
@@ -69,10 +69,10 @@ def test_depthwise_multiplier_separable_transpose_and_dense_chain():
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(7, activation="tanh", name="fc")(x)
     outputs = layers.Dense(3, name="out")(x)
-    model = randomize_bn(keras.Model(inputs, outputs))
+    model = live_batchnorm(keras.Model(inputs, outputs))
     plan = hos_keras.plan_pruning(model, criterion="l2", allocation="fixed", ratio=0.5)
     assert set(plan.groups) == {"c", "sep", "up", "after_up", "fc"}
-    slim = check_invariant(model, plan, (12, 12, 3))
+    slim = check_invariant(model, plan)
     assert slim.get_layer("dw").get_weights()[0].shape == (3, 3, 3, 2)
     # sep sees 3 kept x 2 (dw) = 6 channels, times its own multiplier 2.
     assert slim.get_layer("sep").get_weights()[1].shape == (1, 1, 12, 4)
@@ -87,13 +87,13 @@ def test_sequential_stays_sequential():
         ]
     )
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.25)
-    slim = check_invariant(model, plan, (10,))
+    slim = check_invariant(model, plan)
     assert isinstance(slim, keras.Sequential)
     assert slim.get_layer("h").units == 9
 
 
 def test_slim_model_saves_and_loads_without_custom_objects(tmp_path):
-    model = randomize_bn(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
+    model = live_batchnorm(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
     plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.5)
     slim = hos_keras.slim_model(model, plan)
     path = tmp_path / "slim.keras"
@@ -144,7 +144,7 @@ def _coupled_model():
     x = layers.Flatten()(x)  # 4x4x4: each channel -> 16 strided rows
     x = layers.Dense(8, activation="relu", name="fc")(x)
     outputs = layers.Dense(3, name="out")(x)
-    return randomize_bn(keras.Model(inputs, outputs))
+    return live_batchnorm(keras.Model(inputs, outputs))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -158,7 +158,7 @@ def test_coupled_groups_slim_equals_masked(seed):
     plan = hos_keras.plan_pruning(
         model, criterion="random", allocation="fixed", ratio=0.5, seed=seed
     )
-    slim = check_invariant(model, plan, (10, 10, 3), seed=seed)
+    slim = check_invariant(model, plan, seed=seed)
     assert slim.get_layer("se_reshape").target_shape == (1, 1, 3)
     # mix keeps 2 of 4 channels (16 rows each); fc itself keeps 4 of 8 units.
     assert slim.get_layer("fc").get_weights()[0].shape == (16 * 2, 4)
@@ -185,10 +185,10 @@ def test_channels_first_model():
     x = layers.Conv2D(4, 3, data_format="channels_first", name="c")(x)
     x = layers.GlobalAveragePooling2D(data_format="channels_first")(x)
     outputs = layers.Dense(2, name="out")(x)
-    model = randomize_bn(keras.Model(inputs, outputs))
+    model = live_batchnorm(keras.Model(inputs, outputs))
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
     assert {"a", "c"} <= set(plan.groups)
-    check_invariant(model, plan, (3, 10, 10))
+    check_invariant(model, plan)
 
 
 def test_mixed_float16_model():
@@ -214,7 +214,7 @@ def test_mixed_float16_model():
 def test_savedmodel_export_and_tflite_are_smaller(tmp_path):
     import tensorflow as tf
 
-    model = randomize_bn(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
+    model = live_batchnorm(hos_keras.models.resnet20(input_shape=(16, 16, 3)))
     plan = hos_keras.plan_pruning(model, allocation="target", macs_reduction=0.5)
     slim = hos_keras.slim_model(model, plan)
 
@@ -262,7 +262,7 @@ def test_nested_model_transfer_learning_head():
     r = layers.Conv2D(8, 3, padding="same", name="conv_b")(b)
     b = layers.Add()([b, r])
     b = layers.Conv2D(6, 3, name="conv_c")(b)
-    base = randomize_bn(keras.Model(base_in, b, name="base"))
+    base = live_batchnorm(keras.Model(base_in, b, name="base"))
     inputs = keras.Input((12, 12, 3))
     x = base(inputs)
     x = layers.Conv2D(5, 1, name="adapter")(x)
@@ -274,7 +274,7 @@ def test_nested_model_transfer_learning_head():
     assert {"base/conv_a", "base/conv_c", "adapter"} <= names
     assert "adapter" in graph.group("base/conv_c").members
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
-    slim = check_invariant(model, plan, (12, 12, 3))
+    slim = check_invariant(model, plan)
     assert slim.get_layer("base").get_layer("conv_c").filters == 3
 
 
@@ -287,13 +287,13 @@ def test_grouped_convolution():
     x = layers.Conv2D(6, 3, padding="same", groups=2, name="grouped2")(x)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(2, name="out")(x)
-    model = randomize_bn(keras.Model(inputs, outputs))
+    model = live_batchnorm(keras.Model(inputs, outputs))
     graph = hos_keras.channel_groups(model)
     assert graph.group("before").channels == 3  # 12 inputs in 4 groups of 3
     plan = hos_keras.plan_pruning(
         model, criterion="random", allocation="fixed", ratio=0.5, seed=0
     )
-    slim = check_invariant(model, plan, (8, 8, 3))
+    slim = check_invariant(model, plan)
     grouped = slim.get_layer("grouped")
     assert grouped.groups == 4 and grouped.filters % 4 == 0
     assert slim.get_layer("before").filters % 4 == 0
@@ -322,7 +322,7 @@ def test_flatten_channels_first_and_traced_subclassed_nested_model():
     assert graph.group("to_sub").members == ("to_sub", "sub/d")
     assert graph.group("cf").prunable and "fc" in graph.group("cf").members
     plan = hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.5)
-    slim = check_invariant(model, plan, (3, 6, 6))
+    slim = check_invariant(model, plan)
     # It comes back as a plain functional model of its layers.
     inner = slim.get_layer("sub")
     assert type(inner) is keras.Model or type(inner).__name__ == "Functional"
