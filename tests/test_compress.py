@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from invariants import assert_same_outputs
 from keras import layers
 
 import hos_keras
@@ -129,12 +130,7 @@ def test_input_model_is_untouched(resnet_run):
 def test_output_dir_holds_a_loadable_model_plan_and_report(resnet_run):
     _, _, _, (x, _), out, slim, report = resnet_run
     loaded = keras.models.load_model(out / "slim.keras")
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(loaded(x[:8])),
-        keras.ops.convert_to_numpy(slim(x[:8])),
-        rtol=1e-5,
-        atol=1e-5,
-    )
+    assert_same_outputs(slim, loaded, x[:8])
     plan = hos_keras.PruningPlan.from_json((out / "plan.json").read_text())
     assert plan == report.plan
     saved = json.loads((out / "report.json").read_text())
@@ -412,7 +408,7 @@ def test_decomposing_approaches_run_end_to_end(approach, tmp_path):
     assert report.macs["slim"] < hos_keras.profile(pruned)["macs"]
     # The files: a model that loads without custom objects, and the report.
     loaded = keras.models.load_model(tmp_path / "slim.keras")
-    np.testing.assert_allclose(loaded(val[0][:4]), slim(val[0][:4]), atol=1e-5)
+    assert_same_outputs(slim, loaded, val[0][:4])
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["approach"] == approach and saved["decomposition"]["layers"]
     assert (tmp_path / "plan.json").exists() == (approach == "prune+decompose")

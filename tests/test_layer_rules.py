@@ -6,7 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from invariants import check_invariant, live_batchnorm
+from invariants import check_invariant, check_reload, live_batchnorm
 from keras import layers, ops
 
 import hos_keras
@@ -63,11 +63,7 @@ def test_custom_layer_is_frozen_until_registered_then_pruned_exactly(tmp_path):
             slim.get_layer("scale").scale.numpy(),
             np.linspace(0.5, 2.0, 8, dtype="float32")[kept],
         )
-        path = tmp_path / "slim.keras"
-        slim.save(path)
-        loaded = keras.models.load_model(path)
-        x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
-        np.testing.assert_allclose(loaded(x), slim(x), rtol=1e-6)
+        check_reload(slim, model, plan, tmp_path / "slim.keras")
     finally:
         layer_rules._RULES.pop(ChannelScale, None)
 
