@@ -126,24 +126,60 @@ def test_latency_target_prunes_where_time_goes(monkeypatch):
     assert hos_keras.PruningPlan.from_json(plan.to_json()) == plan
 
 
+def _hand_latency_reduction(plan, coef, base_ms):
+    """The latency reduction `_table(coef, base_ms)` predicts for a plan of `_cnn`,
+    computed by hand: each layer's `a + b c_in c_out + c c_in + d c_out` at the
+    widths the plan keeps, against the same at full widths."""
+    kept = {n: len(g.keep) for n, g in plan.groups.items()}
+    k1, k2, k3 = (kept.get(n, w) for n, w in (("c1", 8), ("c2", 16), ("c3", 12)))
+
+    def ms(widths):
+        return sum(
+            a + b * ci * co + c * ci + d * co
+            for (a, b, c, d), (ci, co) in zip(
+                (coef[n] for n in ("c1", "c2", "c3", "out")), widths, strict=True
+            )
+        )
+
+    full = ms([(3, 8), (8, 16), (16, 12), (12, 4)])
+    slim = ms([(3, k1), (k1, k2), (k2, k3), (k3, 4)])
+    return (full - slim) / base_ms
+
+
 @pytest.mark.parametrize("base", ["shapiro", "global"])
 def test_latency_target_search_is_minimal_for_every_base(base):
+    """The plan meets the target by the hand-computed prediction, and the base
+    allocation's next setting towards less pruning does not: no over-pruning."""
     model = _cnn()
     coef = {name: (0.1, 0.002, 0.01, 0.02) for name in ("c1", "c2", "c3", "out")}
-    table = _table(coef, base_ms=2.0)
+    target = 0.2
     plan = hos_keras.plan_pruning(
         model,
         criterion="l1",
         allocation="target",
         base=base,
-        latency_reduction=0.1,
-        latency_model=table,
+        latency_reduction=target,
+        latency_model=_table(coef, base_ms=2.0),
         verify_latency=False,
     )
     assert "measured_slim_ms" not in plan.details["latency"]
-    achieved = 1 - plan.details["latency"]["predicted_ms"] / 2.0
-    assert achieved >= 0.1
+    achieved = _hand_latency_reduction(plan, coef, 2.0)
+    assert achieved >= target
     assert plan.details["predicted_latency_reduction"] == pytest.approx(achieved)
+    # One step less pruning misses: the least pruning that reaches the target.
+    if base == "shapiro":  # larger coefficients prune less
+        coefficient = plan.details["coefficient"]
+        assert coefficient < 1e3, "the search ended on its bound: pick another target"
+        less = {"coefficient": coefficient * (1 + 1e-6)}
+    else:
+        total = sum(g.channels for g in plan.groups.values())
+        removed = round(plan.details["fraction"] * total)
+        less = {"fraction": (removed - 1) / total}
+    lighter = hos_keras.plan_pruning(model, criterion="l1", allocation=base, **less)
+    assert sum(len(g.keep) for g in lighter.groups.values()) > sum(
+        len(g.keep) for g in plan.groups.values()
+    )
+    assert _hand_latency_reduction(lighter, coef, 2.0) < target
 
 
 def test_unreachable_latency_target_says_what_is_reachable():
