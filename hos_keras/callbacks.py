@@ -20,14 +20,13 @@ import dataclasses
 import inspect
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import graph, sparsity, surgery
+from hos_keras import files, graph, sparsity, surgery
 from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
@@ -60,17 +59,9 @@ def _writable_directory(path: str) -> str:
 
 
 def _write_atomically(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
-    directory = _writable_directory(path)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".plan-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Writes `text` to `path` whole or not at all (`hos_keras.files`)."""
+    _writable_directory(path)
+    files.write_text(path, text)
 
 
 def _per_step(key: str, value) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 
 import hos_keras
 from hos_keras import allocation as allocation_lib
-from hos_keras import criteria, export
+from hos_keras import criteria, export, files
 from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError, directory_problem
 from hos_keras.plan import PruningPlan, plan_pruning
@@ -313,11 +313,10 @@ def _cmd_prune(args) -> None:
             f"{latency['measured_speedup']:.2f}x (predicted "
             f"{latency['predicted_speedup']:.2f}x)"
         )
-    slim.save(args.out)
+    files.save_model(slim, args.out)
     print(f"slim model written to {args.out} ({os.path.getsize(args.out):,} bytes)")
     if args.plan:
-        with open(args.plan, "w", encoding="utf-8") as stream:
-            stream.write(plan.to_json(indent=1))
+        files.write_text(args.plan, plan.to_json(indent=1))
         print(f"plan written to {args.plan}")
 
 
@@ -351,7 +350,7 @@ def _cmd_decompose(args) -> None:
         f" -> {report.params['decomposed']:,}, MACs {report.macs['original']:,} -> "
         f"{report.macs['decomposed']:,}"
     )
-    small.save(args.out)
+    files.save_model(small, args.out)
     print(f"decomposed model written to {args.out}")
 
 
@@ -368,8 +367,7 @@ def _cmd_export(args) -> None:
         print(f"SavedModel written to {args.saved_model}")
     if args.tflite:
         flat = export.to_tflite(model)
-        with open(args.tflite, "wb") as stream:
-            stream.write(flat)
+        files.write_bytes(args.tflite, flat)
         gap = _tflite_gap(flat, model)
         print(
             f"TFLite model written to {args.tflite} ({len(flat):,} bytes); "

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import keras
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, graph, surgery, training
+from hos_keras import distill, files, graph, surgery, training
 from hos_keras import latency as latency_lib
 from hos_keras import report as report_lib
 from hos_keras import sparsity as sparsity_lib
@@ -460,11 +460,9 @@ def compress(
         decomposition=decomposition,
     )
     if output_dir is not None and plan is not None:
-        with open(os.path.join(output_dir, "plan.json"), "w", encoding="utf-8") as f:
-            f.write(plan.to_json())
+        files.write_text(os.path.join(output_dir, "plan.json"), plan.to_json())
     if output_dir is not None:
-        with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as f:
-            f.write(report.to_json())
+        files.write_text(os.path.join(output_dir, "report.json"), report.to_json())
     if verbose:
         report.summary()
     return student, report

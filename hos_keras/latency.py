@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import _startup, export, graph, layer_rules
+from hos_keras import _startup, export, files, graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = [
@@ -381,8 +380,9 @@ class LatencyModel:
             return cls(**data)
         except (ValueError, KeyError, TypeError) as error:
             raise InvalidArgumentError(
-                f"Cannot read the latency model: {error}. Delete the cache file to "
-                "rebuild it."
+                f"Cannot read the latency model: {error}. Pass the text "
+                "LatencyModel.to_json wrote (a cache file that fails to read is "
+                "rebuilt by build_latency_model)."
             ) from None
 
 
@@ -428,8 +428,9 @@ def measure_tile(
         f"tile|{runtime}|{threads}|{batch_size}|{_machine()}|{_VERSION}".encode()
     ).hexdigest()[:24]
     path = Path(cache_dir or default_cache_dir()) / f"tile-{key}.json"
-    if path.exists():
-        return int(json.loads(path.read_text())["tile"])
+    cached = _read_cache(path, lambda text: int(json.loads(text)["tile"]))
+    if cached is not None:
+        return cached
     widths = np.arange(1, 49)
     models = []
     for c in widths:
@@ -443,8 +444,26 @@ def measure_tile(
         errors[tile] = float(residual[0]) if len(residual) else 0.0
     best = min(_TILES, key=lambda t: (errors[t], -t))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"tile": best, "errors": errors}))
+    files.write_text(path, json.dumps({"tile": best, "errors": errors}))
     return best
+
+
+def _read_cache(path: Path, parse: Callable[[str], Any]) -> Any:
+    """`parse(text of path)`, or `None` when the file is missing; an unreadable
+    file (truncated, corrupted, another version) is reported with a warning that
+    names it and rebuilt by the caller."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return parse(text)
+    except (ValueError, KeyError, TypeError, InvalidArgumentError) as error:
+        warnings.warn(
+            f"The latency cache file {path} is unreadable ({error}); rebuilding it.",
+            stacklevel=3,
+        )
+        return None
 
 
 def default_cache_dir() -> Path:
@@ -556,8 +575,9 @@ def build_latency_model(
     runs = check_int("runs", runs)
     key = _key(model, runtime, batch_size, threads)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.json"
-    if path.exists():
-        return LatencyModel.from_json(path.read_text())
+    cached = _read_cache(path, LatencyModel.from_json)
+    if cached is not None:
+        return cached
     start = time.perf_counter()
     tile = measure_tile(
         runtime, threads=threads, batch_size=batch_size, cache_dir=cache_dir
@@ -650,9 +670,7 @@ def build_latency_model(
         _calibrate(result, model, channel_graph, runs)
     result.build_seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
-        handle.write(result.to_json())
-    os.replace(handle.name, path)
+    files.write_text(path, result.to_json())
     return result
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import keras
 import numpy as np
 
+from hos_keras import files
 from hos_keras.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -434,7 +435,8 @@ def _pyplot():
 
 
 def _save(figure, path: str) -> None:
-    figure.savefig(path, dpi=110)
+    with files.atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     _pyplot().close(figure)
 
 

@@ -32,7 +32,7 @@ import keras
 if _QUIET:  # not inherited by the processes a recipe (or a test) starts
     del os.environ["HOS_KERAS_QUIET"]
 
-from hos_keras import data, models, training
+from hos_keras import data, files, models, training
 from hos_keras.text import plural
 
 # The paper's CIFAR schedule, from the authors' code (see cifar10_resnet56.py):
@@ -235,7 +235,7 @@ def baseline(build, train, val, args) -> keras.Model:
         verbose=progress(),
         shuffle=False,
     )
-    model.save(path)
+    files.save_model(model, path)
     return model
 
 

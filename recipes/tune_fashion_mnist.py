@@ -17,6 +17,7 @@ import os
 
 import keras_tuner
 
+from hos_keras import files
 from hos_keras.tuner import HOSHyperModel
 
 TUNERS = {
@@ -101,9 +102,10 @@ def main(argv=None):
         )
     student = hypermodel.best_student(tuner)
     path = os.path.join(args.output_dir, "best_student.keras")
-    student.save(path)
-    with open(os.path.join(args.output_dir, "trials.json"), "w") as stream:
-        json.dump(rows, stream, indent=1)
+    files.save_model(student, path)
+    files.write_text(
+        os.path.join(args.output_dir, "trials.json"), json.dumps(rows, indent=1)
+    )
     print(f"best student saved to {path}; all trials in trials.json")
     return student, rows
 

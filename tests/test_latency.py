@@ -220,7 +220,7 @@ def test_latency_model_json_and_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(latency, "_time_models", no_timing)
     assert latency.build_latency_model(model, cache_dir=tmp_path) == table
-    with pytest.raises(InvalidArgumentError, match="Delete the cache file"):
+    with pytest.raises(InvalidArgumentError, match="Pass the text LatencyModel.to_json"):
         latency.LatencyModel.from_json(json.dumps({"format": "other"}))
 
 
