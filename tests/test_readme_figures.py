@@ -77,8 +77,8 @@ def holds(values: list[float], figure: Figure) -> bool:
 
 
 def tables(lines: list[str]):
-    """(first line number, data rows as (line number, text), line below) of
-    every table outside fenced code."""
+    """(first line number, data rows as (line number, text), the paragraph
+    below it) of every table outside fenced code."""
     fenced, i = False, 0
     while i < len(lines):
         if lines[i].lstrip().startswith("```"):
