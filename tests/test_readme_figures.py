@@ -106,9 +106,9 @@ def tables(lines: list[str]):
         i += 1
 
 
-def untraced(document: Path) -> list[str]:
+def untraced(document: Path, root: Path = ROOT) -> list[str]:
     """What is wrong with the document's tables, one message per problem."""
-    name = document.relative_to(ROOT)
+    name = document.relative_to(root)
     problems = []
     for start, rows, below in tables(document.read_text().splitlines()):
         numbered = [(line, figures(text)) for line, text in rows]
@@ -122,14 +122,14 @@ def untraced(document: Path) -> list[str]:
             )
             continue
         sources = SOURCE.findall(below)
-        missing = [source for source in sources if not (ROOT / source).is_file()]
+        missing = [source for source in sources if not (root / source).is_file()]
         if not sources or missing:
             problems.append(
                 f"{name} line {start}: the Source line names no existing results "
                 f"file ({', '.join(missing) or 'none named'})"
             )
             continue
-        values = [value for source in sources for value in stored_values(ROOT / source)]
+        values = [value for source in sources for value in stored_values(root / source)]
         for line, found in numbered:
             for figure in found:
                 if not holds(values, figure):
@@ -146,6 +146,35 @@ def untraced(document: Path) -> list[str]:
 def test_every_table_figure_is_in_its_results_file(document):
     problems = untraced(document)
     assert not problems, "\n".join(problems)
+
+
+def test_the_messages_name_the_line_the_figure_and_the_file(tmp_path):
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "x.json").write_text('{"accuracy": 0.90521}')
+    document = tmp_path / "README.md"
+    document.write_text(
+        "| run | accuracy |\n|---|---|\n| demo | 0.9068 |\n| again | 0.9052 |\n\n"
+        "Source: `bench/results/x.json`.\n\n"
+        "| run | accuracy |\n|---|---|\n| demo | 0.9052 |\n\nNo source.\n\n"
+        "| recipe | epochs |\n|---|---|\n| demo | 3 |\n\n"
+        "Not measured: the recipes' settings.\n\n"
+        "| run | accuracy |\n|---|---|\n| demo | 0.9052 |\n\n"
+        "Source: `bench/results/y.json`.\n"
+    )
+    unsourced = (
+        "README.md line 8: a table of figures without a 'Source: "
+        "bench/results/....json' line below it (or 'Not measured: ...' for a table "
+        "of settings)"
+    )
+    missing = (
+        "README.md line 20: the Source line names no existing results file "
+        "(bench/results/y.json)"
+    )
+    assert untraced(document, tmp_path) == [
+        "README.md line 3: 0.9068 not found in bench/results/x.json",
+        unsourced,
+        missing,
+    ]
 
 
 def test_the_readme_tables_are_found():
