@@ -1,10 +1,19 @@
-"""HOSDistiller: losses against a hand computation, frozen teacher, logs, errors."""
+"""HOSDistiller: losses against a hand computation, frozen teacher, logs, errors.
+
+The expected losses are computed in numpy from the models' own features (read
+through `keras.Model` probes over the same graphs) and the definitions the
+distiller documents: the task loss at full weight, `output_weight` times the mean
+squared error of the outputs (softmax probabilities or logits), and gamma_k times
+the mean squared error at pivot k against the teacher's features at the plan's
+kept channels.
+"""
 
 import functools
 
 import keras
 import numpy as np
 import pytest
+import tiny
 from keras import layers
 
 import hos_keras
@@ -32,6 +41,66 @@ def _softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _cross_entropy(logits, labels):
+    """Mean sparse categorical cross-entropy of logits, in numpy."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -np.mean(log_p[np.arange(len(labels)), labels])
+
+
+def _probe(model, names, x, training):
+    """The model's output and the outputs of the named layers or keras.ops
+    operations on `x`, as float64 numpy arrays.
+
+    With `training=True` the BatchNormalization layers normalise with the batch
+    statistics (and update their moving statistics, which inference-mode outputs
+    read: probe in training mode after the inference-mode checks)."""
+    by_name = {op.name: op for op in model.operations}
+    outputs = [model.outputs[0], *(by_name[name].output for name in names)]
+    probe = keras.Model(model.input, outputs)
+    return [
+        np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)
+        for t in probe(x, training=training)
+    ]
+
+
+def _hand_terms(student, teacher, x, y, pivots, keeps, output_loss, training):
+    """The distiller's unweighted terms, `{log name: value}`, computed in numpy.
+
+    task_loss: the mean cross-entropy of the student's logits. output_mse: the
+    mean over samples and classes of the squared difference between the
+    student's and the teacher's softmax probabilities ("softmax_mse") or logits
+    ("logits_mse"). mse_<pivot>: the mean over every element of the squared
+    difference between the student's features and the teacher's channels
+    `keeps[k]` (numpy indexing on the last axis; None for all of them). The
+    teacher runs in inference mode, the student in the mode `training` says.
+    """
+    s_out, *s_feats = _probe(student, pivots, x, training)
+    t_out, *t_feats = _probe(teacher, pivots, x, False)
+    terms = {"task_loss": _cross_entropy(s_out, y)}
+    if output_loss == "softmax_mse":
+        s_out, t_out = _softmax(s_out), _softmax(t_out)
+    terms["output_mse"] = np.mean((s_out - t_out) ** 2)
+    for pivot, keep, s_feat, t_feat in zip(
+        pivots, keeps, s_feats, t_feats, strict=True
+    ):
+        gathered = t_feat if keep is None else t_feat[..., keep]
+        terms[f"mse_{pivot}"] = np.mean((s_feat - gathered) ** 2)
+    return terms
+
+
+def _assert_logs(logs, expected):
+    """`logs` has exactly the keys of `expected`, each value within 1e-5."""
+    assert set(logs) == set(expected)
+    for key, value in expected.items():
+        assert logs[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+def _first_step(history):
+    """The logs of a one-step `fit` as `{name: value}`."""
+    return {key: values[0] for key, values in history.history.items()}
+
+
 @pytest.fixture()
 def pair():
     teacher = _teacher()
@@ -41,51 +110,83 @@ def pair():
     return teacher, plan, hos_keras.slim_model(teacher, plan)
 
 
+@pytest.fixture()
+def cnn_pair():
+    """tiny.cnn as the teacher, its logits scaled up tenfold so that the softmax
+    outputs of teacher and student differ visibly; half of every conv's filters
+    pruned by L1 norm."""
+    teacher = tiny.cnn()
+    logits = teacher.get_layer("logits")
+    logits.kernel.assign(10.0 * logits.kernel)
+    plan = hos_keras.plan_pruning(
+        teacher, criterion="l1", allocation="fixed", ratio=0.5
+    )
+    return teacher, plan, hos_keras.slim_model(teacher, plan)
+
+
+@pytest.mark.parametrize("task_weight", [1.0, 0.0])
 @pytest.mark.parametrize("output_loss", ["softmax_mse", "logits_mse"])
-def test_losses_match_a_hand_computation(pair, output_loss):
-    teacher, plan, student = pair
+def test_total_and_every_term_match_a_hand_computation(
+    cnn_pair, output_loss, task_weight
+):
+    """Every logged term and the total of `evaluate` (student in inference mode)
+    and of a one-step `fit` (student in training mode, values from before the
+    update) equal the numpy computation of `_hand_terms` with the weights
+    written out: task_weight * task + 3 * output + 0.25 * pivot 1 + 1 * pivot 2.
+
+    The pivots are the two downsampling stages of tiny.cnn ("pool" after c2,
+    "c3"), so decay 2 gives gamma = (1/2)**2 and (2/2)**2. Both pivots carry
+    an error (c1 lost filters, so even the first stage differs), the errors
+    differ, and the kept channels are not the leading ones: dropping or swapping
+    the gammas, dropping the output weight or the task loss, averaging the
+    terms, comparing logits instead of probabilities (or the reverse), running
+    the student in the wrong mode or gathering the wrong teacher channels each
+    moves a term or the total far outside the tolerance. The task loss is
+    switched off with Keras' `loss_weights=0.0`.
+    """
+    teacher, plan, student = cnn_pair
+    pivots = ["pool", "c3"]
+    keeps = [plan["c2"].keep, plan["c3"].keep]
+    for keep in keeps:
+        assert not np.array_equal(keep, np.arange(len(keep)))
     distiller = hos_keras.HOSDistiller(
         student,
         teacher,
         plan=plan,
-        pivots=["r", "r2"],
+        pivots=pivots,
         output_loss=output_loss,
-        output_weight=0.7,
-        decay=3.0,
+        output_weight=3.0,
+        decay=2.0,
     )
+    assert distiller.gammas == pytest.approx([0.25, 1.0])
     distiller.compile(
-        optimizer=keras.optimizers.SGD(0.0),
+        optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss_weights=task_weight,
     )
-    x, y = _data()
-    logs = distiller.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    x, y = tiny.images(8, (10, 10, 3), classes=10)
 
-    def features(model, name):
-        return keras.ops.convert_to_numpy(
-            keras.Model(model.input, model.get_layer(name).output)(x)
+    def expected(training):
+        terms = _hand_terms(
+            student, teacher, x, y, pivots, keeps, output_loss, training
         )
+        terms["task_loss"] *= task_weight
+        parts = [
+            3.0 * terms["output_mse"],
+            0.25 * terms["mse_pool"],
+            1.0 * terms["mse_c3"],
+        ]
+        terms["loss"] = terms["task_loss"] + sum(parts)
+        # Power: every weighted term moves the total, the pivot errors differ.
+        assert min(parts) > 1e-3 * terms["loss"]
+        assert not np.isclose(terms["mse_pool"], terms["mse_c3"], rtol=0.2)
+        return terms
 
-    s_out = keras.ops.convert_to_numpy(student(x))
-    t_out = keras.ops.convert_to_numpy(teacher(x))
-    task = -np.mean(np.log(_softmax(s_out)[np.arange(len(y)), y]))
-    if output_loss == "softmax_mse":
-        out_mse = np.mean((_softmax(s_out) - _softmax(t_out)) ** 2)
-    else:
-        out_mse = np.mean((s_out - t_out) ** 2)
-    keep_h = plan["h"].keep
-    keep_h2 = plan["h2"].keep
-    mse_r = np.mean((features(student, "r") - features(teacher, "r")[:, keep_h]) ** 2)
-    mse_r2 = np.mean(
-        (features(student, "r2") - features(teacher, "r2")[:, keep_h2]) ** 2
-    )
-    gammas = [max(0.01, (1 / 2) ** 3), 1.0]
-    total = task + 0.7 * out_mse + gammas[0] * mse_r + gammas[1] * mse_r2
-    assert logs["task_loss"] == pytest.approx(task, rel=1e-5)
-    assert logs["output_mse"] == pytest.approx(out_mse, rel=1e-5)
-    assert logs["mse_r"] == pytest.approx(mse_r, rel=1e-5)
-    assert logs["mse_r2"] == pytest.approx(mse_r2, rel=1e-5)
-    assert logs["loss"] == pytest.approx(total, rel=1e-5)
-    assert distiller.gammas == pytest.approx(gammas)
+    logs = distiller.evaluate(x, y, batch_size=len(x), return_dict=True, verbose=0)
+    _assert_logs(logs, expected(training=False))
+    want = expected(training=True)
+    history = distiller.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    _assert_logs(_first_step(history), want)
 
 
 def test_without_pivots_the_loss_is_task_plus_output_term(pair):
