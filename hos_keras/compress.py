@@ -274,6 +274,8 @@ def compress(
         loss = getattr(
             model, "loss", None
         ) or keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    training.check_labels(model, train_data, loss, "train_data")
+    training.check_labels(model, val_data, loss, "val_data")
     metrics = list(metrics)
     plan = None
     pruned_from = model  # the model the plan is made for and slimmed

@@ -38,7 +38,7 @@ from keras.src.ops import numpy as numpy_ops
 from hos_keras import graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan import PruningPlan
-from hos_keras.training import check_inputs
+from hos_keras.training import check_inputs, check_labels
 
 __all__ = ["HOSDistiller", "auto_pivots", "fit_distributed", "pivot_weights"]
 
@@ -646,8 +646,13 @@ class HOSDistiller(keras.Model):
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
         """Keras `fit`, after checking `x` and `validation_data` against the
         student's inputs (`hos_keras.training.check_inputs`)."""
-        check_inputs(self.student, x if y is None else (x, y), "x")
+        data = x if y is None else (x, y)
+        check_inputs(self.student, data, "x")
         check_inputs(self.student, validation_data, "validation_data")
+        task_loss = getattr(self, "loss", None)
+        if task_loss is not None:
+            check_labels(self.student, data, task_loss, "x")
+            check_labels(self.student, validation_data, task_loss, "validation_data")
         if isinstance(x, tf.data.Dataset | keras.utils.PyDataset):
             kwargs.setdefault("shuffle", False)  # Keras ignores it, with a warning
         return super().fit(x, y, *args, validation_data=validation_data, **kwargs)

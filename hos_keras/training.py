@@ -144,6 +144,102 @@ def check_inputs(model: keras.Model, data, name: str = "data") -> None:
             )
 
 
+def _first_labels(data):
+    """The labels of `data` as a numpy array and the number of examples they
+    belong to (arrays: all of them; datasets: the first batch), or `None` when
+    `data` holds no labels in a form read here."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            return None
+        batch = next(iter(data.take(1)), None)
+        if batch is None:
+            return None
+        x, y = batch[0], batch[1]
+    elif isinstance(data, (tuple, list)) and len(data) >= 2:
+        x, y = data[0], data[1]
+    else:
+        return None
+    if y is None or isinstance(y, dict) or not hasattr(y, "shape"):
+        return None
+    first = keras.tree.flatten(x)[0]
+    if not hasattr(first, "shape"):
+        return None
+    return np.asarray(y), int(first.shape[0])
+
+
+def _is_sparse(loss) -> bool:
+    """Whether `loss` takes integer class labels (Keras' sparse categorical
+    losses, by object or by name)."""
+    if isinstance(loss, str):
+        return loss.startswith("sparse_categorical")
+    return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
+        getattr(loss, "__name__", "").startswith("sparse_categorical")
+    )
+
+
+def check_labels(model: keras.Model, data, loss, name: str = "data") -> None:
+    """Raises if the labels of `data` cannot train or evaluate `model` with
+    `loss`, before any backend meets them.
+
+    For a sparse categorical loss (hos_keras' default), the labels must be one
+    integer class per example within `[0, classes)`, where `classes` is the
+    width of the model's output; one-hot rows are refused with the fix. For any
+    loss, arrays must hold as many labels as examples. Datasets are checked on
+    their first batch; other kinds of data, and models with several outputs, are
+    left to Keras.
+
+    Args:
+        model: A built model with one output.
+        data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches.
+        loss: The loss the labels will meet (a Keras loss object or name).
+        name: The argument's name in the message.
+
+    Raises:
+        InvalidArgumentError: naming `name`, what the labels hold, and the fix.
+    """
+    if data is None or len(getattr(model, "outputs", None) or ()) != 1:
+        return
+    found = _first_labels(data)
+    if found is None:
+        return
+    y, examples = found
+    if y.ndim == 0 or y.shape[0] != examples:
+        raise InvalidArgumentError(
+            f"{name} holds {examples} example(s) but {0 if y.ndim == 0 else y.shape[0]}"
+            " label(s); pass one label per example."
+        )
+    if not _is_sparse(loss):
+        return
+    classes = model.outputs[0].shape[-1]
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise InvalidArgumentError(
+            f"{name} holds one-hot labels of shape {tuple(y.shape)} but the loss "
+            f"({getattr(loss, 'name', loss)}) takes integer class labels: pass "
+            "y.argmax(axis=-1), or loss=keras.losses.CategoricalCrossentropy(...)."
+        )
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+        raise InvalidArgumentError(
+            f"{name} holds labels of shape {tuple(y.shape)}; the loss takes one "
+            "integer class per example (shape (n,) or (n, 1))."
+        )
+    if y.size and not np.all(np.isfinite(y.astype(np.float64))):
+        raise InvalidArgumentError(f"{name} holds labels that are NaN or infinite.")
+    if y.size and np.any(y.astype(np.float64) != np.round(y.astype(np.float64))):
+        raise InvalidArgumentError(
+            f"{name} holds non-integer labels (e.g. {y.ravel()[0]!r}); the loss "
+            "takes integer class indices."
+        )
+    if y.size and classes is not None:
+        low, high = int(np.min(y)), int(np.max(y))
+        if low < 0 or high >= classes:
+            raise InvalidArgumentError(
+                f"{name} holds labels from {low} to {high} but model {model.name!r} "
+                f"outputs {classes} classes (0 to {classes - 1}): map the labels to "
+                "0..classes-1, or give the model a head with as many classes."
+            )
+
+
 class _NoRetracingNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "triggered tf.function retracing" not in record.getMessage()

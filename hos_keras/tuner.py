@@ -29,7 +29,7 @@ from hos_keras.plan import PruningPlan, plan_pruning
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.surgery import slim_model
-from hos_keras.training import check_inputs, many_models
+from hos_keras.training import check_inputs, check_labels, many_models
 
 __all__ = ["OBJECTIVE", "HOSHyperModel"]
 
@@ -455,6 +455,8 @@ class HOSHyperModel(keras_tuner.HyperModel):
         y = args[1] if len(args) > 1 else kwargs.get("y")
         check_inputs(self.base_model, x if y is None else (x, y), "x")
         check_inputs(self.base_model, validation_data, "validation_data")
+        check_labels(self.base_model, x if y is None else (x, y), self.loss, "x")
+        check_labels(self.base_model, validation_data, self.loss, "validation_data")
         plan = model.hos_plan
         reduction = plan.macs_reduction
         result = {"macs_reduction": reduction, "macs": float(plan.macs_after)}

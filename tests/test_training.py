@@ -7,6 +7,7 @@ import tensorflow as tf
 import tiny
 
 import hos_keras
+from hos_keras import training
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.training import check_inputs
 
@@ -128,7 +129,10 @@ def _distiller():
     teacher = tiny.chain((8, 8), input_shape=(12, 12, 1), activation=None, name="small")
     plan = hos_keras.plan_pruning(teacher, "l1", "fixed", ratio=0.5)
     return hos_keras.HOSDistiller(
-        hos_keras.slim_model(teacher, plan), teacher, plan=plan, pivots=[]
+        hos_keras.slim_model(teacher, plan),
+        teacher,
+        plan=plan,
+        pivots=[],
     )
 
 
@@ -208,3 +212,55 @@ def test_sgd_defaults():
     assert float(schedule(10)) == pytest.approx(0.0, abs=1e-7)
     assert float(schedule(5)) == pytest.approx(0.05)  # cosine's midpoint
     assert decayed.weight_decay == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.arange(8) % 12, r"labels from 0 to 7 but model 'cnn' outputs 5 classes"),
+        (-(np.arange(8) % 2), r"labels from -1 to 0"),
+        (np.eye(5)[np.arange(8) % 5], r"one-hot labels of shape \(8, 5\).*argmax"),
+        (np.arange(6) % 5, r"8 example\(s\) but 6 label\(s\)"),
+        (np.full(8, 1.5), r"non-integer labels"),
+    ],
+)
+def test_label_mistakes_get_an_error_that_names_the_fix(labels, message):
+    """Labels a sparse loss cannot take are refused before training, by compress
+    (train and validation data, arrays and datasets) and by the distiller."""
+    model = tiny.chain([4], input_shape=(6, 6, 3), classes=5, name="cnn")
+    x, y = tiny.images(8, (6, 6, 3), classes=5)
+    cases = [((x, labels), (x, y), "train_data"), ((x, y), (x, labels), "val_data")]
+    if len(labels) == len(x):  # from_tensor_slices itself refuses unequal lengths
+        dataset = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+        cases.append(((x, y), dataset, "val_data"))
+    for train, val, name in cases:
+        if (
+            name == "val_data"
+            and isinstance(val, tf.data.Dataset)
+            and "label(s)" in message
+        ):
+            continue  # from_tensor_slices itself refuses unequal lengths
+        with pytest.raises(InvalidArgumentError, match=f"{name}.*{message}|{message}"):
+            hos_keras.compress(
+                model, train, val, allocation="fixed", ratio=0.5, verbose=0
+            )
+    teacher = tiny.chain([4], input_shape=(6, 6, 3), classes=5, name="cnn")
+    plan = hos_keras.plan_pruning(teacher, allocation="fixed", ratio=0.5)
+    distiller = hos_keras.HOSDistiller(
+        hos_keras.slim_model(teacher, plan), teacher, plan=plan, pivots=[]
+    )
+    distiller.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    with pytest.raises(InvalidArgumentError, match=message):
+        distiller.fit(x, labels, epochs=1, verbose=0)
+
+
+def test_one_hot_labels_pass_with_a_categorical_loss():
+    model = tiny.chain([4], input_shape=(6, 6, 3), classes=5)
+    x, y = tiny.images(8, (6, 6, 3), classes=5)
+    training.check_labels(
+        model, (x, np.eye(5)[y]), keras.losses.CategoricalCrossentropy(), "data"
+    )
+    training.check_labels(model, (x, y), "sparse_categorical_crossentropy", "data")
