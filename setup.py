@@ -36,13 +36,22 @@ setup(
     extras_require={
         # keras-hub: real CNN backbones (random weights) for the coverage tests;
         # hypothesis: the property tests over random architectures;
-        # tensorly: an independent HOOI to test hos_keras.decompose against.
+        # tensorly: an independent HOOI to test hos_keras.decompose against;
+        # mkdocs, mkdocs-material, mkdocstrings[python]: tests/test_docs.py builds
+        # the docs site (mkdocs.yml) with warnings as errors - mkdocs >= 1.6 for
+        # its link and anchor validation, mkdocs-material for the theme,
+        # mkdocstrings and its Python handler for the API pages made from the
+        # docstrings (bounds: the versions tested).
         "test": [
             "pytest>=8",
             "ruff>=0.5",
             "keras-hub>=0.32",
             "hypothesis>=6.100",
             "tensorly>=0.9",
+            "mkdocs>=1.6.1",
+            "mkdocs-material>=9.8.2",
+            "mkdocstrings[python]>=1.0.8",
+            "mkdocstrings-python>=2.0.11",
         ],
     },
     classifiers=[
