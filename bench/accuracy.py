@@ -11,23 +11,23 @@ losses against the teacher (HOSDistiller, auxiliary=True) and once with the task
 loss only, for several seeds (data order; also the random criterion's draw).
 Test accuracy on the 10,000 test images: mean and standard deviation.
 
-With `--approaches`, the paper's three approaches at the same MACs instead (METHOD.md
-section 4), each fine-tuned with the auxiliary losses for the same budget: A1 prunes
-with k34 to the target; A2 decomposes every 3x3 conv by Tucker-2 (HOOI) with the
-compression factor X bisected until the MACs fall by the target; A3 prunes with k34
-to `--a3-prune` of the MACs, then decomposes with X bisected to the same total.
-The student starts from the decomposed weights (the reconstruction of the teacher's
-kernels); the distiller's pivots are the same block outputs, found by name.
+With `--approaches`, the paper's three approaches at the same MACs instead
+(docs/method.md#approaches-a1-a3), each fine-tuned with the auxiliary losses for the
+same budget: A1 prunes with k34 to the target; A2 decomposes every 3x3 conv by Tucker-2
+(HOOI) with the compression factor X bisected until the MACs fall by the target; A3
+prunes with k34 to `--a3-prune` of the MACs, then decomposes with X bisected to the same
+total. The student starts from the decomposed weights (the reconstruction of the
+teacher's kernels); the distiller's pivots are the same block outputs, found by name.
 
 With `--criteria`, the other criteria and allocations of the same literature
-(METHOD.md section 7) on the same baseline and budget, each fine-tuned with the
-auxiliary losses: the weight criteria fpgm and bn_scale, and the data-driven dfs,
-sfs, fisher, taylor and activation_k34 (scored on 512 fixed training images),
-prune to the very widths of the l1 reference row (Shapiro-Wilk target allocation,
-50% fewer MACs), so they differ only in which channels go; itpruner chooses its
-own widths at the same MACs reduction (CKA of the layers' feature maps on the
-calibration images) and keeps channels by l1. The runs are written one by one and
-a second call resumes where the first stopped.
+(docs/method.md#related-methods) on the same baseline and budget, each fine-tuned with
+the auxiliary losses: the weight criteria fpgm and bn_scale, and the data-driven dfs,
+sfs, fisher, taylor and activation_k34 (scored on 512 fixed training images), prune to
+the very widths of the l1 reference row (Shapiro-Wilk target allocation, 50% fewer
+MACs), so they differ only in which channels go; itpruner chooses its own widths at the
+same MACs reduction (CKA of the layers' feature maps on the calibration images) and
+keeps channels by l1. The runs are written one by one and a second call resumes where
+the first stopped.
 
 Run: .venv/bin/python bench/accuracy.py   (about 60 minutes on 2 CPU cores)
      .venv/bin/python bench/accuracy.py --approaches   (about 55 minutes, baseline

@@ -1,7 +1,8 @@
 """Low-rank decomposition of Conv2D layers: Tucker-2 (HOOI) and filter groups.
 
-The paper's optional second compression step (its step 2; see METHOD.md section 4)
-replaces each conv kernel by a product of smaller ones:
+The paper's optional second compression step (its step 2; see
+docs/method.md#low-rank-step) replaces each conv kernel by a product of smaller
+ones:
 
 - `"tucker2"`: the Tucker-2 decomposition (Tucker 1966) of the kernel along its
   input- and output-channel modes, as Kim et al. (ICLR 2016) apply it to conv
@@ -113,9 +114,10 @@ def decompose(
     names of the new layers.
 
     Ranks for a compression factor X (the parameter ratio of the layer, bias
-    aside): for Tucker-2, the rule of the paper's reference code (METHOD.md section
-    4): beta = 1 + (c_out/c_in - 1)/X if c_out > c_in, 1/(1 + (c_in/c_out - 1)/X)
-    if c_in > c_out, else 1; R3 = floor of the positive root of
+    aside): for Tucker-2, the rule of the paper's reference code
+    (docs/method.md#tucker-2-ranks): beta = 1 + (c_out/c_in - 1)/X if c_out > c_in,
+    1/(1 + (c_in/c_out - 1)/X) if c_in > c_out, else 1;
+    R3 = floor of the positive root of
     R^2 + (c_in + beta*c_out)/(beta*k^2) R - c_in*c_out/(X*beta) = 0;
     R4 = ceil(beta*R3); R3 clipped to [1, c_in], R4 to [1, c_out]. For FGA, whose
     k*k*(c_in/g)*(g*r) + g*r*c_out parameters do not depend on g in the kxk part,

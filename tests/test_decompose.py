@@ -89,7 +89,7 @@ def test_output_error_decreases_as_factor_falls(method):
 
 
 def _hand_ranks(c_in, c_out, k, x):
-    # METHOD.md section 4, written out independently of hos_keras.decompose.
+    # docs/method.md#tucker-2-ranks, written out independently of hos_keras.decompose.
     if c_out > c_in:
         beta = 1 + (c_out / c_in - 1) / x
     elif c_in > c_out:

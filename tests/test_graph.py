@@ -181,7 +181,7 @@ def test_channels_first_dense_on_spatial_axis_is_frozen():
 
 
 def test_reference_networks_prune_what_the_paper_prunes_and_more():
-    """METHOD.md section 3, found automatically rather than hand-picked."""
+    """docs/method.md#prunable-channels, found automatically, not hand-picked."""
     resnet = hos_keras.models.resnet56()
     groups = {g.name: g for g in hos_keras.channel_groups(resnet).prunable}
     singles = [f"stage{s}_block{b}_conv1" for s in (1, 2, 3) for b in range(1, 10)]
