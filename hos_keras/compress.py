@@ -31,7 +31,7 @@ from hos_keras.training import check_inputs, many_models
 
 __all__ = ["STAGES", "CompressionReport", "compress"]
 
-# compress's approaches, the paper's A1, A2 and A3 (METHOD.md section 4).
+# compress's approaches, the paper's A1, A2 and A3 (docs/method.md#approaches-a1-a3).
 APPROACHES = ("prune", "decompose", "prune+decompose")
 
 
@@ -86,12 +86,12 @@ def compress(
 ) -> tuple[keras.Model, CompressionReport]:
     """Prunes and/or decomposes, distills and fine-tunes a model; reports both.
 
-    1. Compresses the model by `approach`, the paper's three (METHOD.md section
-       4): `"prune"` (A1) plans the pruning on the model's weights
-       (`plan_pruning`: criterion, allocation or a MACs or latency target) and
-       slims it (`slim_model`); `"decompose"` (A2) replaces its convs by low-rank
-       factorizations (`hos_keras.decompose`); `"prune+decompose"` (A3) prunes,
-       then decomposes the slim model.
+    1. Compresses the model by `approach`, the paper's three
+       (docs/method.md#approaches-a1-a3): `"prune"` (A1) plans the pruning on the
+       model's weights (`plan_pruning`: criterion, allocation or a MACs or latency
+       target) and slims it (`slim_model`); `"decompose"` (A2) replaces its convs
+       by low-rank factorizations (`hos_keras.decompose`); `"prune+decompose"`
+       (A3) prunes, then decomposes the slim model.
     2. Trains the slim student against the unpruned teacher with the task loss,
        the output MSE and the pivot MSEs (`HOSDistiller`, paper section 3.4) for
        `distill_epochs`.
