@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import keras
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, files, graph, surgery, training
+from hos_keras import distill, errors, files, graph, surgery, training
 from hos_keras import latency as latency_lib
 from hos_keras import report as report_lib
 from hos_keras import sparsity as sparsity_lib
@@ -280,51 +280,56 @@ def compress(
     plan = None
     pruned_from = model  # the model the plan is made for and slimmed
     if sparse_epochs:
-        pruned_from = training.sparse_trained(
-            model,
-            train_data,
-            sparse_epochs,
-            sparsity_lib.from_argument(
-                sparse,
-                criterion=criterion,
+        with errors.stage("sparse training"):
+            pruned_from = training.sparse_trained(
+                model,
+                train_data,
+                sparse_epochs,
+                sparsity_lib.from_argument(
+                    sparse,
+                    criterion=criterion,
+                    scope=scope,
+                    skip=skip,
+                    seed=seed,
+                    data=train_data,
+                    calibration_steps=calibration_steps,
+                ),
+                optimizer=sparse_optimizer,
+                loss=loss,
+                metrics=metrics,
+                batch_size=batch_size,
+                verbose=verbose,
+            )
+    if approach != "decompose":
+        with errors.stage("planning"):
+            resolved = allocation_lib.for_target(
+                allocation,
+                target,
+                target_latency,
+                names=("target", "target_latency"),
+                **allocation_options,
+            )
+            calibration = {}
+            if getattr(
+                get_criterion(criterion, seed=seed), "statistics", ()
+            ) or getattr(resolved, "needs_data", False):
+                calibration = {
+                    "data": train_data,
+                    "calibration_steps": calibration_steps,
+                }
+            plan = plan_pruning(
+                pruned_from,
+                criterion,
+                resolved,
+                **calibration,
+                min_channels=min_channels,
+                round_to=round_to,
+                seed=seed,
                 scope=scope,
                 skip=skip,
-                seed=seed,
-                data=train_data,
-                calibration_steps=calibration_steps,
-            ),
-            optimizer=sparse_optimizer,
-            loss=loss,
-            metrics=metrics,
-            batch_size=batch_size,
-            verbose=verbose,
-        )
-    if approach != "decompose":
-        resolved = allocation_lib.for_target(
-            allocation,
-            target,
-            target_latency,
-            names=("target", "target_latency"),
-            **allocation_options,
-        )
-        calibration = {}
-        if getattr(get_criterion(criterion, seed=seed), "statistics", ()) or getattr(
-            resolved, "needs_data", False
-        ):
-            calibration = {"data": train_data, "calibration_steps": calibration_steps}
-        plan = plan_pruning(
-            pruned_from,
-            criterion,
-            resolved,
-            **calibration,
-            min_channels=min_channels,
-            round_to=round_to,
-            seed=seed,
-            scope=scope,
-            skip=skip,
-            runtime=runtime,
-            latency_model=latency_model,
-        )
+                runtime=runtime,
+                latency_model=latency_model,
+            )
         say(
             f"[hos_keras] plan: {plural(len(plan.groups), 'channel group')}, MACs "
             f"{plan.macs_before:,} -> {plan.macs_after:,} "
@@ -337,21 +342,23 @@ def compress(
     # state, so its .keras file holds no optimizer slots.
     teacher = type(model).from_config(model.get_config())
     teacher.set_weights(model.get_weights())
-    student = model if plan is None else surgery.slim_model(pruned_from, plan)
+    with errors.stage("slimming"):
+        student = model if plan is None else surgery.slim_model(pruned_from, plan)
     decomposition = None
     if approach != "prune":
-        student, decomposed = decompose(
-            student,
-            decompose_method,
-            decompose_factor,
-            decompose_ranks,
-            decompose_layers,
-            data=keras.tree.map_structure(
-                lambda a: a[:32], training.first_inputs(val_data)
-            ),
-            return_report=True,
-            seed=seed or 0,
-        )
+        with errors.stage("decomposition"):
+            student, decomposed = decompose(
+                student,
+                decompose_method,
+                decompose_factor,
+                decompose_ranks,
+                decompose_layers,
+                data=keras.tree.map_structure(
+                    lambda a: a[:32], training.first_inputs(val_data)
+                ),
+                return_report=True,
+                seed=seed or 0,
+            )
         decomposition = decomposed.to_dict()
         say(
             f"[hos_keras] decomposed {plural(len(decomposed.layers), 'layer')} "
@@ -361,9 +368,10 @@ def compress(
 
     def evaluate(net, stage):
         say(f"[hos_keras] evaluating: {stage}")
-        return training.evaluate_model(
-            net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
-        )
+        with errors.stage(f"evaluation ({stage})"):
+            return training.evaluate_model(
+                net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
+            )
 
     results = {"original": evaluate(teacher, "original")}
     if pruned_from is not model:
@@ -380,12 +388,13 @@ def compress(
             "[hos_keras] re-estimating batch norms on "
             f"{plural(recalibration_steps, 'batch', 'batches')}"
         )
-        recalibrate_batchnorm(
-            student,
-            train_data,
-            recalibration_steps,
-            batch_size=batch_size,
-        )
+        with errors.stage("recalibration"):
+            recalibrate_batchnorm(
+                student,
+                train_data,
+                recalibration_steps,
+                batch_size=batch_size,
+            )
         results["recalibrated"] = evaluate(student, "after BN recalibration")
 
     if pivots == "auto":
@@ -433,15 +442,16 @@ def compress(
     latency, tflite = {}, {}
     if latency_runs and (latency_batch_sizes or tflite_latency):
         say("[hos_keras] measuring latency")
-        latency, tflite = latency_lib.original_and_slim(
-            model,
-            teacher,
-            student,
-            training.first_inputs(val_data),
-            latency_batch_sizes,
-            runs=latency_runs,
-            tflite=tflite_latency,
-        )
+        with errors.stage("latency measurement"):
+            latency, tflite = latency_lib.original_and_slim(
+                model,
+                teacher,
+                student,
+                training.first_inputs(val_data),
+                latency_batch_sizes,
+                runs=latency_runs,
+                tflite=tflite_latency,
+            )
     sizes = report_lib.file_sizes(teacher, student, output_dir)
     report = CompressionReport(
         model_name=model.name,
@@ -461,10 +471,11 @@ def compress(
         approach=approach,
         decomposition=decomposition,
     )
-    if output_dir is not None and plan is not None:
-        files.write_text(os.path.join(output_dir, "plan.json"), plan.to_json())
-    if output_dir is not None:
-        files.write_text(os.path.join(output_dir, "report.json"), report.to_json())
+    with errors.stage("writing the output files"):
+        if output_dir is not None and plan is not None:
+            files.write_text(os.path.join(output_dir, "plan.json"), plan.to_json())
+        if output_dir is not None:
+            files.write_text(os.path.join(output_dir, "report.json"), report.to_json())
     if verbose:
         report.summary()
     return student, report

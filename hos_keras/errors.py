@@ -7,6 +7,7 @@ already catches those keeps working. `check_int` is the one integer-argument che
 the modules share.
 """
 
+import contextlib
 import math
 import numbers
 import os
@@ -51,6 +52,41 @@ class PlanMismatchError(HOSKerasError, ValueError):
 
 class DatasetNotFoundError(HOSKerasError, FileNotFoundError):
     """A dataset is neither on disk nor downloadable; the message says how to get it."""
+
+
+class StageError(HOSKerasError, RuntimeError):
+    """A stage of a pipeline (compress's planning, slimming, recalibration,
+    distillation, fine-tuning, latency measurement, ...) failed on an error that
+    is not hos_keras' own; `stage` names it and `__cause__` is the original.
+
+    Attributes:
+        stage: What the pipeline was doing, e.g. `"distillation"`.
+    """
+
+    def __init__(self, stage: str, error: BaseException):
+        self.stage = stage
+        super().__init__(f"Failed during {stage}: {type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def stage(name: str):
+    """Names the pipeline stage of any error raised inside the block.
+
+    A hos_keras error keeps its type (callers catch those by type) and gains a
+    note naming the stage and a `stage` attribute; any other exception (a
+    backend's, an out-of-memory) becomes a `StageError` chained to it.
+    `KeyboardInterrupt` and other non-`Exception`s pass unchanged.
+    """
+    try:
+        yield
+    except StageError:
+        raise
+    except HOSKerasError as error:
+        error.stage = name
+        error.add_note(f"(raised during {name})")
+        raise
+    except Exception as error:
+        raise StageError(name, error) from error
 
 
 def check_int(name: str, value, minimum: int = 1, hint: str = "") -> int:

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hos_keras import errors
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.text import plural
 
@@ -531,6 +532,9 @@ def sparse_trained(
     return copy
 
 
+_STAGE_NAMES = {"distill": "distillation", "finetune": "fine-tuning"}
+
+
 def distill_then_finetune(
     distiller,
     train_data,
@@ -637,14 +641,15 @@ def distill_then_finetune(
                     f"[hos_keras] {stage}: {plural(epochs, 'epoch')} "
                     f"{'with' if auxiliary else 'without'} the auxiliary losses"
                 )
-            run = distiller.fit(
-                **fit_kwargs,
-                validation_data=validation_data,
-                epochs=last,
-                initial_epoch=max(initial_epoch, first),
-                callbacks=[*schedulers, *callbacks],
-                verbose=verbose,
-            )
+            with errors.stage(_STAGE_NAMES[stage]):
+                run = distiller.fit(
+                    **fit_kwargs,
+                    validation_data=validation_data,
+                    epochs=last,
+                    initial_epoch=max(initial_epoch, first),
+                    callbacks=[*schedulers, *callbacks],
+                    verbose=verbose,
+                )
             history[stage] = {
                 k: [float(v) for v in vs] for k, vs in run.history.items()
             }

@@ -1,6 +1,8 @@
 """compress(): the pipeline on tiny data, checked against independent references."""
 
 import json
+import re
+import sys
 
 import keras
 import numpy as np
@@ -11,7 +13,7 @@ from keras import layers
 
 import hos_keras
 from hos_keras.compress import STAGES
-from hos_keras.errors import InvalidArgumentError, NothingToPruneError
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError, StageError
 
 
 def _data(n, seed, shape=(16, 16, 3), classes=3):
@@ -524,3 +526,77 @@ def test_sparse_training_before_planning():
     assert report.accuracy("pruned") == pytest.approx(_accuracy(masked, *val))
     with pytest.raises(InvalidArgumentError, match="sparse_epochs=1"):
         hos_keras.compress(model, train, val, approach="decompose", sparse_epochs=1)
+
+
+def _injected(*args, **kwargs):
+    raise RuntimeError("injected fault")
+
+
+FAULTS = {
+    "planning": ("hos_keras.compress.plan_pruning", {}),
+    "slimming": ("hos_keras.surgery.slim_model", {}),
+    "decomposition": (
+        "hos_keras.compress.decompose",
+        {"approach": "prune+decompose"},
+    ),
+    "recalibration": ("hos_keras.compress.recalibrate_batchnorm", {}),
+    "distillation": ("hos_keras.distill.HOSDistiller.fit", {}),
+    "fine-tuning": ("hos_keras.distill.HOSDistiller.fit", {"distill_epochs": 0}),
+    "latency measurement": ("hos_keras.latency.original_and_slim", {}),
+    "writing the output files": ("hos_keras.files.write_text", {}),
+}
+
+
+@pytest.mark.parametrize("stage", list(FAULTS))
+def test_a_fault_in_any_stage_names_it_and_leaves_the_model_unchanged(
+    stage, monkeypatch, tmp_path
+):
+    """An error raised inside each stage of compress surfaces as a hos_keras
+    StageError naming the stage (chained to the original), and the caller's
+    model keeps its weights, outputs and trainable flags."""
+    keras.utils.set_random_seed(0)
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    train, val = _data(32, 0), _data(16, 1)
+    before = [np.array(w) for w in model.get_weights()]
+    outputs_before = keras.ops.convert_to_numpy(model(val[0][:4], training=False))
+    target, options = FAULTS[stage]
+    module, name = target.rsplit(".", 1)
+    if module in sys.modules:  # hos_keras.compress is shadowed by the function
+        monkeypatch.setattr(sys.modules[module], name, _injected)
+    else:
+        monkeypatch.setattr(target, _injected)
+    with pytest.raises(StageError, match=f"during {re.escape(stage)}") as caught:
+        hos_keras.compress(
+            model,
+            train,
+            val,
+            allocation="fixed",
+            ratio=0.5,
+            **{"distill_epochs": 1, "finetune_epochs": 1, **options},
+            recalibration_steps=1,
+            latency_runs=2,
+            latency_batch_sizes=[1],
+            output_dir=tmp_path,
+            batch_size=16,
+            verbose=0,
+        )
+    assert caught.value.stage == stage
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        assert a.tobytes() == np.asarray(b).tobytes()
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model(val[0][:4], training=False)), outputs_before
+    )
+    assert model.trainable and all(layer.trainable for layer in model.layers)
+
+
+def test_a_hos_keras_error_keeps_its_type_and_gains_the_stage():
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        hos_keras.compress(model, _data(16, 0), _data(16, 1), target=0.999, verbose=0)
+    assert caught.value.stage == "planning"
+    assert "(raised during planning)" in caught.value.__notes__
