@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from hos_keras import graph, layer_rules
+from hos_keras import carried, graph, layer_rules
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
 from hos_keras.plan import PruningPlan
 
@@ -185,15 +185,20 @@ class _Replay:
                 config = rule.configure(
                     config, spec.get("in"), spec.get("out"), spec.get("channels")
                 )
-            try:
-                clone = type(op).from_config(config)
-            except Exception as error:
-                raise UnsupportedModelError(
-                    f"Could not re-create layer {name!r} ({type(op).__name__}) from "
-                    f"its config: {type(error).__name__}: {error} A custom layer "
-                    "needs a get_config() that lists its constructor arguments and "
-                    "@keras.saving.register_keras_serializable()."
-                ) from error
+                try:
+                    clone = type(op).from_config(config)
+                except Exception as error:
+                    raise UnsupportedModelError(
+                        f"Could not re-create layer {name!r} ({type(op).__name__}) "
+                        f"from its config: {type(error).__name__}: {error} A "
+                        "custom layer needs a get_config() that lists its "
+                        "constructor arguments and "
+                        "@keras.saving.register_keras_serializable()."
+                    ) from error
+            else:
+                # Its config is unchanged: carried over as it is, even when its
+                # own get_config cannot re-create it.
+                clone = carried.carry_over(op, config, name)
         self.clones[key] = clone
         return clone
 
