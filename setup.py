@@ -37,11 +37,13 @@ setup(
         # keras-hub: real CNN backbones (random weights) for the coverage tests;
         # hypothesis: the property tests over random architectures;
         # tensorly: an independent HOOI to test hos_keras.decompose against;
-        # mkdocs, mkdocs-material, mkdocstrings[python]: tests/test_docs.py builds
-        # the docs site (mkdocs.yml) with warnings as errors - mkdocs >= 1.6 for
-        # its link and anchor validation, mkdocs-material for the theme,
-        # mkdocstrings and its Python handler for the API pages made from the
-        # docstrings (bounds: the versions tested).
+        # mkdocs, mkdocs-material, mkdocstrings[python], latex2mathml:
+        # tests/test_docs.py builds the docs site (mkdocs.yml) with warnings as
+        # errors - mkdocs >= 1.6 for its link and anchor validation,
+        # mkdocs-material for the theme, mkdocstrings and its Python handler for
+        # the API pages made from the docstrings, latex2mathml for the formulas
+        # (docs/hooks/mathml.py turns their TeX into MathML, so the site needs no
+        # script from elsewhere); bounds: the versions tested.
         "test": [
             "pytest>=8",
             "ruff>=0.5",
@@ -52,6 +54,7 @@ setup(
             "mkdocs-material>=9.8.2",
             "mkdocstrings[python]>=1.0.8",
             "mkdocstrings-python>=2.0.11",
+            "latex2mathml>=3.81",
         ],
     },
     classifiers=[
