@@ -12,7 +12,16 @@ from hos_keras import _startup
 if _startup.wanted():  # hos-keras and the recipes start quietly
     _startup.quiet_import()
 
-from hos_keras import allocation, data, errors, latency, layer_rules, models, training
+from hos_keras import (
+    allocation,
+    data,
+    errors,
+    latency,
+    layer_rules,
+    models,
+    training,
+)
+from hos_keras.activations import register_activation
 from hos_keras.allocation import (
     Allocation,
     CumulantAllocation,
@@ -118,6 +127,7 @@ __all__ = [
     "plan_pruning",
     "profile",
     "recalibrate_batchnorm",
+    "register_activation",
     "register_allocation",
     "register_criterion",
     "register_layer_rule",

@@ -471,8 +471,8 @@ class _Tracer(layer_rules.TraceContext):
         self.order.append(self.name)
         return slots
 
-    def fresh(self, count):
-        return self.slots.new(count, reason=self._reason("reads another axis"))
+    def fresh(self, count, reason="reads another axis"):
+        return self.slots.new(count, reason=self._reason(reason))
 
     def reads(self, slots):
         name = self.name

@@ -45,6 +45,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from hos_keras import activations
+from hos_keras.activations import PER_CHANNEL_ACTIVATIONS
 from hos_keras.errors import ArgumentTypeError
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "ConvTransposeRule",
     "DenseRule",
     "DepthwiseConvRule",
+    "EinsumDenseRule",
     "ElementwiseOp",
     "FlattenRule",
     "Freeze",
@@ -72,41 +75,6 @@ __all__ = [
     "get_rule",
     "register_layer_rule",
 ]
-
-PER_CHANNEL_ACTIVATIONS = frozenset(
-    {
-        "linear",
-        "relu",
-        "relu6",
-        "leaky_relu",
-        "elu",
-        "selu",
-        "celu",
-        "gelu",
-        "silu",
-        "swish",
-        "hard_silu",
-        "hard_swish",
-        "sigmoid",
-        "hard_sigmoid",
-        "sparse_sigmoid",
-        "log_sigmoid",
-        "tanh",
-        "hard_tanh",
-        "tanh_shrink",
-        "soft_shrink",
-        "hard_shrink",
-        "softplus",
-        "softsign",
-        "sparse_plus",
-        "squareplus",
-        "mish",
-        "exponential",
-        "threshold",
-    }
-)
-"""Activations that act on each channel alone; every other one freezes (softmax,
-log_softmax and sparsemax normalise over channels, glu halves them)."""
 
 
 class TraceContext:
@@ -151,8 +119,9 @@ class TraceContext:
         """
         raise NotImplementedError
 
-    def fresh(self, count: int) -> np.ndarray:
-        """New frozen channels that no layer produces (an axis read as channels)."""
+    def fresh(self, count: int, reason: str = "reads another axis") -> np.ndarray:
+        """New frozen channels that no layer produces (an axis read as channels,
+        or outputs a layer never prunes), frozen with `reason`."""
         raise NotImplementedError
 
     def reads(self, slots: np.ndarray) -> None:
@@ -239,6 +208,11 @@ class LayerRule:
     def configure(self, config: dict, keep_in, keep_out, channels=None) -> dict:
         """The layer's config for the kept channels (`channels`: for Reshape)."""
         return config
+
+    def widths(self, layer, node) -> tuple[int, int] | None:
+        """`(c_in, c_out)` of a call whose channels are not the last axes of its
+        tensors (an attention layer's heads); `None` for every other layer."""
+        return None
 
     def cost(self, layer, node, c_in: int, c_out: int) -> tuple[int, int]:
         """`(params, macs)` of one call with `c_in` / `c_out` channels.
@@ -354,8 +328,8 @@ class ActivationRule(PerChannel):
     """`keras.layers.Activation`: passes channels only for per-channel functions."""
 
     def trace(self, ctx):
-        name = _activation_name(ctx.layer)
-        if name not in PER_CHANNEL_ACTIVATIONS:
+        if not activations.is_elementwise(ctx.layer.activation):
+            name = activations.name_of(ctx.layer.activation)
             ctx.freeze(f"activation {name!r} mixes channels or is unknown")
             return
         super().trace(ctx)
@@ -392,9 +366,12 @@ class _Rescaling(_LastAxis):
         super().trace(ctx)
 
 
-def _activation_name(layer) -> str | None:
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None)
+def _freeze_unless_elementwise(ctx, out) -> None:
+    """Freezes a producer's output channels if its activation mixes them."""
+    activation = getattr(ctx.layer, "activation", None)
+    if not activations.is_elementwise(activation):
+        name = activations.name_of(activation)
+        ctx.freeze_slots(out, f"activation {name!r} mixes channels")
 
 
 class _Producer(LayerRule):
@@ -436,10 +413,7 @@ class _Producer(LayerRule):
         out_axis = self.channel_axis(layer, out_rank)
         count = int(ctx.output_shapes[0][out_axis])
         out = ctx.create(count, groups)
-        if _activation_name(layer) not in PER_CHANNEL_ACTIVATIONS:
-            ctx.freeze_slots(
-                out, f"activation {_activation_name(layer)!r} mixes channels"
-            )
+        _freeze_unless_elementwise(ctx, out)
         ctx.output(out, out_axis)
 
     def configure(self, config, keep_in, keep_out, channels=None):
@@ -481,10 +455,7 @@ class ConvRule(_Producer):
             return
         ctx.reads(slots)
         out = np.repeat(slots, int(layer.filters) // int(layer.groups))
-        if _activation_name(layer) not in PER_CHANNEL_ACTIVATIONS:
-            ctx.freeze_slots(
-                out, f"activation {_activation_name(layer)!r} mixes channels"
-            )
+        _freeze_unless_elementwise(ctx, out)
         ctx.output(out, axis)
 
     def configure(self, config, keep_in, keep_out, channels=None):
@@ -599,9 +570,86 @@ class DenseRule(_Producer):
         return [kernel, *bias]
 
     def cost(self, layer, node, c_in, c_out):
-        in_shape = node.input_tensors[0].shape
-        rows = int(np.prod([int(d) for d in in_shape[1:-1]], dtype=np.int64))
+        rows = _positions(node.input_tensors[0].shape[1:-1])
         return c_in * c_out + _bias(layer) * c_out, rows * c_in * c_out
+
+
+class EinsumDenseRule(DenseRule):
+    """EinsumDense that is a Dense over its last axis, read from its equation.
+
+    The equation must contract only the input's last axis with the kernel and
+    make only the output's last axis from it, every other input axis passing to
+    the output in order (`"btd,df->btf"`, `"...d,df->...f"`, `"abc,dc->abd"`);
+    the bias, if any, lies on the output axis. Other equations (several kernel
+    axes, such as an attention layer's `"abc,cde->abde"` projections) freeze:
+    `AttentionRule` prunes those inside their attention layers.
+    """
+
+    width_key = "output_shape"
+
+    @staticmethod
+    def axes(layer) -> tuple[int, int] | None:
+        """`(input axis, output axis)` of the kernel, or `None` if unsupported."""
+        equation = layer.equation.replace("...", "")
+        operands, _, out = equation.partition("->")
+        inp, _, kernel = operands.partition(",")
+        if len(kernel) != 2 or not inp or not out:
+            return None
+        contracted, produced = inp[-1], out[-1]
+        if (
+            set(kernel) != {contracted, produced}
+            or contracted in out
+            or produced in inp
+            or inp[:-1] != out[:-1]
+            or (layer.bias_axes or produced) != produced
+        ):
+            return None
+        return kernel.index(contracted), kernel.index(produced)
+
+    def trace(self, ctx):
+        if self.axes(ctx.layer) is None:
+            ctx.freeze(
+                f"an EinsumDense that is not dense over its last axis "
+                f"({ctx.layer.equation!r})"
+            )
+            return
+        super().trace(ctx)
+
+    def filters(self, layer):
+        kernel = np.asarray(layer.kernel.numpy())
+        axes = self.axes(layer)
+        out_axis = axes[1] if axes else kernel.ndim - 1
+        kernel = np.moveaxis(kernel, out_axis, -1)
+        return kernel.reshape(-1, kernel.shape[-1])
+
+    def slice_weights(self, layer, weights, keep_in, keep_out):
+        in_axis, out_axis = self.axes(layer)
+        kernel, *bias = weights
+        if keep_in is not None:
+            kernel = np.take(kernel, keep_in, axis=in_axis)
+        if keep_out is not None:
+            kernel = np.take(kernel, keep_out, axis=out_axis)
+            bias = [b[keep_out] for b in bias]
+        return [kernel, *bias]
+
+    def configure(self, config, keep_in, keep_out, channels=None):
+        if keep_out is not None:
+            shape = config["output_shape"]
+            if isinstance(shape, int):
+                config["output_shape"] = len(keep_out)
+            else:
+                config["output_shape"] = [*shape[:-1], len(keep_out)]
+        return config
+
+    def cost(self, layer, node, c_in, c_out):
+        rows = _positions(node.input_tensors[0].shape[1:-1])
+        bias = c_out if getattr(layer, "bias", None) is not None else 0
+        if self.axes(layer) is None:
+            macs = _einsum_macs(
+                layer.equation, node.input_tensors[0].shape, layer.kernel.shape
+            )
+            return int(layer.count_params()), macs
+        return c_in * c_out + bias, rows * c_in * c_out
 
 
 class DepthwiseConvRule(PerChannel):
@@ -884,8 +932,29 @@ def _bias(layer) -> int:
 
 
 def _spatial(shape, channels_first: bool) -> int:
-    dims = shape[2:] if channels_first else shape[1:-1]
-    return int(np.prod([int(d) for d in dims], dtype=np.int64)) if dims else 1
+    return _positions(shape[2:] if channels_first else shape[1:-1])
+
+
+def _einsum_macs(equation: str, in_shape, kernel_shape) -> int:
+    """MACs of one `input, kernel` einsum: the product of the sizes of all its
+    indices but the batch axis (an unknown size counts as 1)."""
+    operands = equation.partition("->")[0]
+    inp, _, kernel = operands.partition(",")
+    sizes = {}
+    if inp.startswith("..."):
+        inp = inp[3:]
+        leading = _positions(in_shape[1 : len(in_shape) - len(inp)])
+        sizes.update(zip(inp, in_shape[len(in_shape) - len(inp) :], strict=True))
+    else:
+        leading = 1
+        sizes.update(zip(inp[1:], in_shape[1:], strict=True))
+    sizes.update(zip(kernel, kernel_shape, strict=True))
+    return leading * _positions(sizes.values())
+
+
+def _positions(dims) -> int:
+    """The number of positions over `dims`; an unknown dimension counts as 1."""
+    return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
 
 
 def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
@@ -897,9 +966,12 @@ def _channel_indices(keep: np.ndarray, multiplier: int) -> np.ndarray:
 # The table -------------------------------------------------------------------
 
 _RULES: dict[type, LayerRule] = {}
+# Rules for classes named by their path ("module.ClassName"), looked up without
+# importing their library.
+_BY_PATH: dict[str, LayerRule] = {}
 
 
-def register_layer_rule(layer_class: type, rule: LayerRule) -> None:
+def register_layer_rule(layer_class: type | str, rule: LayerRule) -> None:
     """Teaches hos_keras how a layer type (or keras.ops operation) handles channels.
 
     The rule replaces any earlier one for exactly this class and applies to its
@@ -907,13 +979,15 @@ def register_layer_rule(layer_class: type, rule: LayerRule) -> None:
     planned earlier keeps the groups it had.
 
     Args:
-        layer_class: A subclass of `keras.Operation` (every Keras layer is one).
+        layer_class: A subclass of `keras.Operation` (every Keras layer is one),
+            or the class's full path `"module.ClassName"` to describe a layer of
+            a library that may not be imported (e.g. keras-hub's layers).
         rule: A `LayerRule` instance, e.g. `PerChannel("scale")` for a layer that
             scales each channel by its own weight.
 
     Raises:
-        ArgumentTypeError: if `layer_class` is not an Operation class or `rule` is
-            not a `LayerRule`.
+        ArgumentTypeError: if `layer_class` is neither an Operation class nor a
+            class path, or `rule` is not a `LayerRule`.
 
     Example:
 
@@ -931,10 +1005,15 @@ def register_layer_rule(layer_class: type, rule: LayerRule) -> None:
     )
     ```
     """
-    if not (isinstance(layer_class, type) and issubclass(layer_class, keras.Operation)):
+    by_path = isinstance(layer_class, str) and "." in layer_class
+    if not by_path and not (
+        isinstance(layer_class, type) and issubclass(layer_class, keras.Operation)
+    ):
         raise ArgumentTypeError(
             f"Received layer_class={layer_class!r}; pass a keras.layers.Layer "
-            "subclass (the class, not an instance)."
+            "subclass (the class, not an instance) or its full path, e.g. "
+            "'keras_hub.src.layers.modeling.cached_multi_head_attention."
+            "CachedMultiHeadAttention'."
         )
     if not isinstance(rule, LayerRule):
         raise ArgumentTypeError(
@@ -942,27 +1021,39 @@ def register_layer_rule(layer_class: type, rule: LayerRule) -> None:
             "hos_keras.layer_rules.LayerRule instance, e.g. "
             "hos_keras.layer_rules.PerChannel('scale')."
         )
-    _RULES[layer_class] = rule
+    if by_path:
+        _BY_PATH[layer_class] = rule
+    else:
+        _RULES[layer_class] = rule
 
 
 def table_key() -> tuple:
     """What identifies the table of rules now (a traced graph is valid while
     it stays the same)."""
-    return tuple((cls, id(rule)) for cls, rule in _RULES.items())
+    rules = tuple((cls, id(rule)) for cls, rule in _RULES.items())
+    paths = tuple((path, id(rule)) for path, rule in _BY_PATH.items())
+    return rules, paths, activations.registry_key()
+
+
+def _lookup(cls: type) -> LayerRule | None:
+    rule = _RULES.get(cls)
+    if rule is None and _BY_PATH:
+        rule = _BY_PATH.get(f"{cls.__module__}.{cls.__qualname__}")
+    return rule
 
 
 def get_rule(layer) -> LayerRule | None:
     """The rule for a layer or operation, or `None` when hos_keras has none.
 
-    The exact class is looked up first, then each base class, as long as the
-    layer's class does not override that base's `call`.
+    The exact class is looked up first (by class, then by path), then each base
+    class, as long as the layer's class does not override that base's `call`.
     """
     cls = type(layer)
-    rule = _RULES.get(cls)
+    rule = _lookup(cls)
     if rule is not None:
         return rule
     for base in cls.__mro__[1:]:
-        rule = _RULES.get(base)
+        rule = _lookup(base)
         if rule is not None:
             if getattr(cls, "call", None) is getattr(base, "call", None):
                 return rule
@@ -981,6 +1072,7 @@ def _register_builtins() -> None:
     for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
         _RULES[cls] = DepthwiseConvRule()
     _RULES[L.Dense] = DenseRule()
+    _RULES[L.EinsumDense] = EinsumDenseRule()
     _RULES[L.BatchNormalization] = BatchNormalizationRule()
     _RULES[L.PReLU] = _LastAxis("alpha")
     _RULES[L.Activation] = ActivationRule()

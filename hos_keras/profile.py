@@ -101,7 +101,10 @@ def _call_channels(rule, op, node, name, in_channels, out_channels):
     )
     c_in = _known(in_shape[1] if first else in_shape[-1])
     c_out = _known(out_shape[1] if first else out_shape[-1])
-    if isinstance(rule, layer_rules.BatchNormalizationRule):
+    own = rule.widths(op, node)
+    if own is not None:
+        c_in, c_out = own
+    elif isinstance(rule, layer_rules.BatchNormalizationRule):
         c_in = c_out = _known(in_shape[rule.channel_axis(op, len(in_shape))])
     creates = rule.creates(op)
     if not creates and name in out_channels and name not in in_channels:
