@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import keras
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, errors, files, graph, surgery, training
+from hos_keras import distill, errors, files, graph, resume, surgery, training
 from hos_keras import latency as latency_lib
 from hos_keras import report as report_lib
 from hos_keras import sparsity as sparsity_lib
@@ -202,7 +202,11 @@ def compress(
             (single-input models; a conversion failure gives a warning and no
             figure). Defaults to `True`.
         output_dir: If given, `slim.keras`, `plan.json` and `report.json` are
-            written there. Defaults to `None`.
+            written there, and the run is recorded as it goes (`progress.json`,
+            the student before training, a checkpoint after every epoch; see
+            `hos_keras.resume`): called again with the same model and arguments
+            after an interruption, compress reloads the plan, skips what is done
+            and goes on from the last finished epoch. Defaults to `None`.
         verbose: `0` silent, `1` progress bars, `2` one line per epoch. Defaults
             to `1`.
         **allocation_options: Options of the allocation, e.g. `coefficient=3.7`.
@@ -212,7 +216,8 @@ def compress(
         `CompressionReport`.
 
     Raises:
-        InvalidArgumentError: for missing or malformed data, negative epochs, a
+        InvalidArgumentError: for missing or malformed data, an `output_dir`
+            that holds the record of another run, negative epochs, a
             target together with an allocation instance, bad allocation
             options, or a learning-rate schedule that is not callable or gives
             a rate that is not a finite number >= 0.
@@ -277,126 +282,110 @@ def compress(
     training.check_labels(model, train_data, loss, "train_data")
     training.check_labels(model, val_data, loss, "val_data")
     metrics = list(metrics)
-    plan = None
-    pruned_from = model  # the model the plan is made for and slimmed
-    if sparse_epochs:
-        with errors.stage("sparse training"):
-            pruned_from = training.sparse_trained(
-                model,
-                train_data,
-                sparse_epochs,
-                sparsity_lib.from_argument(
-                    sparse,
-                    criterion=criterion,
-                    scope=scope,
-                    skip=skip,
-                    seed=seed,
-                    data=train_data,
-                    calibration_steps=calibration_steps,
-                ),
-                optimizer=sparse_optimizer,
-                loss=loss,
-                metrics=metrics,
-                batch_size=batch_size,
-                verbose=verbose,
-            )
-    if approach != "decompose":
-        with errors.stage("planning"):
-            resolved = allocation_lib.for_target(
-                allocation,
-                target,
-                target_latency,
-                names=("target", "target_latency"),
-                **allocation_options,
-            )
-            calibration = {}
-            if getattr(
-                get_criterion(criterion, seed=seed), "statistics", ()
-            ) or getattr(resolved, "needs_data", False):
-                calibration = {
-                    "data": train_data,
-                    "calibration_steps": calibration_steps,
-                }
-            plan = plan_pruning(
-                pruned_from,
-                criterion,
-                resolved,
-                **calibration,
-                min_channels=min_channels,
-                round_to=round_to,
-                seed=seed,
-                scope=scope,
-                skip=skip,
-                runtime=runtime,
-                latency_model=latency_model,
-            )
-        say(
-            f"[hos_keras] plan: {plural(len(plan.groups), 'channel group')}, MACs "
-            f"{plan.macs_before:,} -> {plan.macs_after:,} "
-            f"({plan.macs_reduction:.1%} fewer)"
-        )
-    if probabilities and output_loss == "softmax_mse":
-        output_loss = "logits_mse"  # the outputs are probabilities already
-
-    # A copy rebuilt from the config: unlike clone_model it carries no compile
-    # state, so its .keras file holds no optimizer slots.
-    teacher = type(model).from_config(model.get_config())
-    teacher.set_weights(model.get_weights())
-    with errors.stage("slimming"):
-        student = model if plan is None else surgery.slim_model(pruned_from, plan)
-    decomposition = None
-    if approach != "prune":
-        with errors.stage("decomposition"):
-            student, decomposed = decompose(
-                student,
+    record = None
+    if output_dir is not None:
+        arguments = {
+            "approach": approach,
+            "target": target,
+            "target_latency": target_latency,
+            "runtime": runtime,
+            "decompose": [
                 decompose_method,
                 decompose_factor,
                 decompose_ranks,
                 decompose_layers,
-                data=keras.tree.map_structure(
-                    lambda a: a[:32], training.first_inputs(val_data)
-                ),
-                return_report=True,
-                seed=seed or 0,
+            ],
+            "criterion": criterion,
+            "calibration_steps": calibration_steps,
+            "recalibration_steps": recalibration_steps,
+            "sparse": [sparse_epochs, sparse, sparse_optimizer],
+            "allocation": allocation,
+            "allocation_options": allocation_options,
+            "scope": scope,
+            "skip": skip,
+            "epochs": [distill_epochs, finetune_epochs],
+            "loss": loss,
+            "metrics": metrics,
+            "optimizers": [distill_optimizer, finetune_optimizer],
+            "schedules": [distill_lr_schedule, finetune_lr_schedule],
+            "batch_size": batch_size,
+            "distillation": [pivots, n_pivots, output_loss, output_weight, decay],
+            "channels": [min_channels, round_to],
+            "seed": seed,
+        }
+        record = resume.RunRecord(output_dir, resume.fingerprint(model, arguments))
+        if record.resumed:
+            say(
+                f"[hos_keras] resuming the run recorded in {output_dir} "
+                f"({plural(record.epochs_done, 'epoch')} of training done)"
             )
-        decomposition = decomposed.to_dict()
-        say(
-            f"[hos_keras] decomposed {plural(len(decomposed.layers), 'layer')} "
-            f"({decompose_method}), MACs {decomposed.macs['original']:,} -> "
-            f"{decomposed.macs['decomposed']:,}"
+
+    def evaluate(net, key, label):
+        """The validation metrics of `net` at stage `key` (recorded once)."""
+        found = record.result(key) if record is not None else None
+        if found is None:
+            say(f"[hos_keras] evaluating: {label}")
+            with errors.stage(f"evaluation ({label})"):
+                found = training.evaluate_model(
+                    net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
+                )
+            if record is not None:
+                record.record_result(key, found)
+        results[key] = found
+        return found
+
+    results: dict = {}
+    # A copy rebuilt from the config: unlike clone_model it carries no compile
+    # state, so its .keras file holds no optimizer slots.
+    teacher = type(model).from_config(model.get_config())
+    teacher.set_weights(model.get_weights())
+    evaluate(teacher, "original", "original")
+    student = record.student() if record is not None else None
+    if student is None:
+        student, plan, decomposition = _compressed_student(
+            model,
+            train_data,
+            val_data,
+            evaluate=evaluate,
+            say=say,
+            approach=approach,
+            sparse=(sparse_epochs, sparse, sparse_optimizer),
+            planning={
+                "criterion": criterion,
+                "allocation": allocation,
+                "target": target,
+                "target_latency": target_latency,
+                "calibration_steps": calibration_steps,
+                "min_channels": min_channels,
+                "round_to": round_to,
+                "seed": seed,
+                "scope": scope,
+                "skip": skip,
+                "runtime": runtime,
+                "latency_model": latency_model,
+                **allocation_options,
+            },
+            decomposing=(decompose_method, decompose_factor, decompose_ranks),
+            decompose_layers=decompose_layers,
+            recalibration_steps=recalibration_steps,
+            loss=loss,
+            metrics=metrics,
+            batch_size=batch_size,
+            verbose=verbose,
+            record=record,
         )
+        if record is not None:
+            record.data["decomposition"] = decomposition
+            record.record_student(student)
+    else:
+        plan = record.plan()
+        decomposition = record.data.get("decomposition")
+        for key in ("sparse", "pruned", "recalibrated"):
+            if record.result(key) is not None:
+                results[key] = record.result(key)
 
-    def evaluate(net, stage):
-        say(f"[hos_keras] evaluating: {stage}")
-        with errors.stage(f"evaluation ({stage})"):
-            return training.evaluate_model(
-                net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
-            )
-
-    results = {"original": evaluate(teacher, "original")}
-    if pruned_from is not model:
-        results["sparse"] = evaluate(pruned_from, "after sparse training")
-    results["pruned"] = evaluate(
-        student,
-        "right after "
-        + {"prune": "pruning", "decompose": "decomposition"}.get(
-            approach, "pruning and decomposition"
-        ),
-    )
-    if recalibration_steps and batchnorm_layers(student):
-        say(
-            "[hos_keras] re-estimating batch norms on "
-            f"{plural(recalibration_steps, 'batch', 'batches')}"
-        )
-        with errors.stage("recalibration"):
-            recalibrate_batchnorm(
-                student,
-                train_data,
-                recalibration_steps,
-                batch_size=batch_size,
-            )
-        results["recalibrated"] = evaluate(student, "after BN recalibration")
-
+    if probabilities and output_loss == "softmax_mse":
+        output_loss = "logits_mse"  # the outputs are probabilities already
     if pivots == "auto":
         pivots = distill.auto_pivots(student, n_pivots, strict=False)
         if n_pivots and not pivots:
@@ -416,10 +405,21 @@ def compress(
     )
     labels = {"distill": "distillation", "finetune": "fine-tuning"}
     keys = {"distill": "distilled", "finetune": "finetuned"}
+    epochs = {"distill": distill_epochs, "finetune": finetune_epochs}
 
     def evaluate_stage(stage):
-        results[keys[stage]] = evaluate(student, f"after {labels[stage]}")
+        evaluate(student, keys[stage], f"after {labels[stage]}")
 
+    initial_epoch, own_callbacks = 0, []
+    if record is not None:
+        record.restore(distiller)
+        initial_epoch = record.epochs_done
+        own_callbacks = [record.callback(epochs)]
+        # A run killed between the distillation's last epoch and its evaluation.
+        if distill_epochs and initial_epoch == distill_epochs:
+            if record.result("distilled") is None:
+                evaluate_stage("distill")
+            results["distilled"] = record.result("distilled")
     history = training.distill_then_finetune(
         distiller,
         train_data,
@@ -432,12 +432,200 @@ def compress(
         distill_lr_schedule=distill_lr_schedule,
         finetune_lr_schedule=finetune_lr_schedule,
         validation_data=val_data,
-        callbacks=callbacks or (),
+        callbacks=[*own_callbacks, *(callbacks or ())],
         batch_size=batch_size,
+        initial_epoch=initial_epoch,
         verbose=verbose,
         after_stage=evaluate_stage,
     )
+    if record is not None:
+        history = record.history
+        for stage in ("distill", "finetune"):
+            if epochs[stage] and keys[stage] not in results:
+                # Finished in an earlier call: its evaluation was recorded then
+                # (or, for the last stage, the student is as it ended).
+                if record.result(keys[stage]) is None:
+                    evaluate_stage(stage)
+                results[keys[stage]] = record.result(keys[stage])
 
+    report = _report(
+        model,
+        teacher,
+        student,
+        val_data,
+        results=results,
+        plan=plan,
+        pivots=pivots,
+        history=history,
+        approach=approach,
+        decomposition=decomposition,
+        measurement=(latency_batch_sizes, latency_runs, tflite_latency),
+        output_dir=output_dir,
+        say=say,
+    )
+    if verbose:
+        report.summary()
+    return student, report
+
+
+def _compressed_student(
+    model,
+    train_data,
+    val_data,
+    *,
+    evaluate,
+    say,
+    approach,
+    sparse,
+    planning,
+    decomposing,
+    decompose_layers,
+    recalibration_steps,
+    loss,
+    metrics,
+    batch_size,
+    verbose,
+    record,
+):
+    """Sparse training, planning, slimming, decomposition and batch-norm
+    recalibration, each evaluated: `(student, plan, decomposition report)`."""
+    sparse_epochs, sparse_options, sparse_optimizer = sparse
+    plan = None
+    pruned_from = model  # the model the plan is made for and slimmed
+    if sparse_epochs:
+        with errors.stage("sparse training"):
+            pruned_from = training.sparse_trained(
+                model,
+                train_data,
+                sparse_epochs,
+                sparsity_lib.from_argument(
+                    sparse_options,
+                    criterion=planning["criterion"],
+                    scope=planning["scope"],
+                    skip=planning["skip"],
+                    seed=planning["seed"],
+                    data=train_data,
+                    calibration_steps=planning["calibration_steps"],
+                ),
+                optimizer=sparse_optimizer,
+                loss=loss,
+                metrics=metrics,
+                batch_size=batch_size,
+                verbose=verbose,
+            )
+        evaluate(pruned_from, "sparse", "after sparse training")
+    if approach != "decompose":
+        plan = record.plan() if record is not None else None
+        if plan is None:
+            plan = _plan(pruned_from, train_data, planning)
+            if record is not None:
+                record.record_plan(plan)
+        say(
+            f"[hos_keras] plan: {plural(len(plan.groups), 'channel group')}, MACs "
+            f"{plan.macs_before:,} -> {plan.macs_after:,} "
+            f"({plan.macs_reduction:.1%} fewer)"
+        )
+    with errors.stage("slimming"):
+        student = model if plan is None else surgery.slim_model(pruned_from, plan)
+    decomposition = None
+    if approach != "prune":
+        method, factor, ranks = decomposing
+        with errors.stage("decomposition"):
+            student, decomposed = decompose(
+                student,
+                method,
+                factor,
+                ranks,
+                decompose_layers,
+                data=keras.tree.map_structure(
+                    lambda a: a[:32], training.first_inputs(val_data)
+                ),
+                return_report=True,
+                seed=planning["seed"] or 0,
+            )
+        decomposition = decomposed.to_dict()
+        say(
+            f"[hos_keras] decomposed {plural(len(decomposed.layers), 'layer')} "
+            f"({method}), MACs {decomposed.macs['original']:,} -> "
+            f"{decomposed.macs['decomposed']:,}"
+        )
+    evaluate(
+        student,
+        "pruned",
+        "right after "
+        + {"prune": "pruning", "decompose": "decomposition"}.get(
+            approach, "pruning and decomposition"
+        ),
+    )
+    if recalibration_steps and batchnorm_layers(student):
+        say(
+            "[hos_keras] re-estimating batch norms on "
+            f"{plural(recalibration_steps, 'batch', 'batches')}"
+        )
+        with errors.stage("recalibration"):
+            recalibrate_batchnorm(
+                student,
+                train_data,
+                recalibration_steps,
+                batch_size=batch_size,
+            )
+        evaluate(student, "recalibrated", "after BN recalibration")
+    return student, plan, decomposition
+
+
+def _plan(model, train_data, planning: dict):
+    """The plan of `compress`'s pruning arguments (the target turned into an
+    allocation; calibration data where the criterion or allocation needs it)."""
+    options = dict(planning)
+    criterion, allocation = options.pop("criterion"), options.pop("allocation")
+    target, target_latency = options.pop("target"), options.pop("target_latency")
+    calibration_steps = options.pop("calibration_steps")
+    shared = {
+        key: options.pop(key)
+        for key in (
+            "min_channels",
+            "round_to",
+            "seed",
+            "scope",
+            "skip",
+            "runtime",
+            "latency_model",
+        )
+    }
+    with errors.stage("planning"):
+        resolved = allocation_lib.for_target(
+            allocation,
+            target,
+            target_latency,
+            names=("target", "target_latency"),
+            **options,
+        )
+        calibration = {}
+        if getattr(
+            get_criterion(criterion, seed=shared["seed"]), "statistics", ()
+        ) or getattr(resolved, "needs_data", False):
+            calibration = {"data": train_data, "calibration_steps": calibration_steps}
+        return plan_pruning(model, criterion, resolved, **calibration, **shared)
+
+
+def _report(
+    model,
+    teacher,
+    student,
+    val_data,
+    *,
+    results,
+    plan,
+    pivots,
+    history,
+    approach,
+    decomposition,
+    measurement,
+    output_dir,
+    say,
+) -> CompressionReport:
+    """Measures costs, latency and file sizes; writes the output files."""
+    latency_batch_sizes, latency_runs, tflite_latency = measurement
     before, after = profile(model), profile(student)
     latency, tflite = {}, {}
     if latency_runs and (latency_batch_sizes or tflite_latency):
@@ -476,6 +664,4 @@ def compress(
             files.write_text(os.path.join(output_dir, "plan.json"), plan.to_json())
         if output_dir is not None:
             files.write_text(os.path.join(output_dir, "report.json"), report.to_json())
-    if verbose:
-        report.summary()
-    return student, report
+    return report

@@ -17,7 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_path", "save_model", "write_bytes", "write_text"]
+__all__ = ["atomic_path", "save_model", "save_weights", "write_bytes", "write_text"]
 
 
 @contextlib.contextmanager
@@ -46,7 +46,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
-    stem, suffix = os.path.splitext(base)
+    # Keep every suffix: Keras wants weights files to end in ".weights.h5".
+    stem, dot, rest = base.partition(".")
+    suffix = dot + rest
     handle, temporary = tempfile.mkstemp(
         dir=directory, prefix=f".{stem}.tmp-", suffix=suffix
     )
@@ -86,3 +88,9 @@ def save_model(model, path: str | os.PathLike) -> None:
     """`model.save(path)`, atomically (see `atomic_path`)."""
     with atomic_path(path) as temporary:
         model.save(temporary)
+
+
+def save_weights(model, path: str | os.PathLike) -> None:
+    """`model.save_weights(path)` (a `.weights.h5` file), atomically."""
+    with atomic_path(path) as temporary:
+        model.save_weights(temporary)

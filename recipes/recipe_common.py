@@ -18,6 +18,7 @@ which with torch's closed form lands each drop one epoch late (from epoch 81 and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -212,6 +213,10 @@ def baseline(build, train, val, args) -> keras.Model:
     if os.path.exists(path) and not args.retrain:
         print(f"[recipe] reusing the baseline in {path} (--retrain to train anew)")
         return keras.models.load_model(path)
+    # A new baseline starts a new compress run: the old run's record would
+    # refuse it (another model), and resuming it would mix two runs.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(args.output_dir, "progress.json"))
     keras.utils.set_random_seed(args.seed)
     model = build()
     steps = int(train.cardinality())

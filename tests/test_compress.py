@@ -2,7 +2,9 @@
 
 import json
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -543,7 +545,7 @@ FAULTS = {
     "distillation": ("hos_keras.distill.HOSDistiller.fit", {}),
     "fine-tuning": ("hos_keras.distill.HOSDistiller.fit", {"distill_epochs": 0}),
     "latency measurement": ("hos_keras.latency.original_and_slim", {}),
-    "writing the output files": ("hos_keras.files.write_text", {}),
+    "writing the output files": ("hos_keras.report.CompressionReport.to_json", {}),
 }
 
 
@@ -600,3 +602,68 @@ def test_a_hos_keras_error_keeps_its_type_and_gains_the_stage():
         hos_keras.compress(model, _data(16, 0), _data(16, 1), target=0.999, verbose=0)
     assert caught.value.stage == "planning"
     assert "(raised during planning)" in caught.value.__notes__
+
+
+def _resumable(directory, kill=""):
+    """Runs tests/scripts/resumable_compress.py; returns (status, report)."""
+    script = Path(__file__).parent / "scripts" / "resumable_compress.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(directory), kill],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode:
+        return result.returncode, result.stderr[-3000:]
+    return 0, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_killed_compress_resumes_from_its_record_and_ends_as_an_unkilled_one(
+    tmp_path,
+):
+    """SIGKILL during the distillation (mid-epoch), then again during the
+    fine-tuning: each call resumes from the recorded plan and the last finished
+    epoch (optimizer state included), and the final student equals an
+    uninterrupted run's bit for bit under TensorFlow's op determinism, with the
+    same evaluations and a history that covers every epoch."""
+    status, expected = _resumable(tmp_path / "whole")
+    assert status == 0, expected
+    run = tmp_path / "killed"
+    status, _ = _resumable(run, "distill:1:1")
+    assert status == -9
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["epochs_done"] == 1 and progress["planned"]
+    plan_text = (run / "plan.json").read_text()
+    status, _ = _resumable(run, "finetune:1:2")
+    assert status == -9
+    assert json.loads((run / "progress.json").read_text())["epochs_done"] == 3
+    assert (run / "plan.json").read_text() == plan_text  # never planned again
+    status, resumed = _resumable(run)
+    assert status == 0, resumed
+    assert resumed["first"] == expected["first"]
+    assert resumed["weights"] == expected["weights"]
+    assert resumed["metrics"] == expected["metrics"]
+    for stage in ("distill", "finetune"):
+        assert resumed["history"][stage]["loss"] == expected["history"][stage]["loss"]
+        assert len(resumed["history"][stage]["loss"]) == 2
+
+
+def test_output_dir_of_another_run_is_refused(tmp_path):
+    model = hos_keras.models.cifar_resnet(
+        depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
+    )
+    train, val = _data(16, 0), _data(16, 1)
+    options = {
+        "allocation": "fixed",
+        "distill_epochs": 0,
+        "finetune_epochs": 0,
+        "latency_batch_sizes": (),
+        "tflite_latency": False,
+        "output_dir": tmp_path,
+        "verbose": 0,
+    }
+    hos_keras.compress(model, train, val, ratio=0.5, **options)
+    with pytest.raises(InvalidArgumentError, match="another arguments.*same model"):
+        hos_keras.compress(model, train, val, ratio=0.25, **options)
