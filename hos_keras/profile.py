@@ -76,7 +76,7 @@ def profile(
         if first_call:
             entry = layers[name] = {"type": type(op).__name__, "params": 0, "macs": 0}
         rule = call.rule or layer_rules.LayerRule()
-        c_in, c_out = _call_channels(rule, op, node, name, in_channels, out_channels)
+        c_in, c_out = call_channels(rule, op, node, name, in_channels, out_channels)
         params, macs = rule.cost(op, node, c_in, c_out)
         entry["macs"] += int(macs)
         if first_call:
@@ -88,8 +88,9 @@ def profile(
     }
 
 
-def _call_channels(rule, op, node, name, in_channels, out_channels):
-    """Input and output channel counts of one call, overrides applied."""
+def call_channels(rule, op, node, name, in_channels, out_channels):
+    """Input and output channel counts of one call, overrides applied (shared
+    with `hos_keras.cost_model`, which counts the same way)."""
     if not node.input_tensors or not node.output_tensors:
         return 0, 0
     in_shape = node.input_tensors[0].shape
