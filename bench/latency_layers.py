@@ -21,6 +21,7 @@ import keras
 
 import hos_keras
 from hos_keras import latency
+from hos_keras.cost_model import ChannelCounter
 
 RESULTS = Path(__file__).parent / "results" / "latency_layers.json"
 
@@ -38,7 +39,7 @@ def _per_stage(model, table, plan=None) -> dict:
     if plan is not None:
         graph = hos_keras.channel_groups(model, warn=False)
         keeps = {name: entry.keep for name, entry in plan.groups.items()}
-        counts = hos_keras.plan._channel_counts(graph, keeps)
+        counts = ChannelCounter(graph).counts(keeps)
     in_channels, out_channels, _ = counts
     cost = hos_keras.profile(model, in_channels, out_channels)
     stages: dict[str, dict] = {}

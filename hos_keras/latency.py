@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import _startup, export, files, graph, layer_rules
+from hos_keras import _startup, cost_model, export, files, graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = [
@@ -680,6 +680,7 @@ def _calibrate(result: LatencyModel, model, channel_graph, runs: int) -> None:
     from hos_keras import surgery
 
     copies, raw = [], []
+    counter = cost_model.ChannelCounter(channel_graph)
     for ratio in _CALIBRATION_RATIOS:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -687,7 +688,7 @@ def _calibrate(result: LatencyModel, model, channel_graph, runs: int) -> None:
                 model, criterion="l1", allocation="fixed", ratio=ratio
             )
         keeps = {name: entry.keep for name, entry in plan.groups.items()}
-        raw.append(result.raw_saved(*plan_lib._channel_counts(channel_graph, keeps)))
+        raw.append(result.raw_saved(*counter.counts(keeps)))
         copies.append(surgery.slim_model(model, plan))
     times = _time_models(
         [model, *copies], result.runtime, result.batch_size, result.threads, 2 * runs

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import calibration, criteria, graph, layer_rules
+from hos_keras import calibration, cost_model, criteria, graph, layer_rules
 from hos_keras import latency as latency_lib
 from hos_keras.errors import (
     HOSKerasError,
@@ -31,7 +31,6 @@ from hos_keras.errors import (
     UnreachableTargetError,
     check_int,
 )
-from hos_keras.profile import profile
 from hos_keras.report import allocation_label, statistic_cell, table
 from hos_keras.text import plural
 
@@ -561,12 +560,13 @@ def plan_pruning(
             wanted=statistics,
             loss=calibration_loss,
         )
-    base_cost = profile(model)
+    counter = cost_model.CostCounter(model, channel_graph)
+    base_cost = {"params": counter.params, "macs": counter.macs}
     needs_macs = getattr(scorer, "needs_macs", False)
 
     def macs_per_channel(group) -> float:
         one_less = {group.name: np.arange(group.channels - 1)}
-        return float(base_cost["macs"] - _cost(model, channel_graph, one_less)["macs"])
+        return float(base_cost["macs"] - counter.cost(one_less)["macs"])
 
     scores = {
         g.name: _group_scores(
@@ -608,8 +608,7 @@ def plan_pruning(
             model, runtime, channel_graph=channel_graph
         )
     cost = _PlanCost(
-        model,
-        channel_graph,
+        counter,
         {name: g.channels for name, g in by_name.items()},
         scores,
         positions,
@@ -669,7 +668,7 @@ def plan_pruning(
             details["excluded"] = [name for name in by_name if name not in selected]
         if latency_model is not None:
             predicted = latency_model.predict(
-                *_channel_counts(channel_graph, {n: g.keep for n, g in groups.items()})
+                *counter.channels.counts({n: g.keep for n, g in groups.items()})
             )
             details["latency"] = {
                 "runtime": latency_model.runtime,
@@ -894,8 +893,7 @@ class _PlanCost(allocation_lib.CostModel):
 
     def __init__(
         self,
-        model,
-        channel_graph,
+        counter,
         channels,
         scores,
         positions,
@@ -904,7 +902,7 @@ class _PlanCost(allocation_lib.CostModel):
         base_macs,
         latency_model=None,
     ):
-        self.model, self.channel_graph = model, channel_graph
+        self.counter = counter
         self.channels, self.scores, self.positions = channels, scores, positions
         self.min_channels, self.round_to = min_channels, round_to
         self.base_macs, self.latency_model = base_macs, latency_model
@@ -919,7 +917,7 @@ class _PlanCost(allocation_lib.CostModel):
 
     def cost(self, counts: Mapping[str, int]) -> dict:
         """`profile`-style params and MACs of the model at `counts`."""
-        return _cost(self.model, self.channel_graph, self.kept(counts))
+        return self.counter.cost(self.kept(counts))
 
     def keep_counts(self, ratios: Mapping[str, float]) -> dict[str, int]:
         return {
@@ -936,38 +934,9 @@ class _PlanCost(allocation_lib.CostModel):
         if self.latency_model is None:
             return super().latency_reduction(counts)
         predicted = self.latency_model.predict(
-            *_channel_counts(self.channel_graph, self.kept(counts))
+            *self.counter.channels.counts(self.kept(counts))
         )
         return 1.0 - predicted / self.latency_model.base_ms
-
-
-def _channel_counts(
-    channel_graph, keeps: Mapping[str, np.ndarray], tensors: bool = True
-):
-    """`(in_channels, out_channels, tensor_channels)` of the layers a pruning
-    changes, each group reduced to its kept channels; `tensors=False` leaves the
-    per-layer output counts (only latency models need them) empty."""
-    removed = channel_graph.removed_classes(keeps)
-    in_keep, out_keep = channel_graph.kept_positions(removed)
-    in_channels = {k: len(v) for k, v in in_keep.items()}
-    out_channels = {k: len(v) for k, v in out_keep.items()}
-    for name, count in in_channels.items():
-        layer = channel_graph.layers[name]
-        rule = layer_rules.get_rule(layer)
-        if rule is not None and not rule.creates(layer):
-            out_channels[name] = rule.passed(layer, count)
-    tensor_channels = {}
-    for name, classes in channel_graph.tensors.items() if tensors else ():
-        kept = int(np.count_nonzero(~np.isin(classes, removed)))
-        if kept != len(classes):
-            tensor_channels[name] = kept
-    return in_channels, out_channels, tensor_channels
-
-
-def _cost(model, channel_graph, keeps: Mapping[str, np.ndarray]) -> dict:
-    """profile() of the model with each group reduced to its kept channels."""
-    in_channels, out_channels, _ = _channel_counts(channel_graph, keeps, False)
-    return profile(model, in_channels, out_channels)
 
 
 def restrict_plan(
@@ -1004,7 +973,9 @@ def restrict_plan(
         if len(keep) != len(entry.keep):
             ratio = 1.0 - len(keep) / entry.channels
         groups[name] = dataclasses.replace(entry, keep=keep, ratio=ratio)
-    after = _cost(model, channel_graph, {n: g.keep for n, g in groups.items()})
+    after = cost_model.CostCounter(model, channel_graph).cost(
+        {n: g.keep for n, g in groups.items()}
+    )
     return dataclasses.replace(
         plan, groups=groups, params_after=after["params"], macs_after=after["macs"]
     )
