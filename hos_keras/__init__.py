@@ -14,6 +14,7 @@ if _startup.wanted():  # hos-keras and the recipes start quietly
 
 from hos_keras import (
     allocation,
+    attention,
     data,
     errors,
     latency,
@@ -34,6 +35,7 @@ from hos_keras.allocation import (
     get_allocation,
     register_allocation,
 )
+from hos_keras.blocks import TransformerBlock, transformer_blocks
 from hos_keras.callbacks import HOSPruneCallback
 from hos_keras.compress import CompressionReport, compress
 from hos_keras.criteria import (
@@ -101,8 +103,10 @@ __all__ = [
     "RandomCriterion",
     "ShapiroWilkAllocation",
     "TargetAllocation",
+    "TransformerBlock",
     "allocation",
     "allocation_names",
+    "attention",
     "auto_pivots",
     "channel_groups",
     "compress",
@@ -136,6 +140,7 @@ __all__ = [
     "skew",
     "slim_model",
     "training",
+    "transformer_blocks",
     "tuner",
     "weight_masks",
 ]

@@ -8,9 +8,12 @@ such a layer could not be rebuilt, nor saved and loaded, even by its own library
 as soon as the layer is serialised on its own.
 
 `carry_over` re-creates such a layer from the config its constructor does accept
-and wraps it in `CarriedLayer`, which stores exactly that config: the rebuilt model
-computes what the original did, and saves to `.keras` and loads again (with
-hos_keras imported, which registers `CarriedLayer`).
+(a function Keras cannot find by name, such as keras-hub CLIP's unregistered
+`quick_gelu`, is passed as the object the layer holds) and wraps it in
+`CarriedLayer`, which stores that config: the rebuilt model computes what the
+original did, and saves to `.keras` and loads again (with hos_keras imported,
+which registers `CarriedLayer`) as long as every function it names is registered
+with Keras.
 """
 
 from __future__ import annotations
@@ -132,6 +135,13 @@ def carry_over(layer, config: dict, name: str = ""):
             ) from error
         first = error
     repaired = accepted_config(type(layer), config)
+    for key, value in repaired.items():
+        # A function Keras cannot find by name (not registered) is passed as
+        # the object the layer holds.
+        held = getattr(layer, key, None)
+        function = isinstance(value, dict) and value.get("class_name") == "function"
+        if function and callable(held):
+            repaired[key] = held
     try:
         inner = type(layer).from_config(repaired)
     except Exception as error:

@@ -9,8 +9,16 @@ import functools
 import warnings
 
 import keras
+import numpy as np
 import pytest
-from invariants import check_invariant, check_reload
+import zoo
+from invariants import (
+    assert_equivalent,
+    check_invariant,
+    check_reload,
+    different_plan,
+    outputs,
+)
 from keras import layers
 
 import hos_keras
@@ -157,3 +165,223 @@ def test_mlp_width_is_one_group(gated, einsum, tmp_path):
         == 16
     )
     check_reload(slim, model, plan, tmp_path / "mlp.keras")
+
+
+# Attention heads ------------------------------------------------------------------
+
+
+def _attention_block(attention, query_shape=(6, 16), value_shape=None):
+    """norm -> attention (self, or cross to a second input) -> residual add."""
+    query = keras.Input(query_shape, name="query")
+    inputs = [query]
+    x = layers.LayerNormalization(name="norm")(query)
+    if value_shape is None:
+        y = attention(x, x)
+    else:
+        value = keras.Input(value_shape, name="value")
+        inputs.append(value)
+        y = attention(x, value)
+    x = layers.Add(name="residual")([query, y])
+    outputs = layers.Dense(3, name="head")(layers.Flatten()(x))
+    inputs = inputs if len(inputs) > 1 else query
+    return keras.Model(inputs, outputs, name=f"{attention.name}_block")
+
+
+def test_attention_heads_are_one_group(tmp_path):
+    attention = layers.MultiHeadAttention(
+        num_heads=4, key_dim=5, value_dim=3, use_gate=True, name="att"
+    )
+    model = _attention_block(attention)
+    graph = hos_keras.channel_groups(model, warn=False)
+    assert [(g.name, g.channels) for g in graph.prunable] == [("att", 4)]
+    plan = _plan(model, criterion="l1", ratio=0.5)
+    slim = check_invariant(model, plan)
+    assert slim.get_layer("att").num_heads == len(plan["att"].keep) == 2
+    check_reload(slim, model, plan, tmp_path / "att.keras")
+
+
+def test_grouped_query_attention_prunes_whole_key_value_groups(tmp_path):
+    attention = layers.GroupQueryAttention(
+        head_dim=4, num_query_heads=6, num_key_value_heads=3, name="gqa"
+    )
+    model = _attention_block(attention)
+    graph = hos_keras.channel_groups(model, warn=False)
+    assert [(g.name, g.channels) for g in graph.prunable] == [("gqa", 3)]
+    assert hos_keras.attention.attention_units(attention) == (3, 2)
+    plan = _plan(model, criterion="l1", ratio=0.3)
+    keep = plan["gqa"].keep
+    assert len(keep) == 2
+    slim = check_invariant(model, plan)
+    rebuilt = slim.get_layer("gqa")
+    assert (rebuilt.num_key_value_heads, rebuilt.num_query_heads) == (2, 4)
+    # Query heads 2u and 2u + 1 went with key/value head u.
+    query = np.asarray(attention._query_dense.kernel)
+    kept_query = np.concatenate([[2 * u, 2 * u + 1] for u in keep])
+    np.testing.assert_array_equal(
+        np.asarray(rebuilt._query_dense.kernel), query[:, kept_query]
+    )
+    check_reload(slim, model, plan, tmp_path / "gqa.keras")
+
+
+def test_a_heads_filter_holds_every_weight_of_the_head():
+    attention = layers.MultiHeadAttention(num_heads=3, key_dim=4, name="att")
+    model = _attention_block(attention, query_shape=(5, 8))
+    filters = hos_keras.filter_matrix(attention)
+    per_head = [
+        int(np.prod(w.shape)) // 3 for w in attention.weights if w.shape[0] == 3
+    ] + [
+        int(np.prod(w.shape)) // 3
+        for w in attention.weights
+        if len(w.shape) > 1 and w.shape[1] == 3
+    ]
+    assert filters.shape == (sum(per_head), 3)
+    # Head 1's weights, gathered from each projection by hand.
+    parts = []
+    for sub in ("_query_dense", "_key_dense", "_value_dense"):
+        dense = getattr(attention, sub)
+        parts += [np.asarray(dense.kernel)[:, 1].ravel(), np.asarray(dense.bias)[1]]
+    parts.append(np.asarray(attention._output_dense.kernel)[1].ravel())
+    np.testing.assert_array_equal(
+        np.sort(filters[:, 1]), np.sort(np.concatenate(parts))
+    )
+    assert model.get_layer("att") is attention
+
+
+def test_profile_counts_attention_by_hand():
+    # Cross-attention: T = 6 query positions of width 16, S = 4 value positions
+    # of width 8; 3 heads of key size 5 and value size 2; output width 16.
+    attention = layers.MultiHeadAttention(
+        num_heads=3, key_dim=5, value_dim=2, name="att"
+    )
+    model = _attention_block(attention, query_shape=(6, 16), value_shape=(4, 8))
+    t, s, d_q, d_v, h, k, v = 6, 4, 16, 8, 3, 5, 2
+    macs = (
+        t * d_q * h * k  # query projection
+        + s * d_v * h * k  # key projection
+        + s * d_v * h * v  # value projection
+        + t * s * h * k  # QK^T
+        + t * s * h * v  # AV
+        + t * h * v * d_q  # output projection
+    )
+    cost = hos_keras.profile(model)["layers"]["att"]
+    assert cost == {
+        "type": "MultiHeadAttention",
+        "params": attention.count_params(),
+        "macs": macs,
+    }
+    one_head = hos_keras.profile(model, out_channels={"att": 1})["layers"]["att"]
+    assert (
+        one_head["macs"]
+        == t * d_q * k + s * d_v * (k + v) + t * s * (k + v) + t * v * d_q
+    )
+    assert one_head["params"] == (d_q + 1) * k + (d_v + 1) * (k + v) + v * d_q + d_q
+
+
+def test_attention_that_returns_its_scores_freezes():
+    query = keras.Input((6, 16))
+    attention = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="att")
+    y, scores = attention(query, query, return_attention_scores=True)
+    x = layers.Concatenate()([layers.Flatten()(y), layers.Flatten()(scores)])
+    model = keras.Model(query, layers.Dense(3)(x))
+    frozen = hos_keras.channel_groups(model, warn=False).group("att").frozen
+    assert frozen.startswith("returns attention scores")
+
+
+# keras-hub transformer backbones ------------------------------------------------
+
+# Families whose heads and MLP widths prune; CLIP's quick_gelu activation is not
+# registered with Keras, so its slim model (like its own layers) cannot be
+# reloaded from a .keras file.
+PRUNED_FAMILIES = [
+    "ViTBackbone",
+    "DINOV2Backbone",
+    "CLIPVisionEncoder",
+    "BertBackbone",
+    "DistilBertBackbone",
+    "RobertaBackbone",
+    "ElectraBackbone",
+    "WhisperBackbone",
+]
+NOT_RELOADABLE = {"CLIPVisionEncoder"}
+
+
+def _live_kernels(model, seed=0):
+    """Kernels drawn from N(0, 0.3^2): keras-hub's initialisers (std 0.02) make
+    the attention and MLP branches so small beside the embeddings that a plan
+    one channel different hardly changes the outputs (no power)."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if variable.path.endswith("kernel") and len(variable.shape) >= 2:
+            variable.assign(rng.normal(0.0, 0.3, variable.shape).astype("float32"))
+    return model
+
+
+def _check_token_model(model, plan, path):
+    """slim == mask and reload for models with token-id inputs (by name)."""
+    x = zoo.transformer_inputs(model)
+    slim = hos_keras.slim_model(model, plan)
+    decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
+    expected = outputs(hos_keras.mask_model(model, plan), x)
+    assert_equivalent(expected, outputs(slim, x), decoys=[decoy], name=model.name)
+    cost = hos_keras.profile(slim)
+    assert (cost["params"], cost["macs"]) == (plan.params_after, plan.macs_after)
+    slim.save(path)
+    loaded = keras.models.load_model(path)
+    assert_equivalent(
+        outputs(slim, x),
+        outputs(loaded, x),
+        decoys=[decoy],
+        name=f"{model.name} reloaded",
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("family", PRUNED_FAMILIES)
+# CLIPVisionEncoder takes a dict of one image input, random_inputs gives the array.
+@pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
+def test_hub_transformer_prunes_heads_and_mlp_widths(family, tmp_path):
+    model = _live_kernels(zoo.hub_transformer(family))
+    plan = _plan(model)
+    assert plan.macs_reduction >= 0.2
+    kinds = {type(_group_layer(model, name)).__name__ for name in plan.groups}
+    assert any("Attention" in kind for kind in kinds), kinds
+    assert kinds & {"Dense", "EinsumDense"}, kinds
+    if any(t.dtype.startswith("int") for t in model.inputs):
+        _check_token_model(model, plan, tmp_path / "slim.keras")
+        return
+    slim = check_invariant(model, plan)
+    if family not in NOT_RELOADABLE:
+        check_reload(slim, model, plan, tmp_path / "slim.keras")
+
+
+def _group_layer(model, name):
+    return hos_keras.channel_groups(model, warn=False).layers[name]
+
+
+def test_transformer_blocks_list_heads_and_mlp_groups_per_block():
+    bert = zoo.hub_transformer("BertBackbone")
+    blocks = hos_keras.transformer_blocks(bert)
+    assert [b.name for b in blocks] == ["transformer_layer_0", "transformer_layer_1"]
+    first = blocks[0]
+    assert first.attention == ("transformer_layer_0/self_attention_layer",)
+    assert (first.units, first.heads_per_unit) == ((2,), (1,))
+    assert first.mlp == ("transformer_layer_0/feedforward_intermediate_dense",)
+    assert first.frozen == {}
+    # DINOv2 wraps its attention layer in a layer of its own: the block is the
+    # path that holds both the wrapper and the MLP.
+    dino = hos_keras.transformer_blocks(zoo.hub_transformer("DINOV2Backbone"))
+    assert [(b.name, b.mlp) for b in dino] == [
+        (f"encoder/layers_{k}", (f"encoder/layers_{k}/mlp/fc1",)) for k in (0, 1)
+    ]
+    gqa = _attention_block(
+        layers.GroupQueryAttention(
+            head_dim=4, num_query_heads=6, num_key_value_heads=3, name="gqa"
+        )
+    )
+    (block,) = hos_keras.transformer_blocks(gqa)
+    assert (block.name, block.attention, block.units, block.heads_per_unit) == (
+        "",
+        ("gqa",),
+        (3,),
+        (2,),
+    )

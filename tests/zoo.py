@@ -155,3 +155,141 @@ def hub_classifier(family: str) -> tuple[keras.Model, tuple]:
     x = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     outputs = keras.layers.Dense(10, name="classes")(x)
     return keras.Model(inputs, outputs, name=f"hub_{backbone.name}"), shape
+
+
+def _hub_transformers():
+    from keras_hub import models as hub
+
+    text = {"vocabulary_size": 100, "max_sequence_length": 16}
+    return {
+        "ViTBackbone": lambda: hub.ViTBackbone(
+            image_shape=(32, 32, 3),
+            patch_size=4,
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=64,
+            mlp_dim=128,
+        ),
+        "DINOV2Backbone": lambda: hub.DINOV2Backbone(
+            patch_size=4,
+            num_layers=2,
+            hidden_dim=32,
+            num_heads=2,
+            intermediate_dim=64,
+            image_shape=(28, 28, 3),
+            position_embedding_shape=(28, 28, 3),
+        ),
+        "CLIPVisionEncoder": lambda: hub.CLIPVisionEncoder(
+            patch_size=4,
+            hidden_dim=32,
+            num_layers=2,
+            num_heads=2,
+            intermediate_dim=64,
+            image_shape=(32, 32, 3),
+        ),
+        "BertBackbone": lambda: hub.BertBackbone(
+            num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, **text
+        ),
+        "DistilBertBackbone": lambda: hub.DistilBertBackbone(
+            num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, **text
+        ),
+        "RobertaBackbone": lambda: hub.RobertaBackbone(
+            num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, **text
+        ),
+        "ElectraBackbone": lambda: hub.ElectraBackbone(
+            vocab_size=100,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            embedding_dim=16,
+            intermediate_dim=64,
+            max_sequence_length=16,
+        ),
+        "WhisperBackbone": lambda: hub.WhisperBackbone(
+            vocabulary_size=100,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            num_mels=8,
+            max_encoder_sequence_length=32,
+            max_decoder_sequence_length=16,
+        ),
+        "AlbertBackbone": lambda: hub.AlbertBackbone(
+            num_layers=2,
+            num_heads=2,
+            embedding_dim=16,
+            hidden_dim=32,
+            intermediate_dim=64,
+            **text,
+        ),
+        "DeiTBackbone": lambda: hub.DeiTBackbone(
+            image_shape=(32, 32, 3),
+            patch_size=4,
+            num_layers=2,
+            num_heads=4,
+            hidden_dim=64,
+            intermediate_dim=128,
+        ),
+        "GPT2Backbone": lambda: hub.GPT2Backbone(
+            num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, **text
+        ),
+        "GemmaBackbone": lambda: hub.GemmaBackbone(
+            vocabulary_size=100,
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+            head_dim=8,
+        ),
+        "LlamaBackbone": lambda: hub.LlamaBackbone(
+            vocabulary_size=100,
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+        ),
+    }
+
+
+# keras-hub transformer backbones with tiny random configs: the first ones prune
+# heads and MLP widths; AlbertBackbone shares one block across its layers, DeiT's
+# encoder and the decoders' blocks (causal masks from the sequence length) cannot
+# be traced into functional views, so they freeze.
+HUB_TRANSFORMERS = list(_hub_transformers())
+
+
+def hub_transformer(family: str) -> keras.Model:
+    """A keras-hub transformer backbone of the family (random weights)."""
+    return _hub_transformers()[family]()
+
+
+def transformer_inputs(model: keras.Model, batch: int = 4, length: int = 16, seed=0):
+    """Inputs for a keras-hub transformer backbone, by input name.
+
+    Token ids are drawn below 100 (the zoo's vocabulary), padding masks end some
+    sequences early, segment ids are 0 or 1, float inputs (images, audio
+    features) are standard normal.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for tensor in model.inputs:
+        name = tensor.name
+        if name.endswith("token_ids"):
+            inputs[name] = rng.integers(0, 100, size=(batch, length)).astype("int32")
+        elif name.endswith("padding_mask"):
+            mask = np.ones((batch, length), "int32")
+            for row in range(1, batch):
+                mask[row, length - 3 * row :] = 0
+            inputs[name] = mask
+        elif name.endswith("segment_ids"):
+            inputs[name] = rng.integers(0, 2, size=(batch, length)).astype("int32")
+        else:
+            shape = [batch if d is None else d for d in (batch, *tensor.shape[1:])]
+            shape = [length * 2 if d is None else d for d in shape]
+            inputs[name] = rng.normal(size=shape).astype("float32")
+    return inputs
