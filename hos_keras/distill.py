@@ -591,6 +591,12 @@ class HOSDistiller(keras.Model):
         # A feature model with one output returns a tensor, not a list.
         student_out = keras.tree.flatten(self._student_features(x, training=training))
         s_pred, s_feats = student_out[0], student_out[1:]
+        if self._compile_loss is None:
+            raise InvalidArgumentError(
+                "HOSDistiller was compiled without a task loss (loss=None); pass "
+                "compile(loss=...), and loss_weights=0.0 to train on the auxiliary "
+                "losses alone."
+            )
         task = tf.cast(self._compile_loss(y, s_pred, sample_weight), tf.float32)
         task = task * float(replicas)
         if self.student.losses:

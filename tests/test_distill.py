@@ -802,3 +802,13 @@ def test_callers_default_to_the_reference_output_weight():
     )
     low, high = inspect.signature(HOSHyperModel).parameters["output_weight"].default
     assert low <= 1.0 and 5.0 <= high  # both values of the reference's mse_factor
+
+
+def test_compiling_without_a_task_loss_says_how_to_drop_it(pair):
+    """loss=None is refused with the fix (loss_weights=0.0), not a TypeError."""
+    teacher, plan, student = pair
+    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan, pivots=[])
+    distiller.compile(optimizer="sgd", loss=None)
+    x, y = tiny.images(4, tuple(teacher.inputs[0].shape[1:]), classes=10)
+    with pytest.raises(InvalidArgumentError, match="loss_weights=0.0"):
+        distiller.evaluate(x, y, verbose=0)
