@@ -83,6 +83,7 @@ class AttentionRule(layer_rules.LayerRule):
 
     produces = True
     has_filters = True
+    output_channels = False
 
     def __init__(
         self,

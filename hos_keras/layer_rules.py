@@ -170,6 +170,9 @@ class LayerRule:
     produces = False
     #: Whether layers of the type have a filter matrix (producers, depthwise).
     has_filters = False
+    #: Whether a producer's channels are its output tensor's channels, where the
+    #: data criteria read them (an attention layer's heads are not).
+    output_channels = True
 
     def creates(self, layer) -> bool:
         """Whether this layer makes new channels (some rules decide per layer)."""

@@ -552,6 +552,17 @@ def plan_pruning(
                 f"layers; {nested[:3]} are inside nested models. Use a weight "
                 "criterion for this model."
             )
+        inside = [
+            p
+            for p in filters
+            if not layer_rules.get_rule(channel_graph.layers[p]).output_channels
+        ]
+        if inside:
+            raise InvalidArgumentError(
+                f"Criterion {criterion!r} reads each channel on its layer's output; "
+                f"the channels of {inside[:3]} (attention heads) are not there. Use "
+                "a weight criterion (k34, l1, ...) for this model."
+            )
         activations = calibration.collect(
             model,
             list(filters),

@@ -28,7 +28,9 @@ from hos_keras import carried
 def _plan(model, **options):
     """plan_pruning with its 'does not prune' warning silenced (transformers
     freeze their hidden width on purpose)."""
-    options = {"criterion": "random", "allocation": "fixed", "ratio": 0.3, **options}
+    options = {"criterion": "random", "allocation": "fixed", **options}
+    if options["allocation"] == "fixed":
+        options.setdefault("ratio", 0.3)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "hos_keras does not prune")
         return hos_keras.plan_pruning(model, **options)
@@ -385,3 +387,33 @@ def test_transformer_blocks_list_heads_and_mlp_groups_per_block():
         (3,),
         (2,),
     )
+
+
+def test_data_criteria_refuse_attention_heads():
+    model = _attention_block(layers.MultiHeadAttention(2, 4, name="att"))
+    x = np.random.default_rng(0).normal(size=(8, 6, 16)).astype("float32")
+    with pytest.raises(hos_keras.errors.InvalidArgumentError, match="attention heads"):
+        _plan(model, criterion="taylor", data=(x, np.zeros(8, "int64")))
+
+
+@pytest.mark.parametrize("task", ["ViTImageClassifier", "BertTextClassifier"])
+def test_classifier_on_a_backbone_keeps_each_blocks_own_widths(task, tmp_path):
+    import keras_hub
+
+    family = "ViTBackbone" if task.startswith("ViT") else "BertBackbone"
+    backbone = _live_kernels(zoo.hub_transformer(family))
+    model = getattr(keras_hub.models, task)(backbone, num_classes=3)
+    plan = _plan(model, criterion="l1", allocation="global", fraction=0.4)
+    slim = hos_keras.slim_model(model, plan)
+    # A plain functional model, the keras-hub task class not kept.
+    assert type(slim).__name__ == "Functional"
+    blocks = hos_keras.transformer_blocks(model)
+    widths = {
+        (len(plan[b.attention[0]].keep), len(plan[b.mlp[0]].keep)) for b in blocks
+    }
+    assert len(widths) == len(blocks), widths  # each block its own widths
+    if family == "ViTBackbone":
+        check_invariant(model, plan)
+        check_reload(slim, model, plan, tmp_path / "classifier.keras")
+    else:
+        _check_token_model(model, plan, tmp_path / "classifier.keras")
