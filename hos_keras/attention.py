@@ -70,6 +70,9 @@ class AttentionRule(layer_rules.LayerRule):
             the rebuilt layer's config gets. Defaults to `"num_heads"`.
         kv_heads: Name of the key/value head count for grouped-query attention;
             `None` when each query head has its own. Defaults to `None`.
+        arguments: Names of the call's query, value and key arguments (`None`:
+            the key is the value), for the positions each projection reads.
+            Defaults to `("query", "value", "key")`.
 
     Example:
 
@@ -95,10 +98,12 @@ class AttentionRule(layer_rules.LayerRule):
         gate: str = "_gate_dense",
         heads: str = "num_heads",
         kv_heads: str | None = None,
+        arguments: tuple[str, str, str | None] = ("query", "value", "key"),
     ):
         self.query, self.key, self.value = query, key, value
         self.output_name, self.gate = output, gate
         self.heads, self.kv_heads = heads, kv_heads
+        self.arguments = tuple(arguments)
 
     # What the layer is made of ------------------------------------------------
 
@@ -248,7 +253,7 @@ class AttentionRule(layer_rules.LayerRule):
         return config
 
     def widths(self, layer, node):
-        query, _, _ = _query_key_value(layer, node)
+        query, _, _ = _query_key_value(layer, node, self.arguments)
         return int(query.shape[-1] or 0), self.units(layer)
 
     def cost(self, layer, node, c_in, c_out):
@@ -269,7 +274,7 @@ class AttentionRule(layer_rules.LayerRule):
             side, axis = roles[id(weight)]
             count = int(np.prod(weight.shape))
             params += count if axis is None else count // heads[side] * kept[side]
-        query, key, value = _query_key_value(layer, node)
+        query, key, value = _query_key_value(layer, node, self.arguments)
         positions = {
             id(getattr(layer, self.query)): query,
             id(getattr(layer, self.key)): key,
@@ -309,14 +314,14 @@ def _attended(layer, key) -> list:
     return [key.shape[a] for a in axes]
 
 
-def _query_key_value(layer, node):
+def _query_key_value(layer, node, names):
     """The query, key and value tensors of one call (key defaults to value)."""
     args, kwargs = node.arguments.args, node.arguments.kwargs
+    query_name, value_name, key_name = names
     try:
-        bound = inspect.signature(layer.call).bind_partial(*args, **kwargs)
-        named = bound.arguments
-        query, value = named["query"], named["value"]
-        key = named.get("key")
+        named = inspect.signature(layer.call).bind_partial(*args, **kwargs).arguments
+        query, value = named[query_name], named[value_name]
+        key = named.get(key_name) if key_name else None
     except (TypeError, KeyError):
         tensors = node.input_tensors
         query, value = tensors[0], tensors[1] if len(tensors) > 1 else tensors[0]
@@ -343,6 +348,16 @@ _HUB_MULTI_HEAD = (
 )
 
 
+# keras-hub's grouped-query attention layers: (class path under models, prefix of
+# the projection attributes, name of the call's hidden-states argument).
+_HUB_GROUPED = (
+    ("llama.llama_attention.LlamaAttention", "_", "hidden_states"),
+    ("mistral.mistral_attention.CachedMistralAttention", "_", "hidden_states"),
+    ("qwen.qwen_attention.QwenAttention", "_", "hidden_states"),
+    ("gemma.gemma_attention.CachedGemmaAttention", "", "x"),
+)
+
+
 def _register() -> None:
     multi_head = AttentionRule()
     layer_rules.register_layer_rule(keras.layers.MultiHeadAttention, multi_head)
@@ -350,6 +365,20 @@ def _register() -> None:
     for module, name in _HUB_MULTI_HEAD:
         path = f"keras_hub.src.{module}.{name}"
         layer_rules.register_layer_rule(path, multi_head)
+    # keras-hub's decoder attention layers, with grouped-query attention.
+    for path, prefix, argument in _HUB_GROUPED:
+        layer_rules.register_layer_rule(
+            f"keras_hub.src.models.{path}",
+            AttentionRule(
+                query=f"{prefix}query_dense",
+                key=f"{prefix}key_dense",
+                value=f"{prefix}value_dense",
+                output=f"{prefix}output_dense",
+                heads="num_query_heads",
+                kv_heads="num_key_value_heads",
+                arguments=(argument, argument, None),
+            ),
+        )
     grouped = getattr(keras.layers, "GroupQueryAttention", None)
     if grouped is not None:
         layer_rules.register_layer_rule(

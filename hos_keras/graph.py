@@ -42,7 +42,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from hos_keras import layer_rules
+from hos_keras import fixed_blocks, layer_rules
 from hos_keras.errors import UnsupportedModelError
 from hos_keras.text import plural
 
@@ -56,6 +56,7 @@ __all__ = [
     "get_layer",
     "inner_graph",
     "io_structure",
+    "is_fixed",
     "iter_calls",
     "layer_view",
 ]
@@ -285,15 +286,51 @@ def _make_view(layer, node):
     }
     if any(id(w) not in sub_weights for w in layer.weights):
         return "a subclassed layer with weights of its own"
+    view = _trace(layer, node)
+    if isinstance(view, str) and _unknown_dims(node):
+        if fixed_blocks.recipe_for(layer) is None:
+            return view
+        try:
+            layer.get_config()
+        except Exception as error:  # noqa: BLE001 - the block cannot be re-created
+            return (
+                "a block traceable only at a fixed length, whose get_config fails "
+                f"({type(error).__name__}: {error})"
+            )
+        view = _fixed_view(layer, node)
+        if isinstance(view, keras.Model):
+            _FIXED[layer] = True
+        return view
+    if isinstance(view, str):
+        return view
+    if not _same_outputs(layer, view, node):
+        return "a subclassed layer whose traced graph differs from its call"
+    return view
+
+
+def _trace(layer, node, length: int | None = None):
+    """The functional view of `layer.call` on new inputs shaped like the call's,
+    or why it fails. With `length`, the inputs have batch 1 and every unknown
+    dimension is `length`."""
     originals = node.input_tensors
-    inputs = [keras.Input(shape=tuple(t.shape[1:]), dtype=t.dtype) for t in originals]
+    inputs = []
+    for t in originals:
+        shape = tuple(t.shape[1:])
+        if length is None:
+            inputs.append(keras.Input(shape=shape, dtype=t.dtype))
+            continue
+        shape = tuple(length if d is None else d for d in shape)
+        inputs.append(keras.Input(shape=shape, dtype=t.dtype, batch_size=1))
     mapping = {id(t): x for t, x in zip(originals, inputs, strict=True)}
     try:
         args, kwargs = node.arguments.fill_in(mapping)
-        outputs = layer.call(*args, **kwargs)
-        view = keras.Model(
-            inputs if len(inputs) > 1 else inputs[0], outputs, name=layer.name
-        )
+        with warnings.catch_warnings():
+            # A softmax over one position (length 1) warns; that is the point.
+            warnings.simplefilter("ignore", UserWarning)
+            outputs = layer.call(*args, **kwargs)
+            view = keras.Model(
+                inputs if len(inputs) > 1 else inputs[0], outputs, name=layer.name
+            )
     except Exception as error:  # noqa: BLE001 - any failure means "not traceable"
         return (
             f"a subclassed layer whose call cannot be traced ({type(error).__name__})"
@@ -302,20 +339,53 @@ def _make_view(layer, node):
         for value in keras.tree.flatten((inner.arguments.args, inner.arguments.kwargs)):
             if isinstance(value, keras.Variable):
                 return "a subclassed layer that uses a variable directly"
-    if not _same_outputs(layer, view, node):
-        return "a subclassed layer whose traced graph differs from its call"
     return view
 
 
-def _same_outputs(layer, view, node) -> bool:
+def _unknown_dims(node) -> bool:
+    return any(d is None for t in node.input_tensors for d in t.shape[1:])
+
+
+# Layers whose view was traced at a fixed length (see hos_keras.fixed_blocks).
+_FIXED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# The length a fixed view is traced at (one position, as profile counts unknown
+# dimensions) and the length it is checked at.
+_TRACE_LENGTH, _CHECK_LENGTH = 1, 8
+
+
+def _fixed_view(layer, node):
+    """The view of a block traced at length 1, checked at length 8."""
+    view = _trace(layer, node, _TRACE_LENGTH)
+    if isinstance(view, str):
+        return f"{view}, even at a fixed length"
+    check = _trace(layer, node, _CHECK_LENGTH)
+    if isinstance(check, str) or not all(
+        _same_outputs(layer, v, node, length)
+        for v, length in ((view, _TRACE_LENGTH), (check, _CHECK_LENGTH))
+    ):
+        return "a subclassed layer whose fixed-length graph differs from its call"
+    return view
+
+
+def is_fixed(layer) -> bool:
+    """Whether `layer`'s view was traced at a fixed length: surgery re-creates
+    such a block from its config instead of replaying the view."""
+    try:
+        return layer in _FIXED
+    except TypeError:
+        return False
+
+
+def _same_outputs(layer, view, node, length: int = 8) -> bool:
     """Whether the view computes the layer's outputs on a random input (inference).
 
-    Unknown dimensions of the input are set to 8 for the probe.
+    Unknown dimensions of the input are set to `length` for the probe.
     """
     rng = np.random.default_rng(0)
     probes = []
     for t in node.input_tensors:
-        shape = [1] + [8 if d is None else int(d) for d in t.shape[1:]]
+        shape = [1] + [length if d is None else int(d) for d in t.shape[1:]]
         probes.append(
             rng.normal(size=shape).astype(keras.backend.standardize_dtype(t.dtype))
         )
@@ -323,8 +393,10 @@ def _same_outputs(layer, view, node) -> bool:
     try:
         args, kwargs = node.arguments.fill_in(mapping)
         kwargs = {k: v for k, v in kwargs.items() if k != "training"}
-        expected = layer(*args, **kwargs, training=False)
-        got = view(probes if len(probes) > 1 else probes[0], training=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            expected = layer(*args, **kwargs, training=False)
+            got = view(probes if len(probes) > 1 else probes[0], training=False)
     except Exception:  # noqa: BLE001
         return False
     expected, got = keras.tree.flatten(expected), keras.tree.flatten(got)
@@ -585,9 +657,23 @@ class _Tracer(layer_rules.TraceContext):
         saved = self.prefix
         self.prefix = f"{saved}{op.name}/"
         self._walk(inner)
+        if is_fixed(op):
+            self._freeze_uncovered(op)
         self.prefix = saved
         for outer, inner_output in zip(node.output_tensors, inner.outputs, strict=True):
             self.tensors[id(outer)] = self.tensors[id(inner_output)]
+
+    def _freeze_uncovered(self, block) -> None:
+        """In a block re-created from its config, the widths its recipe does not
+        cover are frozen: the config could not give them."""
+        covered = {id(sub) for sub in fixed_blocks.recipe_for(block).sublayers(block)}
+        reason = (
+            f"a width the config of {type(block).__name__} cannot express: "
+            f"{_where(self.prefix.rstrip('/'), block)}"
+        )
+        for name in self.order:
+            if name.startswith(self.prefix) and id(self.layers[name]) not in covered:
+                self.slots.freeze(self.out_table[name], reason)
 
 
 def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:

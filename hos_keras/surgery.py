@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from hos_keras import carried, graph, layer_rules
+from hos_keras import carried, fixed_blocks, graph, layer_rules
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
 from hos_keras.plan import PruningPlan
 
@@ -113,6 +113,8 @@ class _Replay:
         self.done: set[int] = set()
         # Traced subclassed layers, replayed from their functional views.
         self.views: set[int] = set()
+        # Blocks re-created from their config: clone id -> the original's view.
+        self.blocks: dict[int, keras.Model] = {}
 
     def model(self, model, prefix: str, inputs=None) -> keras.Model:
         """A plain functional (or Sequential) copy of a functional graph.
@@ -172,7 +174,9 @@ class _Replay:
         if key in self.clones:
             return self.clones[key]
         inner = graph.inner_graph(op, node)
-        if inner is not None:
+        if inner is not None and graph.is_fixed(op):
+            clone = self._block(op, inner, name)
+        elif inner is not None:
             clone = self.model(inner, f"{name}/", new_inputs)
             self.done.add(id(clone))
             if inner is not op:
@@ -202,6 +206,30 @@ class _Replay:
         self.clones[key] = clone
         return clone
 
+    def _block(self, op, view, name):
+        """A block traced at a fixed length (see `hos_keras.fixed_blocks`),
+        re-created from its config with its sublayers' pruned widths."""
+        config = _config(op)
+        if self.slim:
+            kept = {
+                id(call.operation): len(self.specs[call.name]["out"])
+                for call in graph.iter_calls(view, f"{name}/")
+                if "out" in self.specs.get(call.name, {})
+            }
+            config = fixed_blocks.recipe_for(op).configure(op, config, kept)
+        clone = carried.carry_over(op, config, name)
+        self.blocks[id(clone)] = view
+        return clone
+
+    def _leaf_values(self, op, name) -> list:
+        """A leaf layer's weights, sliced or masked as the plan says."""
+        spec = self.specs.get(name)
+        if spec is None:
+            return op.get_weights()
+        if self.slim:
+            return _sliced_weights(op, spec)
+        return _masked_weights(op, spec)
+
     def _set_weights(self, op, new_op, name) -> None:
         """Gives a re-created leaf layer its (sliced or masked) weights, once."""
         if id(new_op) in self.done:
@@ -209,14 +237,18 @@ class _Replay:
         self.done.add(id(new_op))
         if not isinstance(op, keras.layers.Layer) or not op.weights:
             return
-        spec = self.specs.get(name)
-        if spec is None:
-            values = op.get_weights()
-        elif self.slim:
-            values = _sliced_weights(op, spec)
-        else:
-            values = _masked_weights(op, spec)
-        new_op.set_weights(values)
+        view = self.blocks.get(id(new_op))
+        if view is None:
+            new_op.set_weights(self._leaf_values(op, name))
+            return
+        # A re-created block: each of its weights from the sublayer that has it.
+        values = {}
+        for call in graph.iter_calls(view, f"{name}/"):
+            sub = call.operation
+            if isinstance(sub, keras.layers.Layer) and sub.weights:
+                arrays = self._leaf_values(sub, call.name)
+                values.update(zip(map(id, sub.weights), arrays, strict=True))
+        new_op.set_weights([values[id(w)] for w in op.weights])
 
 
 def _config(op) -> dict:

@@ -303,6 +303,8 @@ PRUNED_FAMILIES = [
     "RobertaBackbone",
     "ElectraBackbone",
     "WhisperBackbone",
+    "GemmaBackbone",
+    "MistralBackbone",
 ]
 NOT_RELOADABLE = {"CLIPVisionEncoder"}
 
@@ -417,3 +419,48 @@ def test_classifier_on_a_backbone_keeps_each_blocks_own_widths(task, tmp_path):
         check_reload(slim, model, plan, tmp_path / "classifier.keras")
     else:
         _check_token_model(model, plan, tmp_path / "classifier.keras")
+
+
+@pytest.mark.parametrize(
+    "family, heads",
+    [("GemmaBackbone", True), ("MistralBackbone", True), ("QwenBackbone", False)],
+)
+def test_decoder_blocks_are_recreated_with_their_pruned_widths(family, heads):
+    model = _live_kernels(zoo.hub_transformer(family))
+    blocks = hos_keras.transformer_blocks(model)
+    assert len(blocks) == 2 and all(b.mlp for b in blocks)
+    attention = blocks[0].attention[0]
+    frozen = hos_keras.channel_groups(model, warn=False).group(attention).frozen
+    if not heads:
+        # Qwen derives its head size from hidden_dim // num_query_heads.
+        assert frozen.startswith("a width the config of QwenTransformerDecoder")
+    plan = _plan(model, ratio=0.5)
+    slim = hos_keras.slim_model(model, plan)
+    for block in blocks:
+        rebuilt = slim.get_layer(block.name)
+        assert type(rebuilt) is type(model.get_layer(block.name))
+        config = rebuilt.get_config()
+        assert config["intermediate_dim"] < model.get_layer(block.name).intermediate_dim
+        if heads:
+            units = len(plan[attention].keep)
+            assert (config["num_key_value_heads"], config["num_query_heads"]) == (
+                units,
+                2 * units,
+            )
+    x = zoo.transformer_inputs(model)
+    decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
+    expected = outputs(hos_keras.mask_model(model, plan), x)
+    assert_equivalent(expected, outputs(slim, x), decoys=[decoy], name=model.name)
+
+
+def test_decoder_blocks_that_cannot_be_recreated_freeze():
+    # keras-hub 0.32's LlamaTransformerDecoder.get_config reads an attribute it
+    # no longer has: the block cannot be re-created on its own.
+    model = zoo.hub_transformer("LlamaBackbone")
+    reason = hos_keras.graph.layer_view(
+        model.get_layer("transformer_layer_0"),
+        model.get_layer("transformer_layer_0")._inbound_nodes[0],
+    )
+    assert "get_config fails (AttributeError" in reason
+    with pytest.raises(hos_keras.errors.NothingToPruneError):
+        _plan(model)

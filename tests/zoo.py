@@ -243,6 +243,22 @@ def _hub_transformers():
             intermediate_dim=64,
             head_dim=8,
         ),
+        "MistralBackbone": lambda: hub.MistralBackbone(
+            vocabulary_size=100,
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+        ),
+        "QwenBackbone": lambda: hub.QwenBackbone(
+            vocabulary_size=100,
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=32,
+            intermediate_dim=64,
+        ),
         "LlamaBackbone": lambda: hub.LlamaBackbone(
             vocabulary_size=100,
             num_layers=2,
@@ -254,10 +270,12 @@ def _hub_transformers():
     }
 
 
-# keras-hub transformer backbones with tiny random configs: the first ones prune
-# heads and MLP widths; AlbertBackbone shares one block across its layers, DeiT's
-# encoder and the decoders' blocks (causal masks from the sequence length) cannot
-# be traced into functional views, so they freeze.
+# keras-hub transformer backbones with tiny random configs. Gemma and Mistral
+# decoder blocks are traced at a fixed length and re-created from their configs
+# (hos_keras.fixed_blocks); Qwen's heads freeze (its head size derives from
+# hidden_dim // num_query_heads); AlbertBackbone shares one block across its
+# layers; DeiT's encoder, GPT-2's blocks and Llama's (whose get_config fails in
+# keras-hub 0.32) cannot be traced or re-created, so they freeze.
 HUB_TRANSFORMERS = list(_hub_transformers())
 
 
