@@ -25,7 +25,14 @@ Structure the walk goes through:
   A block that cannot be traced (Python code on values, raw TensorFlow calls,
   weights of its own) or whose view differs is frozen with its name. The choice:
   tracing reaches the channels inside the blocks users actually have, and the
-  numerical check means a block is only pruned through when the view is exact.
+  numerical check means a block is only pruned through when the view is exact;
+- blocks whose `call` needs a known sequence length (a decoder's causal mask)
+  and that `hos_keras.fixed_blocks` can re-create from their config: traced on
+  inputs of batch 1 and length 1 (checked at length 8); surgery re-creates them
+  instead of replaying the view (`is_fixed`).
+
+Attention layers are leaves with a rule (`hos_keras.attention`): their heads are
+their channels.
 
 Keras exposes the functional graph through `Functional._nodes_by_depth` and the
 nodes' `input_tensors` / `output_tensors` / `arguments`; this module is the one

@@ -36,6 +36,8 @@ Filter layouts returned by `filters`:
 | SeparableConv1D/2D | pointwise (1, 1, c_in * m, c_out) | `pointwise[..., f]` |
 | DepthwiseConv1D/2D | (*k, c_in, m) | output `c * m + j` is `kernel[..., c, j]` |
 | Dense | (c_in, units) | `kernel[:, f]` |
+| EinsumDense (dense over its last axis) | e.g. (c_in, units) | the kernel slice of output `f` |
+| attention (`hos_keras.attention`) | q/k/v (d, h, d_k), output (h, d_v, d) | every weight of head (or key/value group) `f` |
 """
 
 from __future__ import annotations

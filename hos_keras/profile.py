@@ -7,7 +7,10 @@ counted through; a layer hos_keras cannot read (an untraceable subclassed layer 
 model) has its parameters counted but not its MACs. keras.ops operations count 0
 MACs, except `matmul` and `conv`, counted from their shapes. Normalization,
 activations, pooling and merges are counted as 0 MACs (BatchNormalization folds into the preceding convolution at
-inference). Parameters count every weight, trainable or not (BatchNormalization's
+inference). An unknown dimension (a sequence of any length) counts as 1: the MACs
+of a model whose sequence length is unknown are those of one position, and
+attention's `QK^T` and `AV` count one key position; give the model fixed-length
+inputs to count a length. Parameters count every weight, trainable or not (BatchNormalization's
 moving mean and variance included), as `model.count_params()` does. A layer called
 several times (shared) has its parameters counted once and its MACs at every call.
 
@@ -17,7 +20,9 @@ several times (shared) has its parameters counted once and its MACs at every cal
 | ConvTranspose | prod(in_spatial) * prod(k) * c_in * c_out |
 | DepthwiseConv (multiplier m) | prod(out_spatial) * prod(k) * c_in * m |
 | SeparableConv | prod(out_spatial) * (prod(k) * c_in * m + c_in * m * c_out) |
-| Dense | prod(leading input dims except batch) * c_in * units |
+| Dense, EinsumDense | prod(leading input dims except batch) * c_in * units |
+| EinsumDense (other equations) | product of the sizes of all its indices but batch |
+| attention (T query, S key positions, h heads kept, sizes d_k, d_v) | projections at their positions + T * S * h * (d_k + d_v) |
 """
 
 from __future__ import annotations

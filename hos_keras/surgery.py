@@ -10,7 +10,11 @@ with the functional API (keras-hub backbones and tasks) and traced subclassed la
 models; a nested model whose input channels are pruned gets new, narrower inputs.
 The subclass types are therefore not kept, and the result saves to `.keras` and
 loads with `keras.models.load_model` (plus any custom layer classes the original
-already needed). A Sequential model stays Sequential.
+already needed). A Sequential model stays Sequential. Two exceptions: a block
+traced at a fixed length (a keras-hub decoder block, see
+`hos_keras.fixed_blocks`) is re-created as its own class from its config with the
+pruned widths; and a layer the plan leaves untouched whose own config cannot
+re-create it is carried over (see `hos_keras.carried`).
 
 The slim and masked models compute the same function: that is the invariant the
 tests check on real architectures. Neither function modifies the input model.
