@@ -1,20 +1,24 @@
 """Architectures covered: what share of each model's MACs hos_keras can prune.
 
-For every keras.applications CNN family (weights=None) and the keras-hub CNN
-backbones the coverage tests use (random weights, in a small classifier), this
-reports:
+For every keras.applications CNN family (weights=None), the keras-hub CNN
+backbones the coverage tests use (random weights, in a small classifier) and the
+keras-hub transformer backbones of tests/zoo.py (tiny random configs, the
+backbone alone; MACs of one position where the sequence length is unknown, as
+profile counts them), this reports:
 
 - the share of the model's MACs in layers whose input or output channels belong
   to a prunable group (MACs that pruning reduces), and in layers whose output
   channels do (producers of prunable groups and the depthwise layers they feed);
 - the MACs removed by a fixed ratio of 0.3 on every prunable group;
-- the channel groups frozen, by reason and place (model outputs left out);
+- the channel groups frozen, by reason and place (model outputs left out), and
+  the layers with weights hos_keras cannot look into (untraceable blocks);
 - the time to trace the graph and make the plan.
 
 It measures coverage, not speed: the times are for orientation only.
 
 Run: .venv/bin/python bench/architectures.py   (writes bench/results/architectures.json
-and prints the README's table)
+and prints the README's table); with --transformers, only the transformer backbones
+(writes bench/results/architectures_transformers.json).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import keras
 import hos_keras
 from hos_keras import graph as graph_lib
 from hos_keras import layer_rules
+from hos_keras.errors import NothingToPruneError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -54,13 +59,18 @@ def _measure(name: str, model: keras.Model) -> dict:
 
     def share(names):
         macs = sum(e["macs"] for k, e in cost["layers"].items() if k in names)
-        return macs / cost["macs"]
+        return macs / max(cost["macs"], 1)
 
+    reduction = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan = hos_keras.plan_pruning(
-            model, criterion="l1", allocation="fixed", ratio=0.3
-        )
+        try:
+            plan = hos_keras.plan_pruning(
+                model, criterion="l1", allocation="fixed", ratio=0.3
+            )
+            reduction = plan.macs_reduction
+        except NothingToPruneError:
+            pass
     seconds = time.perf_counter() - start
     return {
         "model": name,
@@ -70,10 +80,31 @@ def _measure(name: str, model: keras.Model) -> dict:
         "prunable_groups": len(channel_graph.prunable),
         "prunable_macs_share": share(members),
         "prunable_output_macs_share": share(makers),
-        "macs_reduction_at_0.3": plan.macs_reduction,
-        "frozen": graph_lib.frozen_by_reason(channel_graph.groups),
+        "macs_reduction_at_0.3": reduction,
+        "frozen": {
+            **graph_lib.frozen_by_reason(channel_graph.groups),
+            **_opaque(model),
+        },
         "plan_seconds": seconds,
     }
+
+
+def _opaque(model: keras.Model) -> dict:
+    """`{reason: [where, ...]}` of the layers with weights that have no rule and
+    no view (hos_keras neither prunes them nor looks inside), by the reason
+    graph.layer_view gives."""
+    found: dict[str, list[str]] = {}
+    for call in graph_lib.iter_calls(model):
+        op = call.operation
+        if call.rule is not None or not isinstance(op, keras.layers.Layer):
+            continue
+        if not op.weights:
+            continue
+        reason = graph_lib.layer_view(op, call.node)
+        if isinstance(reason, str):
+            where = f"{call.name!r} ({type(op).__name__})"
+            found.setdefault(f"not looked into: {reason}", []).append(where)
+    return found
 
 
 def _frozen_text(frozen: dict) -> str:
@@ -87,19 +118,27 @@ def _frozen_text(frozen: dict) -> str:
 
 
 def main() -> None:
+    transformers_only = "--transformers" in sys.argv[1:]
+    results = RESULTS.with_name("architectures_transformers.json")
+    if not transformers_only:
+        results = RESULTS
     rows = []
-    for family in zoo.APPLICATIONS:
+    for family in () if transformers_only else zoo.APPLICATIONS:
         keras.backend.clear_session()
         model, _ = zoo.application(family)
         rows.append(_measure(f"keras.applications.{family}", model))
         print(rows[-1]["model"], f"{rows[-1]['prunable_macs_share']:.1%}", flush=True)
-    for family in zoo.HUB_FAMILIES:
+    for family in () if transformers_only else zoo.HUB_FAMILIES:
         keras.backend.clear_session()
         model, _ = zoo.hub_classifier(family)
         rows.append(_measure(f"keras_hub {family}", model))
         print(rows[-1]["model"], f"{rows[-1]['prunable_macs_share']:.1%}", flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
+    for family in zoo.HUB_TRANSFORMERS:
+        keras.backend.clear_session()
+        rows.append(_measure(f"keras_hub {family}", zoo.hub_transformer(family)))
+        print(rows[-1]["model"], f"{rows[-1]['prunable_macs_share']:.1%}", flush=True)
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(
         json.dumps(
             {
                 "keras": keras.__version__,
