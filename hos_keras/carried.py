@@ -92,8 +92,9 @@ class CarriedLayer(keras.layers.Layer):
         if not self.layer.built:
             self.layer.build(input_shape)
 
-    def call(self, inputs, *args, **kwargs):
-        return self.layer(inputs, *args, **kwargs)
+    def call(self, inputs, *args, training=None, **kwargs):
+        # Keras passes `training` on only to layers whose call takes it.
+        return self.layer(inputs, *args, training=training, **kwargs)
 
     def get_config(self):
         config = super().get_config()

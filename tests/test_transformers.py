@@ -464,3 +464,21 @@ def test_decoder_blocks_that_cannot_be_recreated_freeze():
     assert "get_config fails (AttributeError" in reason
     with pytest.raises(hos_keras.errors.NothingToPruneError):
         _plan(model)
+
+
+def test_a_carried_layer_gets_the_training_flag():
+    @keras.saving.register_keras_serializable(package="test_transformers")
+    class NoisyOffset(_OffsetWithBadConfig):
+        def call(self, x, training=None):
+            return x + self.offset + (1.0 if training else 0.0)
+
+    inputs = keras.Input((6,))
+    x = NoisyOffset(6, name="offset")(inputs)
+    x = layers.Dense(16, activation="relu", name="hidden")(x)
+    model = keras.Model(inputs, layers.Dense(3, name="out")(x))
+    slim = hos_keras.slim_model(model, _plan(model, criterion="l1"))
+    carried_layer = slim.get_layer("offset")
+    assert isinstance(carried_layer, carried.CarriedLayer)
+    x = np.zeros((2, 6), "float32")
+    difference = carried_layer(x, training=True) - carried_layer(x, training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(difference), 1.0)
