@@ -122,8 +122,9 @@ class CostCounter:
         params = macs = 0
         for call in graph.iter_calls(model):
             rule = call.rule or layer_rules.LayerRule()
-            first = call.name not in seen
-            seen.add(call.name)
+            # Parameters once per layer, as profile counts them.
+            first = id(call.operation) not in seen
+            seen.add(id(call.operation))
             c_in, c_out = call_channels(
                 rule, call.operation, call.node, call.name, {}, {}
             )

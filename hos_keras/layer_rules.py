@@ -895,6 +895,25 @@ class SplitOp(LayerRule):
             ctx.output(section, axis, index)
 
 
+class _EmbeddingRule(Freeze):
+    """Embedding and ReversibleEmbedding: frozen (they make or read the hidden
+    width); a reverse call (the logits of a language model, hidden -> vocabulary)
+    costs `positions * hidden * vocabulary` MACs, a lookup none."""
+
+    def __init__(self):
+        super().__init__("embeds tokens (the hidden width is not pruned)")
+
+    def cost(self, layer, node, c_in, c_out):
+        params = int(layer.count_params()) if layer.built else 0
+        args = node.arguments.args
+        reverse = node.arguments.kwargs.get("reverse", len(args) > 1 and args[1])
+        if not reverse:
+            return params, 0
+        shape = node.input_tensors[0].shape
+        hidden, vocabulary = int(layer.output_dim), int(layer.input_dim)
+        return params, _positions(shape[1:-1]) * hidden * vocabulary
+
+
 class _MatmulOp(Freeze):
     """keras.ops.matmul: frozen, its MACs counted from the shapes."""
 
@@ -1127,6 +1146,9 @@ def _register_builtins() -> None:
     _RULES[L.Concatenate] = ConcatenateRule()
     _RULES[L.Flatten] = FlattenRule()
     _RULES[L.Reshape] = ReshapeRule()
+    for cls in (L.Embedding, getattr(L, "ReversibleEmbedding", None)):
+        if cls is not None:
+            _RULES[cls] = _EmbeddingRule()
     _RULES[L.Softmax] = Freeze("softmax normalises over channels")
     _RULES[L.LayerNormalization] = Freeze("normalises over channels")
     _RULES[L.GroupNormalization] = Freeze("normalises over channel groups")

@@ -12,7 +12,8 @@ of a model whose sequence length is unknown are those of one position, and
 attention's `QK^T` and `AV` count one key position; give the model fixed-length
 inputs to count a length. Parameters count every weight, trainable or not (BatchNormalization's
 moving mean and variance included), as `model.count_params()` does. A layer called
-several times (shared) has its parameters counted once and its MACs at every call.
+several times (shared) has its parameters counted once, at its first call, and its
+MACs at every call.
 
 | layer | MACs |
 |---|---|
@@ -74,17 +75,21 @@ def profile(
     in_channels = dict(in_channels or {})
     out_channels = dict(out_channels or {})
     layers: dict[str, dict] = {}
+    counted: set[int] = set()
     for call in graph.iter_calls(model):
         op, node, name = call.operation, call.node, call.name
         entry = layers.get(name)
-        first_call = entry is None
-        if first_call:
+        if entry is None:
             entry = layers[name] = {"type": type(op).__name__, "params": 0, "macs": 0}
         rule = call.rule or layer_rules.LayerRule()
         c_in, c_out = call_channels(rule, op, node, name, in_channels, out_channels)
         params, macs = rule.cost(op, node, c_in, c_out)
         entry["macs"] += int(macs)
-        if first_call:
+        if id(op) not in counted:
+            # A shared layer's parameters count once, even under two names (a
+            # language model's embedding, called in its backbone and for its
+            # logits).
+            counted.add(id(op))
             entry["params"] = int(params)
     return {
         "params": int(sum(entry["params"] for entry in layers.values())),

@@ -321,7 +321,7 @@ def _live_kernels(model, seed=0):
 
 
 def _check_token_model(model, plan, path):
-    """slim == mask and reload for models with token-id inputs (by name)."""
+    """slim == mask (and reload, given a path) for models with token-id inputs."""
     x = zoo.transformer_inputs(model)
     slim = hos_keras.slim_model(model, plan)
     decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
@@ -329,6 +329,8 @@ def _check_token_model(model, plan, path):
     assert_equivalent(expected, outputs(slim, x), decoys=[decoy], name=model.name)
     cost = hos_keras.profile(slim)
     assert (cost["params"], cost["macs"]) == (plan.params_after, plan.macs_after)
+    if path is None:
+        return
     slim.save(path)
     loaded = keras.models.load_model(path)
     assert_equivalent(
@@ -482,3 +484,20 @@ def test_a_carried_layer_gets_the_training_flag():
     x = np.zeros((2, 6), "float32")
     difference = carried_layer(x, training=True) - carried_layer(x, training=False)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(difference), 1.0)
+
+
+def test_a_causal_lm_slims_and_counts_its_logits():
+    import keras_hub
+
+    backbone = _live_kernels(zoo.hub_transformer("GemmaBackbone"))
+    model = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    cost = hos_keras.profile(model)["layers"]
+    # One position: the lookup costs nothing, the tied reverse call (the logits)
+    # hidden * vocabulary.
+    assert cost["token_embedding"]["macs"] == 32 * 100
+    assert cost[f"{backbone.name}/token_embedding"]["macs"] == 0
+    # The shared embedding's parameters count once.
+    assert hos_keras.profile(model)["params"] == model.count_params()
+    plan = _plan(model)
+    assert plan.macs_reduction >= 0.2
+    _check_token_model(model, plan, None)
