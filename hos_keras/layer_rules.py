@@ -1085,6 +1085,16 @@ def get_rule(layer) -> LayerRule | None:
     return None
 
 
+_HUB_NORMALIZATIONS = (
+    "layers.modeling.rms_normalization.RMSNormalization",
+    "models.gemma.rms_normalization.RMSNormalization",
+    "models.llama.llama_layernorm.LlamaLayerNorm",
+    "models.mistral.mistral_layer_norm.MistralLayerNormalization",
+    "models.qwen.qwen_layernorm.QwenLayerNorm",
+    "models.phi3.phi3_layernorm.Phi3LayerNorm",
+)
+
+
 def _register_builtins() -> None:
     L = keras.layers
     for cls in (L.Conv1D, L.Conv2D, L.Conv3D):
@@ -1151,6 +1161,12 @@ def _register_builtins() -> None:
             _RULES[cls] = _EmbeddingRule()
     _RULES[L.Softmax] = Freeze("softmax normalises over channels")
     _RULES[L.LayerNormalization] = Freeze("normalises over channels")
+    rms = getattr(L, "RMSNormalization", None)
+    if rms is not None:
+        _RULES[rms] = Freeze("normalises over channels")
+    # keras-hub's own normalisations, by path (keras-hub need not be installed).
+    for path in _HUB_NORMALIZATIONS:
+        _BY_PATH[f"keras_hub.src.{path}"] = Freeze("normalises over channels")
     _RULES[L.GroupNormalization] = Freeze("normalises over channel groups")
 
     # Layers of keras.applications models.
