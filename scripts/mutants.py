@@ -103,6 +103,12 @@ T_SURGERY = (
 # the networks (a ResNet and a MobileNet v2) under every allocation stay.
 SMALL_CIFAR = "not cifar_networks or resnet20 or mobilenet_v2"
 T_DISTILL = ("tests/test_distill.py",)
+T_LATENCY = ("tests/test_latency.py",)
+# test_latency_target_search_is_minimal_for_every_base[shapiro] compares two
+# float sums with >= on unseeded weights: about 1 draw in 8 gives 0.19999999999999996
+# against 0.2 (seen at 7d10069). Deselected until it has a tolerance, so that
+# it neither stops the baseline nor kills a mutant by chance.
+NOT_FLAKY = "not minimal_for_every_base"
 # The distiller's distribution tests start TensorFlow clusters in subprocesses
 # (a minute each) and check replicas, not the loss terms.
 NOT_DISTRIBUTED = "not mirrored"
@@ -268,8 +274,8 @@ MUTANTS = (
         "            else:\n"
         "                hi, best = mid, (mid, solution, reached)",
         "ITPruner's latency budget bisection moves the wrong bound",
-        ("tests/test_latency.py",),
-        "itpruner",
+        T_LATENCY,
+        NOT_FLAKY,
     ),
     Mutant(
         "measured-most-pruned",
@@ -277,7 +283,8 @@ MUTANTS = (
         "plan = min(met, key=lambda p: p[1])[2]",
         "plan = max(met, key=lambda p: p[1])[2]",
         "the measured latency search returns the most pruned plan that met it",
-        ("tests/test_latency.py",),
+        T_LATENCY,
+        NOT_FLAKY,
     ),
     Mutant(
         "latency-passes-ignored",
@@ -285,7 +292,8 @@ MUTANTS = (
         'c_out = c_in * entry["passes"]',
         "c_out = c_in",
         "the latency model forgets a depthwise layer's multiplier",
-        ("tests/test_latency.py",),
+        T_LATENCY,
+        NOT_FLAKY,
     ),
     # Planning: which channels are kept, and how many.
     Mutant(
