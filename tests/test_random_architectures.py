@@ -165,7 +165,8 @@ ROUTES = {
     "shapiro and a kernel of < 3 weights",
     # slim_model configures a grouped Conv2D whose input channels a plan
     # prunes, but not its output channels, as if it were depthwise (groups =
-    # kept inputs) and fails. Checked to still fail, so that a fix shows here.
+    # kept inputs), and fails unless one input per group is kept. Checked to
+    # still fail, so that a fix shows here.
     "grouped Conv2D with only its inputs pruned",
     # The channels the decoy swaps or removes hardly reach the outputs (a ReLU
     # unit that is zero on all the inputs, a narrow bottleneck before a global
@@ -557,8 +558,8 @@ def _smallest_kernel(model):
 
 
 def _grouped_inputs_only(model, plan):
-    """Whether the plan prunes the inputs of a grouped (not depthwise) Conv2D
-    and not its outputs."""
+    """Whether the plan prunes the inputs of a grouped (not depthwise) Conv2D to
+    more than one per group, and not its outputs."""
     graph = hos_keras.channel_groups(model, warn=False)
     removed = graph.removed_classes({n: g.keep for n, g in plan.groups.items()})
     inputs, outputs_ = graph.kept_positions(removed)
@@ -567,6 +568,7 @@ def _grouped_inputs_only(model, plan):
         and layer.groups > 1
         and layer.kernel.shape[-2] > 1
         and name in inputs
+        and len(inputs[name]) != layer.groups
         and name not in outputs_
         for name, layer in graph.layers.items()
     )
