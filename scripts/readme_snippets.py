@@ -1,16 +1,19 @@
-"""Runs the README's Python snippets and `hos-keras` commands, as a newcomer would.
+"""Runs the docs' Python snippets and `hos-keras` commands, as a newcomer would.
 
-    .venv/bin/python scripts/readme_snippets.py [--demo] [--only LINE ...]
+    .venv/bin/python scripts/readme_snippets.py [--demo] [--only PATH[:LINE] ...]
 
-Each ```python block of README.md runs in its own interpreter, in a scratch
+The documents are README.md, every page of docs/ and bench/README.md
+(`DOCUMENTS`). Each ```python block runs in its own interpreter, in a scratch
 directory, after a prelude that defines the names the snippets take as given
 (`model`, `plan`, `train`, `val`, `train_ds`, `x`, ...) on tiny stand-ins: a
 Fashion-MNIST ResNet-20 with random weights, 128 training and 128 validation
 images. Statements run one at a time; a statement may fail only where the table
 `EXPECTED_ERRORS` says why (the CIFAR and ImageNet lines: those datasets cannot
-be downloaded on the machines this runs on). The ```bash block of `hos-keras`
+be downloaded on the machines this runs on). Each ```bash block of `hos-keras`
 commands runs line by line on the prelude's model saved as `model.keras`;
-`--demo` also runs `bash run.sh demo` (about 7 minutes).
+`--demo` also runs `bash run.sh demo` (about 7 minutes). `--only README.md:60
+docs/guides/cli.md` runs the block starting at line 60 of the README and every
+block of the CLI guide.
 
 Everything written to standard error is kept and sorted into TensorFlow's C++
 startup lines (`import tensorflow` writes them in any program; `hos-keras` and
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -71,7 +75,7 @@ for node in ast.parse(source).body:
     start = time.perf_counter()
     error = error_type = trace = None
     try:
-        exec(compile(ast.Module([node], []), "<readme>", "exec"), namespace)
+        exec(compile(ast.Module([node], []), "<snippet>", "exec"), namespace)
     except Exception as e:
         error_type = type(e).__name__
         error = error_type + (": " + str(e).splitlines()[0] if str(e) else "")
@@ -100,6 +104,17 @@ EXPECTED_ERRORS = [
         "why": "ImageNet needs the ILSVRC2012 archives, which are not here",
     },
 ]
+
+
+def documents(root: str = ROOT) -> list[str]:
+    """The documents whose snippets run, as paths relative to `root`: README.md,
+    every page of docs/ and bench/README.md."""
+    pages = sorted(Path(root, "docs").rglob("*.md"))
+    return (
+        ["README.md"]
+        + [page.relative_to(root).as_posix() for page in pages]
+        + ["bench/README.md"]
+    )
 
 
 def blocks(readme: str, language: str) -> list[tuple[int, str]]:
@@ -134,8 +149,13 @@ def sort_stderr(text: str) -> dict:
     }
 
 
-def run_python(line: int, snippet: str, scratch: str) -> dict:
-    workdir = os.path.join(scratch, f"python_{line}")
+def scratch_name(document: str, line: int) -> str:
+    """A directory name for one block: docs/guides/cli.md, 12 -> docs_guides_cli_12."""
+    return re.sub(r"\W", "_", document.removesuffix(".md")) + f"_{line}"
+
+
+def run_python(document: str, line: int, snippet: str, scratch: str) -> dict:
+    workdir = os.path.join(scratch, "python_" + scratch_name(document, line))
     os.makedirs(workdir)
     script = os.path.join(workdir, "snippet.py")
     with open(script, "w") as f:
@@ -174,7 +194,8 @@ def run_python(line: int, snippet: str, scratch: str) -> dict:
     stderr = sort_stderr(done.stderr)
     return {
         "kind": "python",
-        "readme_line": line,
+        "document": document,
+        "line": line,
         "seconds": round(time.perf_counter() - start, 1),
         "statements": readme_statements,
         "expected_errors": [s for s in errors if s["expected"] is not None],
@@ -196,7 +217,9 @@ def shell_commands(snippet: str) -> list[str]:
     return commands
 
 
-def run_shell(line: int, command: str, workdir: str, timeout: float = 3600) -> dict:
+def run_shell(
+    document: str, line: int, command: str, workdir: str, timeout: float = 3600
+) -> dict:
     start = time.perf_counter()
     done = subprocess.run(
         ["bash", "-c", command],
@@ -210,7 +233,8 @@ def run_shell(line: int, command: str, workdir: str, timeout: float = 3600) -> d
     stderr = sort_stderr(done.stderr)
     return {
         "kind": "bash",
-        "readme_line": line,
+        "document": document,
+        "line": line,
         "command": command,
         "seconds": round(time.perf_counter() - start, 1),
         "ok": done.returncode == 0 and not stderr["other"],
@@ -220,8 +244,8 @@ def run_shell(line: int, command: str, workdir: str, timeout: float = 3600) -> d
     }
 
 
-def run_cli_block(line: int, snippet: str, scratch: str) -> list[dict]:
-    workdir = os.path.join(scratch, f"bash_{line}")
+def run_cli_block(document: str, line: int, snippet: str, scratch: str) -> list[dict]:
+    workdir = os.path.join(scratch, "bash_" + scratch_name(document, line))
     os.makedirs(workdir)
     save = PRELUDE + "\nmodel.save('model.keras')\n"
     subprocess.run(
@@ -231,17 +255,28 @@ def run_cli_block(line: int, snippet: str, scratch: str) -> list[dict]:
         check=True,
         capture_output=True,
     )
-    return [run_shell(line, command, workdir) for command in shell_commands(snippet)]
+    return [
+        run_shell(document, line, command, workdir)
+        for command in shell_commands(snippet)
+    ]
+
+
+def wanted(only: list[str] | None, document: str, line: int) -> bool:
+    """Whether `--only` selects the block of `document` starting at `line`."""
+    return only is None or any(
+        item in (document, f"{document}:{line}") for item in only
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--only",
-        type=int,
         nargs="*",
         default=None,
-        help="run only the blocks starting at these README lines (default: all)",
+        metavar="PATH[:LINE]",
+        help="run only these documents (README.md, docs/guides/cli.md), or the "
+        "blocks starting at these lines of them (README.md:60) (default: all)",
     )
     parser.add_argument(
         "--demo",
@@ -254,22 +289,28 @@ def main(argv: list[str] | None = None) -> int:
         help="where the results go (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
+    unknown = sorted(
+        {item.partition(":")[0] for item in args.only or []} - set(documents())
+    )
+    if unknown:
+        parser.error(f"--only names no document of {documents()}: {unknown}")
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        for line, snippet in blocks(readme, "python"):
-            if args.only is None or line in args.only:
-                results.append(run_python(line, snippet, scratch))
-                report(results[-1])
-        for line, snippet in blocks(readme, "bash"):
-            if "hos-keras " in snippet and (args.only is None or line in args.only):
-                for result in run_cli_block(line, snippet, scratch):
-                    results.append(result)
-                    report(result)
+        for document in documents():
+            with open(os.path.join(ROOT, document)) as f:
+                text = f.read()
+            for line, snippet in blocks(text, "python"):
+                if wanted(args.only, document, line):
+                    results.append(run_python(document, line, snippet, scratch))
+                    report(results[-1])
+            for line, snippet in blocks(text, "bash"):
+                if "hos-keras " in snippet and wanted(args.only, document, line):
+                    for result in run_cli_block(document, line, snippet, scratch):
+                        results.append(result)
+                        report(result)
         if args.demo:
             command = f"bash run.sh demo --output-dir {os.path.join(scratch, 'demo')}"
-            results.append(run_shell(3, command, ROOT))
+            results.append(run_shell("README.md", demo_line(), command, ROOT))
             report(results[-1])
     failed = [r for r in results if not r["ok"]]
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -277,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(
             {
                 "commit": git_commit(),
+                "uncommitted_changes": uncommitted_changes(),
+                "only": args.only,
                 "loadavg_at_end": os.getloadavg(),
                 "passed": len(results) - len(failed),
                 "failed": len(failed),
@@ -291,11 +334,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def demo_line() -> int:
+    """The README line that shows `bash run.sh demo`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = f.read().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if "bash run.sh demo" in text)
+
+
 def report(result: dict) -> None:
-    what = result.get("command") or f"python block at line {result['readme_line']}"
+    where = f"{result['document']}:{result['line']}"
+    what = result.get("command") or "python block"
     status = "ok" if result["ok"] else f"FAILED (exit {result['returncode']})"
     print(
-        f"README line {result['readme_line']}: {what}: {status}, {result['seconds']} s, "
+        f"{where}: {what}: {status}, {result['seconds']} s, "
         f"{len(result['stderr']['tensorflow_startup'])} TensorFlow startup line(s)"
     )
     for s in result.get("expected_errors", []):
@@ -307,6 +358,18 @@ def report(result: dict) -> None:
     for other in result["stderr"]["other"][-15:]:
         print(f"    stderr: {other}")
     sys.stdout.flush()
+
+
+def uncommitted_changes() -> list[str]:
+    """`git status --short` of the library and the documents when the run ended."""
+    done = subprocess.run(
+        ["git", "status", "--short", "--", "hos_keras", *documents()],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.splitlines()
 
 
 def git_commit() -> str:

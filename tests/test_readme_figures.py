@@ -1,4 +1,5 @@
-"""Every figure in the tables of README.md and docs/*.md is traced to a results file.
+"""Every figure in the tables of README.md, docs/ and bench/README.md is traced to a
+results file.
 
 A markdown table whose rows hold a number (outside `code` spans and names such as
 ResNet50, k34 or 3x3) is a table of measured figures: the first line below it must
@@ -17,7 +18,11 @@ from typing import NamedTuple
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+DOCUMENTS = (
+    [ROOT / "README.md"]
+    + sorted((ROOT / "docs").rglob("*.md"))
+    + [ROOT / "bench" / "README.md"]
+)
 
 # A number as a table shows it: 0.9166, 148,374, 1.5e-11, 1.38x, 50.8%, 77 ms; not
 # the digits of a name (ResNet50, k34, ResNet-20/56/110, 32x32) or of a version.
@@ -177,10 +182,13 @@ def test_the_messages_name_the_line_the_figure_and_the_file(tmp_path):
     ]
 
 
-def test_the_readme_tables_are_found():
-    found = list(tables((ROOT / "README.md").read_text().splitlines()))
+@pytest.mark.parametrize("document,least", [("README.md", 1), ("bench/README.md", 9)])
+def test_the_tables_of_figures_are_found(document, least):
+    found = list(tables((ROOT / document).read_text().splitlines()))
     sourced = [below for _, _, below in found if below.startswith("Source:")]
-    assert len(sourced) >= 8, f"only {len(sourced)} tables with a Source line found"
+    assert len(sourced) >= least, (
+        f"only {len(sourced)} tables with a Source line found in {document}"
+    )
 
 
 @pytest.mark.parametrize(
