@@ -823,7 +823,7 @@ def main(argv=None) -> int:
                 results.append(result)
                 print(
                     f"{result['id']}: {result['status']} "
-                    f"({result['killed_by'] or result.get('detail') or ''}) "
+                    f"({result['killed_by'] or result.get('detail') or result.get('pytest')}) "
                     f"{result['seconds']:.0f} s",
                     flush=True,
                 )
