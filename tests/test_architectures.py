@@ -18,6 +18,12 @@ MIN_MACS_REDUCTION = 0.15
 
 def _covered(model, shape, seed=1, ratio=0.3):
     live_batchnorm(model)
+    # ConvNeXt scales each block's branch by a LayerScale of 1e-6 at init: the
+    # pruned channels would change the outputs by less than any tolerance.
+    for layer in model._flatten_layers(include_self=False):
+        if type(layer).__name__ == "LayerScale":
+            for weight in layer.weights:
+                weight.assign(keras.ops.ones(weight.shape))
     plan = hos_keras.plan_pruning(
         model, criterion="random", allocation="fixed", ratio=ratio, seed=seed
     )
@@ -38,11 +44,13 @@ def test_keras_applications_family_slims_exactly(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["MobileNetV2", "DenseNet121"])
-def test_keras_applications_at_a_high_ratio(family):
+@pytest.mark.parametrize("family, ratio", [("MobileNetV2", 0.5), ("DenseNet121", 0.7)])
+def test_keras_applications_at_a_high_ratio(family, ratio):
     keras.utils.set_random_seed(0)
     model, shape = zoo.application(family)
-    _covered(model, shape, seed=2, ratio=0.7)
+    # At 0.6 and above MobileNetV2's masked signal dies (batch-norm statistics
+    # of the unpruned network) and the comparison loses its power.
+    _covered(model, shape, seed=2, ratio=ratio)
 
 
 def test_mobilenet_v3_keras_ops_nodes_are_traced_and_reload(tmp_path):

@@ -150,6 +150,7 @@ def _hand_latency_reduction(plan, coef, base_ms):
 def test_latency_target_search_is_minimal_for_every_base(base):
     """The plan meets the target by the hand-computed prediction, and the base
     allocation's next setting towards less pruning does not: no over-pruning."""
+    keras.utils.set_random_seed(0)  # the scores decide which plans tie
     model = _cnn()
     coef = {name: (0.1, 0.002, 0.01, 0.02) for name in ("c1", "c2", "c3", "out")}
     target = 0.2
@@ -164,7 +165,7 @@ def test_latency_target_search_is_minimal_for_every_base(base):
     )
     assert "measured_slim_ms" not in plan.details["latency"]
     achieved = _hand_latency_reduction(plan, coef, 2.0)
-    assert achieved >= target
+    assert achieved >= target - 1e-12  # sums of floats: 0.19999999999999996
     assert plan.details["predicted_latency_reduction"] == pytest.approx(achieved)
     # One step less pruning misses: the least pruning that reaches the target.
     if base == "shapiro":  # larger coefficients prune less
