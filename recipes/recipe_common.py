@@ -119,6 +119,12 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     )
     p.add_argument("--baseline", help="a trained .keras model to compress instead")
     p.add_argument("--retrain", action="store_true", help="ignore a saved baseline")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the interrupted compress run recorded in --output-dir "
+        "(same flags); without it a new run replaces the record",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument(
         "--verbose",
@@ -290,6 +296,9 @@ def compress_and_report(model, train, val, args, **settings):
             for k, v in settings.items()
             if k not in ("allocation", "target", "coefficient")
         }
+    if not args.resume:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.output_dir, "progress.json"))
     slim, report = hos_keras.compress(
         model,
         train,
