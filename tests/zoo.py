@@ -166,6 +166,16 @@ def _hub_transformers():
     from keras_hub import models as hub
 
     text = {"vocabulary_size": 100, "max_sequence_length": 16}
+    # The decoder families' tiny config: grouped-query attention, 2 query heads
+    # per key/value head.
+    decoder = {
+        "vocabulary_size": 100,
+        "num_layers": 2,
+        "num_query_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_dim": 32,
+        "intermediate_dim": 64,
+    }
     return {
         "ViTBackbone": lambda: hub.ViTBackbone(
             image_shape=(32, 32, 3),
@@ -239,39 +249,10 @@ def _hub_transformers():
         "GPT2Backbone": lambda: hub.GPT2Backbone(
             num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, **text
         ),
-        "GemmaBackbone": lambda: hub.GemmaBackbone(
-            vocabulary_size=100,
-            num_layers=2,
-            num_query_heads=4,
-            num_key_value_heads=2,
-            hidden_dim=32,
-            intermediate_dim=64,
-            head_dim=8,
-        ),
-        "MistralBackbone": lambda: hub.MistralBackbone(
-            vocabulary_size=100,
-            num_layers=2,
-            num_query_heads=4,
-            num_key_value_heads=2,
-            hidden_dim=32,
-            intermediate_dim=64,
-        ),
-        "QwenBackbone": lambda: hub.QwenBackbone(
-            vocabulary_size=100,
-            num_layers=2,
-            num_query_heads=4,
-            num_key_value_heads=2,
-            hidden_dim=32,
-            intermediate_dim=64,
-        ),
-        "LlamaBackbone": lambda: hub.LlamaBackbone(
-            vocabulary_size=100,
-            num_layers=2,
-            num_query_heads=4,
-            num_key_value_heads=2,
-            hidden_dim=32,
-            intermediate_dim=64,
-        ),
+        "GemmaBackbone": lambda: hub.GemmaBackbone(**decoder, head_dim=8),
+        "MistralBackbone": lambda: hub.MistralBackbone(**decoder),
+        "QwenBackbone": lambda: hub.QwenBackbone(**decoder),
+        "LlamaBackbone": lambda: hub.LlamaBackbone(**decoder),
     }
 
 
