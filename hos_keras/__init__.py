@@ -55,9 +55,11 @@ from hos_keras.distill import (
     pivot_weights,
 )
 from hos_keras.graph import ChannelGraph, ChannelGroup, channel_groups
+from hos_keras.hub_models import uniform_plan
 from hos_keras.latency import measure_latency
 from hos_keras.layer_rules import filter_matrix, register_layer_rule
-from hos_keras.plan import GroupPlan, PruningPlan, plan_pruning, score_filters
+from hos_keras.plan import plan_pruning, score_filters
+from hos_keras.plan_record import GroupPlan, PruningPlan
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
@@ -144,5 +146,6 @@ __all__ = [
     "training",
     "transformer_blocks",
     "tuner",
+    "uniform_plan",
     "weight_masks",
 ]

@@ -29,7 +29,8 @@ from hos_keras import allocation as allocation_lib
 from hos_keras import files, graph, sparsity, surgery
 from hos_keras import latency as latency_lib
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError, directory_problem
-from hos_keras.plan import PruningPlan, plan_pruning, restrict_plan
+from hos_keras.plan import plan_pruning, restrict_plan
+from hos_keras.plan_record import PruningPlan
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
 from hos_keras.text import plural

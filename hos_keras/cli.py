@@ -27,7 +27,8 @@ from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, export, files
 from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError, directory_problem
-from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.plan import plan_pruning
+from hos_keras.plan_record import PruningPlan
 from hos_keras.profile import profile
 from hos_keras.report import table
 from hos_keras.surgery import slim_model

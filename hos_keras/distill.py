@@ -37,7 +37,7 @@ from keras.src.ops import numpy as numpy_ops
 
 from hos_keras import graph, layer_rules
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
-from hos_keras.plan import PruningPlan
+from hos_keras.plan_record import PruningPlan
 from hos_keras.training import check_inputs, check_labels
 
 __all__ = ["HOSDistiller", "auto_pivots", "fit_distributed", "pivot_weights"]

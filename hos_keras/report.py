@@ -22,7 +22,7 @@ from hos_keras import files
 from hos_keras.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
-    from hos_keras.plan import PruningPlan
+    from hos_keras.plan_record import PruningPlan
 
 __all__ = ["STAGES", "CompressionReport", "file_sizes", "plan_layers", "table"]
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from hos_keras import files
 from hos_keras.errors import InvalidArgumentError
-from hos_keras.plan import PruningPlan
+from hos_keras.plan_record import PruningPlan
 
 __all__ = ["RunRecord", "fingerprint"]
 

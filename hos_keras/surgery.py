@@ -25,9 +25,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from hos_keras import carried, fixed_blocks, graph, layer_rules
+from hos_keras import carried, fixed_blocks, graph, hub_models, layer_rules
 from hos_keras.errors import PlanMismatchError, UnsupportedModelError
-from hos_keras.plan import PruningPlan
+from hos_keras.plan_record import PruningPlan
 
 __all__ = ["mask_model", "slim_model", "weight_masks"]
 
@@ -309,8 +309,12 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     statistics, depthwise kernels, and the weights of registered per-channel
     layers). It is a plain functional model (a Sequential one stays Sequential):
     subclasses of `keras.Model` and traced subclassed layers become nested plain
-    functional models of their layers, so their Python types are not kept. It saves
-    and loads like any model. The input model is not modified.
+    functional models of their layers, so their Python types are not kept. The
+    exception is a keras-hub backbone, or a task such as a `CausalLM` built on
+    one, whose plan keeps the same widths in every block and prunes only widths
+    its config holds (see `hos_keras.uniform_plan`): it comes back in its own
+    class, so `generate()` and presets still work. It saves and loads like any
+    model. The input model is not modified.
 
     Args:
         model: The functional or Sequential model the plan was made for.
@@ -334,7 +338,9 @@ def slim_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
     ```
     """
     graph.functional_nodes(model)  # raises UnsupportedModelError for subclassed
-    return _replay(model, _slice_specs(model, plan), slim=True)
+    slim = _replay(model, _slice_specs(model, plan), slim=True)
+    in_class = hub_models.rebuild_in_class(model, plan, slim)
+    return slim if in_class is None else in_class
 
 
 def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.ndarray]]:

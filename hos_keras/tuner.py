@@ -25,7 +25,8 @@ from hos_keras import distill, graph, sparsity, training
 from hos_keras import latency as latency_lib
 from hos_keras.criteria import get_criterion
 from hos_keras.errors import InvalidArgumentError, NothingToPruneError, check_int
-from hos_keras.plan import PruningPlan, plan_pruning
+from hos_keras.plan import plan_pruning
+from hos_keras.plan_record import PruningPlan
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.surgery import slim_model

@@ -501,3 +501,127 @@ def test_a_causal_lm_slims_and_counts_its_logits():
     plan = _plan(model)
     assert plan.macs_reduction >= 0.2
     _check_token_model(model, plan, None)
+
+
+# Uniform plans and keras-hub classes kept -----------------------------------------
+
+
+def _causal_lm(family, seed=0):
+    import keras_hub
+
+    backbone = _live_kernels(zoo.hub_transformer(family), seed)
+    task = getattr(keras_hub.models, family.replace("Backbone", "CausalLM"))
+    return task(backbone=backbone, preprocessor=None)
+
+
+def test_uniform_plan_keeps_the_mean_count_of_each_role_by_its_own_scores():
+    model = _causal_lm("GemmaBackbone")
+    plan = _plan(model, criterion="l1", allocation="global", fraction=0.3)
+    uniform = hos_keras.uniform_plan(model, plan)
+    blocks = hos_keras.transformer_blocks(model)
+    for role in zip(*(b.groups for b in blocks), strict=True):
+        count = round(np.mean([len(plan[name].keep) for name in role]))
+        for name in role:
+            entry = uniform[name]
+            # The `count` best-scoring channels of this block, by hand.
+            best = sorted(range(entry.channels), key=lambda c: -plan[name].scores[c])
+            assert entry.keep.tolist() == sorted(best[:count]), name
+            assert entry.ratio == pytest.approx(1 - count / entry.channels)
+    # The global allocation leaves different MLP widths; uniform ones are equal.
+    mlp = [len(plan[b.mlp[0]].keep) for b in blocks]
+    assert len(set(mlp)) > 1
+    assert uniform.details["uniform"]
+    slim = hos_keras.slim_model(model, uniform)
+    cost = hos_keras.profile(slim)
+    assert (cost["params"], cost["macs"]) == (uniform.params_after, uniform.macs_after)
+
+
+def _generation_matches_mask(lm, masked, prompt, length):
+    """Greedy generation from `lm`; every generated token is the masked model's
+    argmax after the tokens before it."""
+    lm.compile(sampler="greedy")
+    tokens = lm.generate(prompt, max_length=length, stop_token_ids=None)["token_ids"]
+    given = int(prompt["padding_mask"][0].sum())
+    assert tokens.shape == (1, length)
+    np.testing.assert_array_equal(tokens[0, :given], prompt["token_ids"][0, :given])
+    full = {"token_ids": tokens, "padding_mask": np.ones_like(tokens)}
+    logits = outputs(masked, full)[0][0]
+    np.testing.assert_array_equal(
+        tokens[0, given:], np.argmax(logits[given - 1 : length - 1], axis=-1)
+    )
+    return tokens
+
+
+@pytest.mark.parametrize(
+    "family, options",
+    [
+        ("GemmaBackbone", {"ratio": 0.5}),  # heads and MLP
+        ("MistralBackbone", {"ratio": 0.5}),  # heads (GQA) and MLP
+        ("QwenBackbone", {}),  # MLP
+    ],
+)
+def test_a_uniformly_pruned_causal_lm_keeps_its_class_generates_and_reloads(
+    family, options, tmp_path
+):
+    model = _causal_lm(family)
+    plan = hos_keras.uniform_plan(model, _plan(model, **options))
+    pruned = [n for n, g in plan.groups.items() if len(g.keep) < g.channels]
+    if family != "QwenBackbone":  # Qwen's heads freeze
+        assert any("attention" in n for n in pruned)
+    slim = hos_keras.slim_model(model, plan)
+    assert type(slim) is type(model) and type(slim.backbone) is type(model.backbone)
+    config = slim.backbone.get_config()
+    assert config["intermediate_dim"] < model.backbone.intermediate_dim
+    x = zoo.transformer_inputs(model)
+    masked = hos_keras.mask_model(model, plan)
+    decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
+    assert_equivalent(outputs(masked, x), outputs(slim, x), decoys=[decoy], name=family)
+    cost = hos_keras.profile(slim)
+    assert (cost["params"], cost["macs"]) == (plan.params_after, plan.macs_after)
+    prompt = {
+        "token_ids": np.array([[3, 14, 15, 92, 65, 0, 0, 0, 0, 0]], "int32"),
+        "padding_mask": np.array([[1, 1, 1, 1, 1, 0, 0, 0, 0, 0]], "int32"),
+    }
+    tokens = _generation_matches_mask(slim, masked, prompt, 10)
+    slim.save(tmp_path / "lm.keras")
+    loaded = keras.models.load_model(tmp_path / "lm.keras")
+    assert type(loaded) is type(model)
+    assert_equivalent(
+        outputs(slim, x), outputs(loaded, x), decoys=[decoy], name=f"{family} loaded"
+    )
+    loaded.compile(sampler="greedy")
+    again = loaded.generate(prompt, max_length=10, stop_token_ids=None)["token_ids"]
+    np.testing.assert_array_equal(again, tokens)
+
+
+def test_a_causal_lm_that_cannot_keep_its_class_says_why():
+    model = _causal_lm("GemmaBackbone")
+    plan = _plan(model, criterion="l1", allocation="global", fraction=0.3)
+    with pytest.warns(UserWarning, match="keep different 'intermediate_dim'"):
+        slim = hos_keras.slim_model(model, plan)
+    assert type(slim).__name__ == "Functional"
+
+
+def test_a_backbone_config_that_derives_a_pruned_size_keeps_no_class(monkeypatch):
+    # A MistralBackbone config without head_dim (as older keras-hub wrote them)
+    # derives the head size from hidden_dim // num_query_heads: with fewer heads
+    # the re-created blocks would not fit the sliced weights.
+    import keras_hub
+
+    model = _causal_lm("MistralBackbone")
+    plan = hos_keras.uniform_plan(model, _plan(model, ratio=0.5))
+    config = keras_hub.models.MistralBackbone.get_config
+
+    def without_head_dim(self):
+        return {k: v for k, v in config(self).items() if k != "head_dim"}
+
+    monkeypatch.setattr(
+        keras_hub.models.MistralBackbone, "get_config", without_head_dim
+    )
+    with pytest.warns(UserWarning, match="re-creates .* with the pruned shapes"):
+        slim = hos_keras.slim_model(model, plan)
+    assert type(slim).__name__ == "Functional"
+    x = zoo.transformer_inputs(model)
+    decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
+    expected = outputs(hos_keras.mask_model(model, plan), x)
+    assert_equivalent(expected, outputs(slim, x), decoys=[decoy], name="mistral")
