@@ -16,7 +16,9 @@ EMNLP 2023).
 
 For the criteria, unit `u`'s filter is every weight of the unit: its query, key,
 value (and gate) kernel columns and biases and its output-projection rows, as one
-column of the filter matrix.
+column of the filter matrix. The data criteria (`taylor`, `fisher`, `dfs`,
+`head_importance`, ...) read unit `u` on its heads' own outputs, the slices of
+the output projection's input that its rows read (`AttentionRule.channel_maps`).
 
 The attention output (the model's hidden width, the residual stream) and the
 inputs are frozen: hidden-width pruning is not done. The per-head key and value
@@ -43,6 +45,7 @@ import keras
 import numpy as np
 
 from hos_keras import layer_rules
+from hos_keras.errors import InvalidArgumentError
 
 __all__ = ["HIDDEN_WIDTH", "AttentionRule", "attention_units"]
 
@@ -185,6 +188,51 @@ class AttentionRule(layer_rules.LayerRule):
                 f"({sorted(names)})"
             )
         return ""
+
+    # Where the data criteria read the units ---------------------------------------
+
+    def channel_source(self, layer):
+        """The output projection, whose input holds every head's output.
+
+        The data criteria (`hos_keras.calibration`) record this sublayer's
+        input while the model runs; `channel_maps` turns it into maps per unit.
+        """
+        return getattr(layer, self.output_name)
+
+    def channel_maps(self, layer, heads):
+        """Each unit's outputs, as a producer's channels are read.
+
+        Args:
+            layer: The attention layer.
+            heads: Its output projection's input, `(N, ..., heads, head_size)`:
+                every query head's value-weighted sum (times its gate, for
+                gated attention), which the projection's rows of that head read.
+
+        Returns:
+            `(N, positions, units)`: per unit, the outputs of its query heads
+            (one, or a key/value group's), their head channels and query heads
+            counted as positions.
+
+        Raises:
+            InvalidArgumentError: if the input has no axis of the layer's query
+                heads second to last.
+        """
+        units, size = self.units(layer), self.group_size(layer)
+        shape = tuple(heads.shape)
+        if len(shape) < 3 or shape[-2] != units * size:
+            raise InvalidArgumentError(
+                f"Layer {layer.name!r} ({type(layer).__name__}): its output "
+                f"projection read a tensor of shape {shape}, expected its "
+                f"{units * size} query heads on the second-to-last axis, so the "
+                "data criteria cannot read each head's output. Use a weight "
+                "criterion (k34, l1, ...) or an AttentionRule whose output= "
+                "names the projection that reads the heads."
+            )
+        n = keras.ops.shape(heads)[0]
+        per_head = keras.ops.moveaxis(heads, -2, -1)  # (N, ..., head_size, heads)
+        per_unit = keras.ops.reshape(per_head, (n, -1, units, size))
+        per_unit = keras.ops.transpose(per_unit, (0, 1, 3, 2))
+        return keras.ops.reshape(per_unit, (n, -1, units))
 
     # The rule -------------------------------------------------------------------
 

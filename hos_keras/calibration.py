@@ -21,19 +21,32 @@ batches equal those of one pass over all the data:
 
 The feature map of a channel is the producer's output (a convolution's or Dense
 layer's, before any normalization or activation), images on the first axis,
-channels last.
+channels last. An attention layer's channels are its heads (or key/value groups,
+see `hos_keras.attention`): a head's map is its own output, the value-weighted
+sum that the output projection reads, its head channels (and, with grouped-query
+attention, the query heads of its group) counted as positions. So every
+statistic above treats a head as it treats a channel: `taylor_sum` of a head is
+|dL/d xi| for a gate xi multiplying the head's output (Michel et al., NeurIPS
+2019).
+
+The maps are recorded while the model itself runs: each producer's `call` (an
+attention layer's output projection's) is wrapped for the duration of
+`collect`, so producers inside nested models and inside other layers
+(keras-hub's transformer blocks) are read where they are.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import graph, stats
+from hos_keras import graph, layer_rules, stats
 from hos_keras.errors import InvalidArgumentError, check_int
 
 __all__ = ["ChannelStatistics", "collect"]
@@ -119,7 +132,7 @@ def batch_statistics(
 
 def collect(
     model: keras.Model,
-    producers: Sequence[str],
+    producers: Sequence[str] | Mapping[str, keras.layers.Layer],
     data,
     *,
     steps: int | None = None,
@@ -129,22 +142,28 @@ def collect(
     """Accumulates the channel statistics of `producers` over calibration data.
 
     Args:
-        model: A built functional model.
-        producers: Names of its layers whose outputs are scored.
+        model: A built model.
+        producers: Names of its top-level layers whose channels are scored, or
+            a mapping from names (e.g. the qualified names of
+            `hos_keras.channel_groups`) to the layers, nested ones included.
+            A layer's channels are read on its output, an attention layer's
+            heads on its output projection's input (see the module).
         data: A `tf.data.Dataset` of `(x, y)` batches, or an `(x, y)` tuple of
             arrays (batched by 64).
         steps: Batches to use; `None` for all of them. Defaults to `None`.
         wanted: Which statistics (see `STATISTICS`). Defaults to all.
-        loss: The loss of the gradient statistics, called as `loss(y, output)`;
-            `None` for sparse categorical cross-entropy (`from_logits` unless
-            the model ends with a softmax). Defaults to `None`.
+        loss: The loss of the gradient statistics, called as `loss(y, output)`
+            on the model's first output; `None` for sparse categorical
+            cross-entropy (`from_logits` unless the model ends with a softmax).
+            Defaults to `None`.
 
     Returns:
         Producer name -> `ChannelStatistics`.
 
     Raises:
-        InvalidArgumentError: for missing data, non-positive steps or a batch
-            without labels when gradients are needed.
+        InvalidArgumentError: for missing data, non-positive steps, a batch
+            without labels when gradients are needed, or a producer whose
+            channels cannot be read (the message names it and says why).
     """
     wanted = set(wanted)
     if data is None:
@@ -153,9 +172,10 @@ def collect(
             "pass data=(x, y) arrays or a tf.data.Dataset of (x, y) batches."
         )
     data = batches(data, steps, steps_name="calibration_steps")
-    outputs = [model.get_layer(name).output for name in producers]
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    probe = keras.Model(inputs, [model.outputs[0], *outputs])
+    if not isinstance(producers, Mapping):
+        producers = {name: model.get_layer(name) for name in producers}
+    recorder = _MapRecorder(producers)
+    names = list(producers)
     gradients = bool(wanted & _NEEDS_GRADIENTS)
     if gradients and loss is None:
         loss = _default_loss(model)
@@ -169,12 +189,19 @@ def collect(
                 "criteria need (x, y) batches for the loss gradients."
             )
         if not gradients:
-            _, *maps = probe(x, training=False)
-            return maps, [None] * len(maps)
+            with recorder.recording() as recorded:
+                model(x, training=False)
+            maps = recorder.maps(recorded)
+            return [maps[n] for n in names], [None] * len(names)
         with tf.GradientTape() as tape:
-            output, *maps = probe(x, training=False)
+            with recorder.recording(tape) as recorded:
+                output = keras.tree.flatten(model(x, training=False))[0]
             value = tf.reduce_sum(loss(y, output))
-        return maps, tape.gradient(value, maps)
+        raw = tape.gradient(
+            value, recorded, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        maps, grads = recorder.maps(recorded), recorder.maps(raw)
+        return [maps[n] for n in names], [grads[n] for n in names]
 
     # Under a tf.distribute strategy each replica takes its share of every batch;
     # the sums of the replicas' shares are the sums of the batch.
@@ -187,24 +214,141 @@ def collect(
                 "tf.data.Dataset (or arrays); convert the PyDataset."
             )
         data = strategy.experimental_distribute_dataset(data)
-    for batch in data:
-        if replicated:
-            per_replica = strategy.run(step, args=(batch,))
-            shares = strategy.experimental_local_results(per_replica)
-        else:
-            shares = [step(batch)]
-        for maps, grads in shares:
-            for name, m, g in zip(producers, maps, grads, strict=True):
-                part = batch_statistics(
-                    np.asarray(m), None if g is None else np.asarray(g), wanted
-                )
-                totals[name] = totals[name].merge(part) if name in totals else part
+    with recorder.installed():
+        for batch in data:
+            if replicated:
+                per_replica = strategy.run(step, args=(batch,))
+                shares = strategy.experimental_local_results(per_replica)
+            else:
+                shares = [step(batch)]
+            for maps, grads in shares:
+                for name, m, g in zip(names, maps, grads, strict=True):
+                    part = batch_statistics(
+                        np.asarray(m), None if g is None else np.asarray(g), wanted
+                    )
+                    totals[name] = totals[name].merge(part) if name in totals else part
     if not totals:
         raise InvalidArgumentError(
             "The calibration data gave no batch; pass a non-empty dataset "
             "(or more calibration_steps)."
         )
     return totals
+
+
+class _MapRecorder:
+    """Records, while a model runs, the tensors where producers' channels are.
+
+    For a producer whose channels are its output (`LayerRule.output_channels`)
+    the layer's `call` is wrapped and its output recorded; for a rule that
+    says where its channels are instead (`channel_source`, `channel_maps`:
+    `hos_keras.attention.AttentionRule`), the source sublayer's first input.
+    A recorded tensor is watched by the recording's gradient tape, so the
+    loss gradient reaches it even when no weight is trainable. Records are
+    kept per thread: the replicas of a `tf.distribute` strategy each record
+    their own share.
+    """
+
+    def __init__(self, producers: Mapping[str, keras.layers.Layer]):
+        self.readers = {}  # name -> (layer, rule) of producers read through a rule
+        self.targets: dict[int, tuple[keras.layers.Layer, str, list[str]]] = {}
+        for name, layer in producers.items():
+            rule = layer_rules.get_rule(layer)
+            if rule is not None and rule.output_channels:
+                target, side = layer, "output"
+            elif hasattr(rule, "channel_source") and hasattr(rule, "channel_maps"):
+                target, side = rule.channel_source(layer), "input"
+                self.readers[name] = (layer, rule)
+            else:
+                raise InvalidArgumentError(
+                    f"Layer {name!r} ({type(layer).__name__}): its channels are not "
+                    "its output's last axis and its layer rule does not say where "
+                    "they are (channel_source, channel_maps), so the data "
+                    "criteria cannot read them. Use a weight criterion (k34, l1, "
+                    "...) or register a rule that defines both."
+                )
+            entry = self.targets.setdefault(id(target), (target, side, []))
+            entry[2].append(name)
+        self.names = list(producers)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Wraps the `call` of every target for the duration of the block."""
+        wrapped = []
+        try:
+            for target, side, names in self.targets.values():
+                method = (
+                    "quantized_call"
+                    if getattr(target, "quantization_mode", None) is not None
+                    else "call"
+                )
+                original = getattr(target, method)
+                setattr(target, method, self._wrap(original, side, names))
+                wrapped.append((target, method))
+            yield
+        finally:
+            for target, method in wrapped:
+                delattr(target, method)
+
+    def _wrap(self, original, side, names):
+        def call(*args, **kwargs):
+            records = getattr(self._local, "records", None)
+            if records is None:
+                return original(*args, **kwargs)
+            tape = self._local.tape
+            if side == "input":
+                tensor = tf.convert_to_tensor(args[0] if args else kwargs["inputs"])
+                if tape is not None:
+                    tape.watch(tensor)
+                for name in names:
+                    records[name].append(tensor)
+                if args:
+                    return original(tensor, *args[1:], **kwargs)
+                return original(**{**kwargs, "inputs": tensor})
+            result = original(*args, **kwargs)
+            if tape is not None:
+                tape.watch(result)
+            for name in names:
+                records[name].append(result)
+            return result
+
+        return call
+
+    @contextlib.contextmanager
+    def recording(self, tape: tf.GradientTape | None = None):
+        """Yields `{name: [tensor of each call]}`, filled while the block runs."""
+        records = {name: [] for name in self.names}
+        self._local.records, self._local.tape = records, tape
+        try:
+            yield records
+        finally:
+            self._local.records = self._local.tape = None
+        silent = [name for name, found in records.items() if not found]
+        if silent:
+            name = silent[0]
+            where = "output projection" if name in self.readers else "call"
+            raise InvalidArgumentError(
+                f"Layer {name!r} did not run its {where} when the model ran on "
+                "the calibration data, so its channels' feature maps could not be "
+                "read (a layer that computes its outputs another way, or one the "
+                "model does not call). Use a weight criterion (k34, l1, ...) for "
+                f"this model, or leave the layer out of pruning (skip={[name]})."
+            )
+
+    def maps(self, records) -> dict[str, tf.Tensor]:
+        """Per producer, `(N, positions, channels)`: its calls' maps joined as
+        more positions (a layer called twice has its channels in both)."""
+        result = {}
+        for name, tensors in records.items():
+            parts = []
+            for tensor in tensors:
+                if name in self.readers:
+                    layer, rule = self.readers[name]
+                    tensor = rule.channel_maps(layer, tensor)
+                n, channels = tf.shape(tensor)[0], tensor.shape[-1]
+                parts.append(tf.reshape(tensor, (n, -1, channels)))
+            result[name] = parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        return result
 
 
 def batches(

@@ -48,6 +48,7 @@ __all__ = [
     "FPGMCriterion",
     "GroupCriterion",
     "GroupView",
+    "HeadImportanceCriterion",
     "LAMPCriterion",
     "NormCriterion",
     "RandomCriterion",
@@ -308,6 +309,77 @@ class ActivationCriterion(GroupCriterion):
 
     def __repr__(self) -> str:
         return f"ActivationCriterion({self.kind!r})"
+
+
+class HeadImportanceCriterion(GroupCriterion):
+    """Head importance: the expected |dL/d xi| of a gate xi on each head.
+
+    Michel, Levy, Neubig, "Are Sixteen Heads Really Better than One?", NeurIPS
+    2019, eq. 2: with a gate xi_h multiplying head h's output (all gates 1),
+    `I_h = E_x |dL(x)/d xi_h| = E_x |sum over positions of <Att_h(x),
+    dL/dAtt_h(x)>|`, the loss change that masking the head predicts to first
+    order, averaged over the calibration samples. A head's output is the
+    value-weighted sum the output projection reads; with grouped-query attention
+    a unit's gate covers the query heads of its key/value head. The same gate on
+    any other channel (an MLP unit, a convolution's map) gives the first-order
+    Taylor criterion of its output (Molchanov et al., ICLR 2017), so the
+    criterion scores every group of any model: a group channel made by several
+    producers gets the sum of their importances.
+
+    As in the paper (section 4.2), the importances of each group (one attention
+    layer's heads, one layer's channels) are divided by their l2 norm, so that
+    a global allocation compares layers on one scale.
+
+    Needs `plan_pruning(..., data=(x, y))` (`calibration_loss=` for another
+    loss than sparse categorical cross-entropy).
+
+    Args:
+        normalize: Divide each group's importances by their l2 norm. Defaults
+            to `True`.
+
+    Example:
+
+    ```python
+    plan = hos_keras.plan_pruning(
+        model, criterion="head_importance", allocation="global", fraction=0.3,
+        data=(x, y),
+    )
+    ```
+    """
+
+    name = "head_importance"
+    statistics = ("taylor",)
+
+    def __init__(self, normalize: bool = True):
+        if not isinstance(normalize, bool):
+            raise ArgumentTypeError(
+                f"Received normalize={normalize!r}; pass True or False."
+            )
+        self.normalize = normalize
+
+    def score_group(self, group: GroupView) -> np.ndarray:
+        missing = [p for p in group.producers if p not in group.activations]
+        if missing:
+            raise InvalidArgumentError(
+                f"Criterion 'head_importance' reads the loss gradients of the "
+                f"channels' outputs and has none for {missing}: pass calibration "
+                "data, plan_pruning(..., data=(x, y)) or a tf.data.Dataset."
+            )
+        parts = [
+            group.gather(
+                group.activations[p].taylor_sum / max(group.activations[p].images, 1),
+                positions,
+            )
+            for p, (_, positions) in group.producers.items()
+        ]
+        importance = np.nansum(np.stack(parts), axis=0)
+        norm = float(np.linalg.norm(importance))
+        if self.normalize and norm > 0:
+            return importance / norm
+        return importance
+
+    def __repr__(self) -> str:
+        return f"HeadImportanceCriterion(normalize={self.normalize})"
 
 
 def _producer_mean(group: GroupView, scorer) -> np.ndarray:
@@ -604,3 +676,4 @@ register_criterion("bn_scale", BNScaleCriterion)
 for _kind in _ACTIVATION_KINDS:
     register_criterion(_kind, lambda kind=_kind: ActivationCriterion(kind))
 register_criterion("lamp", LAMPCriterion)
+register_criterion("head_importance", HeadImportanceCriterion)

@@ -309,27 +309,11 @@ def plan_pruning(
         )
     activations = {}
     if statistics:
-        nested = [p for p in filters if "/" in p]
-        if nested:
-            raise InvalidArgumentError(
-                f"Criterion {criterion!r} reads the feature maps of top-level "
-                f"layers; {nested[:3]} are inside nested models. Use a weight "
-                "criterion for this model."
-            )
-        inside = [
-            p
-            for p in filters
-            if not layer_rules.get_rule(channel_graph.layers[p]).output_channels
-        ]
-        if inside:
-            raise InvalidArgumentError(
-                f"Criterion {criterion!r} reads each channel on its layer's output; "
-                f"the channels of {inside[:3]} (attention heads) are not there. Use "
-                "a weight criterion (k34, l1, ...) for this model."
-            )
+        # Nested layers and attention heads included: calibration records each
+        # producer's channels where they are while the model runs.
         activations = calibration.collect(
             model,
-            list(filters),
+            {p: channel_graph.layers[p] for p in filters},
             data,
             steps=calibration_steps,
             wanted=statistics,

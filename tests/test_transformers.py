@@ -393,11 +393,20 @@ def test_transformer_blocks_list_heads_and_mlp_groups_per_block():
     )
 
 
-def test_data_criteria_refuse_attention_heads():
-    model = _attention_block(layers.MultiHeadAttention(2, 4, name="att"))
-    x = np.random.default_rng(0).normal(size=(8, 6, 16)).astype("float32")
-    with pytest.raises(hos_keras.errors.InvalidArgumentError, match="attention heads"):
-        _plan(model, criterion="taylor", data=(x, np.zeros(8, "int64")))
+@pytest.mark.parametrize("criterion", ["taylor", "head_importance"])
+def test_data_criteria_score_attention_heads(criterion):
+    # Per-head references are in test_head_criteria.py; here: the heads get one
+    # score each from the data, the weakest goes, and the slim model is exact.
+    model = _attention_block(layers.MultiHeadAttention(4, 4, name="att"))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 16)).astype("float32")
+    plan = _plan(
+        model, criterion=criterion, data=(x, rng.integers(0, 3, 16)), ratio=0.25
+    )
+    scores = plan["att"].scores
+    assert scores.shape == (4,) and np.all(scores > 0) and np.ptp(scores) > 0
+    np.testing.assert_array_equal(plan["att"].pruned, [np.argmin(scores)])
+    check_invariant(model, plan)
 
 
 @pytest.mark.parametrize("task", ["ViTImageClassifier", "BertTextClassifier"])
