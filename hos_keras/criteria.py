@@ -254,6 +254,13 @@ class ActivationCriterion(GroupCriterion):
       cumulants (k-statistics, signed as the weight criteria) of each channel's
       activation values over all images and positions, instead of its weights.
 
+    An attention layer's channels are its heads (key/value groups with
+    grouped-query attention): a head's map is its own output, the value-weighted
+    sum the output projection reads, its head channels (and a group's query
+    heads) counted as positions, so each statistic reduces a head as it reduces
+    a channel. Producers inside nested models and keras-hub blocks are read
+    where they are (`hos_keras.calibration`).
+
     Args:
         kind: One of the names above.
 

@@ -396,3 +396,38 @@ def test_keras_hub_heads_score_their_gates_and_slim_exactly(family):
             check_invariant(model, plan)
         else:
             _check_token_model(model, plan, None)
+
+
+@keras.saving.register_keras_serializable(package="test_head_criteria")
+class _FusedOutputAttention(layers.MultiHeadAttention):
+    """Multi-head attention that applies its output projection's kernel itself
+    instead of calling the projection."""
+
+    def call(self, query, value, key=None):
+        key = value if key is None else key
+        heads, _ = self._compute_attention(
+            self._query_dense(query), self._key_dense(key), self._value_dense(value)
+        )
+        dense = self._output_dense
+        return keras.ops.einsum(dense.equation, heads, dense.kernel) + dense.bias
+
+
+def test_an_attention_layer_whose_heads_cannot_be_read_is_named():
+    hos_keras.register_layer_rule(
+        _FusedOutputAttention, hos_keras.attention.AttentionRule()
+    )
+    inputs = keras.Input((T, D))
+    attention = _FusedOutputAttention(2, 4, name="fused")
+    x = layers.Add()([inputs, attention(inputs, inputs)])
+    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
+    assert [g.name for g in hos_keras.channel_groups(model, warn=False).prunable] == [
+        "fused"
+    ]
+    with pytest.raises(
+        hos_keras.errors.InvalidArgumentError,
+        match=r"Layer 'fused' did not run its output projection.*weight criterion",
+    ):
+        _plan(model, criterion="taylor", data=_data())
+    # Its output projection was given back: the model still runs as before.
+    assert "call" not in vars(attention._output_dense)
+    assert _plan(model, criterion="l1")["fused"].channels == 2
