@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from hos_keras.errors import InvalidArgumentError
-from hos_keras.report import allocation_label, statistic_cell, table
-from hos_keras.text import plural
+from hos_keras.text import allocation_label, plural, statistic_cell, table
 
 __all__ = ["GroupPlan", "PruningPlan"]
 
