@@ -26,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import errors
+from hos_keras import errors, graph
 from hos_keras.errors import InvalidArgumentError
 from hos_keras.text import plural
 
@@ -106,6 +106,7 @@ def check_inputs(model: keras.Model, data, name: str = "data") -> None:
     expected = [
         (tuple(t.shape), keras.backend.standardize_dtype(t.dtype)) for t in model.inputs
     ]
+    _check_input_names(model, data, name)
     if len(given) != len(expected):
         raise InvalidArgumentError(
             f"Model {model.name!r} takes {len(expected)} input(s) but {name} holds "
@@ -143,6 +144,36 @@ def check_inputs(model: keras.Model, data, name: str = "data") -> None:
                 f"Model {model.name!r} takes {want_dtype} inputs (e.g. token ids) "
                 f"but {name} holds {dtype}; pass integers."
             )
+
+
+def _check_input_names(model: keras.Model, data, name: str) -> None:
+    """Raises if `data`'s inputs are a dict whose keys are not the model's input
+    names (a keras-hub text model takes `token_ids`, `padding_mask`, ...):
+    inputs are matched by name, and a misnamed one would be another's."""
+    if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        x = spec[0] if isinstance(spec, tuple) else spec
+    elif isinstance(data, tuple) and data:
+        x = data[0]
+    else:
+        x = data
+    if not isinstance(x, dict):
+        return
+    try:
+        structure = graph.io_structure(model)[0]
+    except errors.UnsupportedModelError:
+        return
+    if isinstance(structure, dict):
+        wanted = set(structure)
+    else:
+        wanted = {t.name for t in model.inputs}
+    if set(x) != wanted:
+        missing, extra = sorted(wanted - set(x)), sorted(set(x) - wanted)
+        raise InvalidArgumentError(
+            f"Model {model.name!r} takes the inputs {sorted(wanted)} but {name} "
+            f"holds a dict with the keys {sorted(x)} (missing {missing}, unknown "
+            f"{extra}); name the arrays after the model's inputs."
+        )
 
 
 def _first_labels(data):
@@ -184,8 +215,10 @@ def check_labels(model: keras.Model, data, loss, name: str = "data") -> None:
     `loss`, before any backend meets them.
 
     For a sparse categorical loss (hos_keras' default), the labels must be one
-    integer class per example within `[0, classes)`, where `classes` is the
-    width of the model's output; one-hot rows are refused with the fix. For any
+    integer class per example (or, for a sequence output such as a causal
+    language model's logits `(n, length, vocabulary)`, one per position) within
+    `[0, classes)`, where `classes` is the width of the model's output; one-hot
+    rows are refused with the fix. For any
     loss, arrays must hold as many labels as examples. Datasets are checked on
     their first batch; other kinds of data, and models with several outputs, are
     left to Keras.
@@ -212,17 +245,30 @@ def check_labels(model: keras.Model, data, loss, name: str = "data") -> None:
         )
     if not _is_sparse(loss):
         return
-    classes = model.outputs[0].shape[-1]
-    if y.ndim == 2 and y.shape[1] > 1:
+    output = tuple(model.outputs[0].shape)
+    classes = output[-1]
+    # One class per example, or per position of a sequence output (a causal
+    # language model's next tokens: labels (n, length) for logits (n, length,
+    # vocabulary)).
+    rank = max(len(output) - 1, 1)
+    if y.ndim == rank + 1 and y.shape[-1] > 1:
         raise InvalidArgumentError(
             f"{name} holds one-hot labels of shape {tuple(y.shape)} but the loss "
             f"({getattr(loss, 'name', loss)}) takes integer class labels: pass "
             "y.argmax(axis=-1), or loss=keras.losses.CategoricalCrossentropy(...)."
         )
-    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+    if y.ndim not in (rank, rank + 1):
+        if rank == 1:
+            expected, per = "(n,) or (n, 1)", "example"
+        else:
+            positions = ", ".join(
+                "length" if d is None else str(d) for d in output[1:-1]
+            )
+            expected, per = f"(n, {positions})", "position of each example"
         raise InvalidArgumentError(
-            f"{name} holds labels of shape {tuple(y.shape)}; the loss takes one "
-            "integer class per example (shape (n,) or (n, 1))."
+            f"{name} holds labels of shape {tuple(y.shape)}; model {model.name!r} "
+            f"outputs {output} and the loss takes one integer class per {per} "
+            f"(shape {expected})."
         )
     if y.size and not np.all(np.isfinite(y.astype(np.float64))):
         raise InvalidArgumentError(f"{name} holds labels that are NaN or infinite.")
