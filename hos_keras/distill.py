@@ -36,6 +36,7 @@ import tensorflow as tf
 from keras.src.ops import numpy as numpy_ops
 
 from hos_keras import graph, layer_rules
+from hos_keras.blocks import transformer_blocks
 from hos_keras.errors import InvalidArgumentError, PlanMismatchError
 from hos_keras.plan_record import PruningPlan
 from hos_keras.training import check_inputs, check_labels
@@ -142,16 +143,29 @@ def _candidates(model: keras.Model) -> tuple[list, bool]:
     return [last_of(node) for node in nodes if _is_downsampling(node)], False
 
 
+def _transformer_outputs(model: keras.Model) -> list[str]:
+    """Qualified names of the transformer blocks of a model whose own graph has
+    no residual merge (a keras-hub task or backbone, whose blocks are nested)."""
+    if _candidates(model)[1]:
+        return []
+    return [block.name for block in transformer_blocks(model) if block.name]
+
+
 def block_outputs(model: keras.Model) -> list[str]:
     """Names of the pivot candidates of a model, in depth order.
 
     A residual block ends at its merge (an `Add` layer, or `keras.ops.add` /
     `a + b` on two tensors of the same shape) or at the activations and
     BatchNormalization that directly follow it. A model without residual merges
-    (a VGG-like chain) has instead one candidate per downsampling stage: each layer
-    or operation that reduces the spatial size (pooling, strided convolution),
-    again with the activations and BatchNormalization that directly follow it.
-    Only the model's own graph is searched, not nested models.
+    in its own graph but with transformer blocks nested in it (a keras-hub
+    backbone or task; see `hos_keras.transformer_blocks`) has one candidate per
+    block, the block's output, named by its qualified name
+    (`"vit_backbone/vit_encoder/transformer_block_1"`). A model with neither (a
+    VGG-like chain) has one candidate per downsampling stage: each layer or
+    operation that reduces the spatial size (pooling, strided convolution), again
+    with the activations and BatchNormalization that directly follow it.
+    Residual merges and downsampling stages are searched in the model's own
+    graph only, not in nested models.
 
     Args:
         model: A functional or Sequential model.
@@ -159,7 +173,9 @@ def block_outputs(model: keras.Model) -> list[str]:
     Returns:
         Layer (or operation) names, each the output of one block or stage.
     """
-    return [node.operation.name for node in _candidates(model)[0]]
+    return _transformer_outputs(model) or [
+        node.operation.name for node in _candidates(model)[0]
+    ]
 
 
 def _stage_ends(nodes, residual: bool) -> list[int]:
@@ -220,7 +236,11 @@ def auto_pivots(model: keras.Model, n: int = 2, *, strict: bool = True) -> list[
        ResNet-110 n = 3 -> [14, 28, 42].
 
     The reference counts the 13 blocks of its MobileNet with `cal_pivot`; here a
-    model without residual merges is counted in downsampling stages.
+    model without residual merges is counted in downsampling stages, or, when it
+    holds transformer blocks (a keras-hub backbone or task), in those blocks,
+    placed by 3. (their resolution never drops): a 12-block ViT with n = 2 gets
+    blocks [5, 10], a 2-block one with n = 1 block 1. The pivots are then the
+    blocks' qualified names, e.g. `"bert_backbone/transformer_layer_0"`.
 
     Args:
         model: The (student) model.
@@ -250,9 +270,16 @@ def auto_pivots(model: keras.Model, n: int = 2, *, strict: bool = True) -> list[
         )
     if n == 0:
         return []
-    nodes, residual = _candidates(model)
-    blocks = len(nodes)
-    ends = _stage_ends(nodes, residual)
+    names = _transformer_outputs(model)
+    transformer = bool(names)
+    if transformer:
+        # One resolution throughout: no stage ends, the blocks are spread.
+        residual, ends = True, []
+    else:
+        nodes, residual = _candidates(model)
+        names = [node.operation.name for node in nodes]
+        ends = _stage_ends(nodes, residual)
+    blocks = len(names)
     positions = None
     if residual and ends == [blocks // 3, 2 * blocks // 3]:
         positions = _REFERENCE_POSITIONS.get((blocks, n))
@@ -264,12 +291,14 @@ def auto_pivots(model: keras.Model, n: int = 2, *, strict: bool = True) -> list[
         if not strict:
             return []
         kind = "residual blocks" if residual else "downsampling stages (no residual)"
+        if transformer:
+            kind = "transformer blocks"
         raise InvalidArgumentError(
             f"Model {model.name!r} has {blocks} {kind}, too few for {n} "
             "distinct automatic pivots. Ask for fewer (n_pivots) or name the pivot "
             "layers: pivots=['layer_a', 'layer_b']."
         )
-    return [nodes[k - 1].operation.name for k in positions]
+    return [names[k - 1] for k in positions]
 
 
 def pivot_weights(positions, decay: float = 3.0, floor: float = 0.01) -> list[float]:
@@ -278,11 +307,34 @@ def pivot_weights(positions, decay: float = 3.0, floor: float = 0.01) -> list[fl
     return [max(floor, (p / last) ** decay) for p in positions]
 
 
-def _pivot_outputs(model, names) -> list:
-    """The output tensor of each named layer or keras.ops operation of a model."""
+def _named_nodes(model, prefix: str = "") -> dict[str, list]:
+    """The nodes of a model by qualified name (`"outer/inner"`), nested models
+    and the views of traced subclassed layers opened; not the inside of a block
+    re-created from its config (`hos_keras.fixed_blocks`), whose view holds
+    other shapes."""
     nodes: dict[str, list] = {}
     for node in graph.functional_nodes(model):
-        nodes.setdefault(node.operation.name, []).append(node)
+        if node.is_input:
+            continue
+        name = prefix + node.operation.name
+        nodes.setdefault(name, []).append(node)
+        inner = graph.inner_graph(node.operation, node)
+        if inner is not None and not graph.is_fixed(node.operation):
+            for inner_name, found in _named_nodes(inner, f"{name}/").items():
+                nodes.setdefault(inner_name, []).extend(found)
+    return nodes
+
+
+def _pivot_outputs(model, names) -> list:
+    """The output tensor of each named layer or keras.ops operation of a model
+    (qualified names reach into nested models and traced layers)."""
+    nested = any("/" in name for name in names)
+    if nested:
+        nodes = _named_nodes(model)
+    else:
+        nodes = {}
+        for node in graph.functional_nodes(model):
+            nodes.setdefault(node.operation.name, []).append(node)
     tensors = []
     for name in names:
         found = nodes.get(name, [])
@@ -302,16 +354,91 @@ def _pivot_outputs(model, names) -> list:
     return tensors
 
 
+def _model_inputs(model):
+    """The model's inputs in the structure it is called with."""
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _features(model: keras.Model, names: list[str], tensors: list):
+    """A callable `(x, training) -> [model output, *features at names]`.
+
+    Top-level names: a functional model on the model's own tensors. Qualified
+    names (a transformer block inside a keras-hub backbone): `_NestedFeatures`,
+    which runs the graph itself, as no functional model can reach a tensor
+    inside a nested one.
+    """
+    if any("/" in name for name in names):
+        return _NestedFeatures(model, names)
+    return keras.Model(_model_inputs(model), [model.outputs[0], *tensors])
+
+
+class _NestedFeatures:
+    """Runs a functional model node by node, as `Functional.call` does, opening
+    the nested graphs (nested models, views of traced layers) that hold a wanted
+    name, and returns `[first output, *values at the wanted names]`.
+
+    The model's own layers are called on the values, so gradients reach its
+    weights; nothing is added to its graph (no new nodes on its layers)."""
+
+    def __init__(self, model: keras.Model, names: list[str]):
+        self.model = model
+        self.names = list(names)
+        self.wanted = set(names)
+
+    def _opens(self, name: str) -> bool:
+        return any(wanted.startswith(f"{name}/") for wanted in self.wanted)
+
+    def __call__(self, x, training=None) -> list:
+        inputs = graph.io_structure(self.model)[0]
+        given = keras.tree.flatten(x)
+        expected = keras.tree.flatten(inputs)
+        if isinstance(inputs, dict) and isinstance(x, dict):
+            given = [x[key] for key in sorted(inputs)]
+        values = {
+            id(t): keras.ops.cast(v, t.dtype)
+            for t, v in zip(expected, given, strict=True)
+        }
+        found: dict[str, object] = {}
+        self._run(self.model, "", values, found, training)
+        outputs = keras.tree.flatten(graph.io_structure(self.model)[1])
+        return [values[id(outputs[0])], *(found[name] for name in self.names)]
+
+    def _run(self, model, prefix: str, values: dict, found: dict, training) -> None:
+        for node in graph.functional_nodes(model):
+            op = node.operation
+            if node.is_input or isinstance(op, keras.layers.InputLayer):
+                continue
+            name = prefix + op.name
+            inner = graph.inner_graph(op, node) if self._opens(name) else None
+            if inner is not None and not graph.is_fixed(op):
+                feeds = {
+                    id(inner_input): values[id(outer)]
+                    for outer, inner_input in zip(
+                        node.input_tensors, inner.inputs, strict=True
+                    )
+                }
+                self._run(inner, f"{name}/", feeds, found, training)
+                results = [feeds[id(t)] for t in inner.outputs]
+            else:
+                args, kwargs = node.arguments.fill_in(values)
+                # Functional.call's rule (keras.src.models.functional's
+                # operation_fn): the flag to every layer whose call takes one.
+                if training is not None and "training" in getattr(
+                    op, "_call_context_args", ()
+                ):
+                    kwargs["training"] = training
+                results = keras.tree.flatten(op(*args, **kwargs))
+            for tensor, value in zip(node.output_tensors, results, strict=True):
+                values[id(tensor)] = value
+            if name in self.wanted:
+                found[name] = results[0]
+
+
 def _non_negative(value) -> bool:
     try:
         return float(value) >= 0
     except (TypeError, ValueError):
         return False
-
-
-def _model_inputs(model):
-    """The model's inputs in the structure it is called with."""
-    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
 
 
 class HOSDistiller(keras.Model):
@@ -451,12 +578,8 @@ class HOSDistiller(keras.Model):
         self._plan = plan
         self.aux_heads: list[keras.Model] = []
         self._gathers = self._teacher_gathers(plan, s_pivots, t_pivots)
-        self._student_features = keras.Model(
-            _model_inputs(student), [student.outputs[0], *s_pivots]
-        )
-        self._teacher_features = keras.Model(
-            _model_inputs(teacher), [teacher.outputs[0], *t_pivots]
-        )
+        self._student_features = _features(student, pivots, s_pivots)
+        self._teacher_features = _features(teacher, pivots, t_pivots)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.task_tracker = keras.metrics.Mean(name="task_loss")
         self.output_tracker = keras.metrics.Mean(name="output_mse")
