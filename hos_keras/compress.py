@@ -15,7 +15,16 @@ from collections.abc import Sequence
 import keras
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, errors, files, graph, resume, surgery, training
+from hos_keras import (
+    distill,
+    errors,
+    files,
+    graph,
+    hub_models,
+    resume,
+    surgery,
+    training,
+)
 from hos_keras import latency as latency_lib
 from hos_keras import report as report_lib
 from hos_keras import sparsity as sparsity_lib
@@ -75,6 +84,7 @@ def compress(
     decay: float = 3.0,
     min_channels: int = 1,
     round_to: int | str = 1,
+    uniform: bool = False,
     seed: int | None = 0,
     callbacks: Sequence[keras.callbacks.Callback] | None = None,
     latency_batch_sizes: Sequence[int] = (1, 32),
@@ -180,9 +190,12 @@ def compress(
             (epoch >= 120))`. Defaults to `None` (the optimizer's own rate).
         finetune_lr_schedule: The same for the fine-tuning. Defaults to `None`.
         batch_size: Batch size when the data are arrays. Defaults to `64`.
-        pivots: `"auto"`, layer names or `None` (see `HOSDistiller`). With `"auto"`
-            on a model with too few residual blocks or downsampling stages there
-            are no pivot losses (a message says so). Defaults to `"auto"`.
+        pivots: `"auto"`, layer names or `None` (see `HOSDistiller`). `"auto"`
+            places them at residual block outputs, at the outputs of the
+            transformer blocks of a keras-hub backbone or task (qualified names
+            such as `"bert_backbone/transformer_layer_0"`), or at downsampling
+            stages (see `auto_pivots`); on a model with too few of them there are
+            no pivot losses (a message says so). Defaults to `"auto"`.
         n_pivots: Number of automatic pivots. Defaults to `2`.
         output_loss: `"softmax_mse"` or `"logits_mse"`. When the model already
             ends with a softmax the output MSE is taken on its probabilities (no
@@ -193,6 +206,14 @@ def compress(
         decay: Exponent of the pivot weights. Defaults to `3.0`.
         min_channels: Fewest channels any layer keeps. Defaults to `1`.
         round_to: Kept channels rounded up to a multiple of this. Defaults to `1`.
+        uniform: Pass the plan through `hos_keras.uniform_plan`: every
+            transformer block of the same shape keeps the same number of heads
+            and MLP units (the mean of what the plan kept, each block's own
+            channels chosen by their scores). A keras-hub decoder LLM
+            (`GemmaCausalLM`, `MistralCausalLM`, `QwenCausalLM`) then comes back
+            in its own class, with `generate()`, instead of as a plain functional
+            model. A MACs or latency target is met up to the rounding of one
+            count per block role. Defaults to `False`.
         seed: Seed for randomized criteria. Defaults to `0`.
         callbacks: Extra Keras callbacks for both training stages.
         latency_batch_sizes: Batch sizes of the latency measurement. Defaults to
@@ -244,6 +265,11 @@ def compress(
         "recalibration_steps", recalibration_steps, minimum=0
     )
     sparse_epochs = check_int("sparse_epochs", sparse_epochs, minimum=0)
+    if not isinstance(uniform, bool):
+        raise InvalidArgumentError(
+            f"Received uniform={uniform!r}; pass True (the same widths in every "
+            "transformer block, see hos_keras.uniform_plan) or False."
+        )
     # A bad schedule fails before any training.
     training.check_lr_schedule("distill_lr_schedule", distill_lr_schedule)
     training.check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule)
@@ -265,6 +291,7 @@ def compress(
         "scope": None if scope == "all" else scope,
         "skip": skip or None,
         "sparse_epochs": sparse_epochs or None,
+        "uniform": uniform or None,
         **allocation_options,
     }
     given = [f"{k}={v!r}" for k, v in pruning.items() if v is not None]
@@ -311,6 +338,7 @@ def compress(
             "batch_size": batch_size,
             "distillation": [pivots, n_pivots, output_loss, output_weight, decay],
             "channels": [min_channels, round_to],
+            "uniform": uniform,
             "seed": seed,
         }
         record = resume.RunRecord(output_dir, resume.fingerprint(model, arguments))
@@ -358,6 +386,7 @@ def compress(
                 "calibration_steps": calibration_steps,
                 "min_channels": min_channels,
                 "round_to": round_to,
+                "uniform": uniform,
                 "seed": seed,
                 "scope": scope,
                 "skip": skip,
@@ -390,9 +419,10 @@ def compress(
         pivots = distill.auto_pivots(student, n_pivots, strict=False)
         if n_pivots and not pivots:
             say(
-                f"[hos_keras] {model.name!r} has too few residual blocks or "
-                f"downsampling stages for {n_pivots} pivots: distilling with the "
-                "output loss only (pass pivots=[...] to match intermediate layers)."
+                f"[hos_keras] {model.name!r} has too few residual or transformer "
+                f"blocks or downsampling stages for {n_pivots} pivots: distilling "
+                "with the output loss only (pass pivots=[...] to match intermediate "
+                "layers)."
             )
     distiller = distill.HOSDistiller(
         student,
@@ -575,11 +605,13 @@ def _compressed_student(
 
 def _plan(model, train_data, planning: dict):
     """The plan of `compress`'s pruning arguments (the target turned into an
-    allocation; calibration data where the criterion or allocation needs it)."""
+    allocation; calibration data where the criterion or allocation needs it;
+    equal widths across transformer blocks with `uniform`)."""
     options = dict(planning)
     criterion, allocation = options.pop("criterion"), options.pop("allocation")
     target, target_latency = options.pop("target"), options.pop("target_latency")
     calibration_steps = options.pop("calibration_steps")
+    uniform = options.pop("uniform")
     shared = {
         key: options.pop(key)
         for key in (
@@ -605,7 +637,8 @@ def _plan(model, train_data, planning: dict):
             get_criterion(criterion, seed=shared["seed"]), "statistics", ()
         ) or getattr(resolved, "needs_data", False):
             calibration = {"data": train_data, "calibration_steps": calibration_steps}
-        return plan_pruning(model, criterion, resolved, **calibration, **shared)
+        plan = plan_pruning(model, criterion, resolved, **calibration, **shared)
+        return hub_models.uniform_plan(model, plan) if uniform else plan
 
 
 def _report(
