@@ -4,6 +4,7 @@
     hos-keras profile MODEL.keras [--layers]
     hos-keras prune   MODEL.keras --out SLIM.keras [--criterion k34]
                       [--allocation shapiro] [-c 3.7] [--target 0.5] [--plan PLAN.json]
+                      [--uniform]
     hos-keras export  SLIM.keras --tflite OUT.tflite [--saved-model DIR]
 
 Models are loaded with `safe_mode=True`: a file whose config would run arbitrary
@@ -27,6 +28,7 @@ from hos_keras import allocation as allocation_lib
 from hos_keras import criteria, export, files
 from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError, directory_problem
+from hos_keras.hub_models import uniform_plan
 from hos_keras.plan import plan_pruning
 from hos_keras.plan_record import PruningPlan
 from hos_keras.profile import profile
@@ -176,7 +178,9 @@ def _calibration(args) -> dict:
 
 
 def _plan(model, args, strict: bool = True) -> PruningPlan:
-    return plan_pruning(
+    """The plan of the flags; with --uniform, the same widths in every
+    transformer block (`hos_keras.uniform_plan`)."""
+    plan = plan_pruning(
         model,
         args.criterion,
         _allocation(args, strict),
@@ -187,6 +191,7 @@ def _plan(model, args, strict: bool = True) -> PruningPlan:
         skip=args.skip,
         runtime=getattr(args, "runtime", "tflite"),
     )
+    return uniform_plan(model, plan) if args.uniform else plan
 
 
 def _round_to(text: str):
@@ -302,6 +307,8 @@ def _cmd_prune(args) -> None:
                 "JSON file that hos-keras prune --plan (or PruningPlan.to_json()) "
                 f"writes ({type(error).__name__}: {_one_line(error)[:120]})."
             ) from error
+        if args.uniform:
+            plan = uniform_plan(model, plan)
     else:
         plan = _plan(model, args)
     slim = slim_model(model, plan)
@@ -495,6 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="PATTERN",
             help="layer names or shell patterns never pruned (default: none)",
         )
+        sub.add_argument(
+            "--uniform",
+            action="store_true",
+            help="keep the same number of heads and MLP units in every transformer "
+            "block (the mean of the plan's); a keras-hub decoder LLM such as "
+            "GemmaCausalLM then keeps its class and generate()",
+        )
 
     report = commands.add_parser(
         "report", help="per-layer statistics and planned ratios"
@@ -581,7 +595,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args([a for a in argv if a != "--verbose"])
     try:
         args.func(args)
-    except (HOSKerasError, ValueError, TypeError, OSError) as error:
+    # NotImplementedError: a layer whose get_config Keras cannot give (e.g. one
+    # loaded with a DTypePolicy object among its recorded arguments).
+    except (
+        HOSKerasError,
+        ValueError,
+        TypeError,
+        OSError,
+        NotImplementedError,
+    ) as error:
         message = (
             _one_line(error)
             if isinstance(error, CommandError)
