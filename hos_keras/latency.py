@@ -42,8 +42,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import _startup, cost_model, export, files, graph, layer_rules
+from hos_keras import _startup, cost_model, export, files, graph, layer_rules, surgery
 from hos_keras.errors import InvalidArgumentError, check_int
+from hos_keras.plan_record import GroupPlan, PruningPlan
 
 __all__ = [
     "RUNTIMES",
@@ -674,19 +675,45 @@ def build_latency_model(
     return result
 
 
+def _uniform_widths(model, channel_graph, ratio: float) -> PruningPlan:
+    """A plan keeping the first `1 - ratio` of every prunable group's channels:
+    what calibration times is the widths, not which channels they are."""
+    groups = {}
+    for group in channel_graph.prunable:
+        count = max(1, math.floor(group.channels * (1.0 - ratio) + 1e-9))
+        groups[group.name] = GroupPlan(
+            name=group.name,
+            producers=group.producers,
+            channels=group.channels,
+            keep=np.arange(count, dtype=np.int64),
+            ratio=ratio,
+            statistic=None,
+            scores=np.zeros(group.channels),
+            members=group.members,
+        )
+    counter = cost_model.CostCounter(model, channel_graph)
+    before = counter.cost({})
+    after = counter.cost({name: g.keep for name, g in groups.items()})
+    return PruningPlan(
+        model_name=model.name,
+        criterion="first channels",
+        allocation="fixed",
+        allocation_config={"ratio": ratio},
+        groups=groups,
+        frozen={},
+        params_before=before["params"],
+        params_after=after["params"],
+        macs_before=before["macs"],
+        macs_after=after["macs"],
+    )
+
+
 def _calibrate(result: LatencyModel, model, channel_graph, runs: int) -> None:
     """Fits `scale` (and re-measures `base_ms`) on uniformly pruned copies."""
-    from hos_keras import plan as plan_lib  # plan needs this module
-    from hos_keras import surgery
-
     copies, raw = [], []
     counter = cost_model.ChannelCounter(channel_graph)
     for ratio in _CALIBRATION_RATIOS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan = plan_lib.plan_pruning(
-                model, criterion="l1", allocation="fixed", ratio=ratio
-            )
+        plan = _uniform_widths(model, channel_graph, ratio)
         keeps = {name: entry.keep for name, entry in plan.groups.items()}
         raw.append(result.raw_saved(*counter.counts(keeps)))
         copies.append(surgery.slim_model(model, plan))
@@ -738,9 +765,7 @@ def measure_plan(model: keras.Model, plan, latency_model: LatencyModel) -> dict:
         `{"measured_original_ms", "measured_slim_ms", "measured_speedup"}`, both
         models timed in turn.
     """
-    from hos_keras.surgery import slim_model  # surgery needs plan, plan needs us
-
-    slim = slim_model(model, plan)
+    slim = surgery.slim_model(model, plan)
     original_ms, slim_ms = _time_models(
         [model, slim],
         latency_model.runtime,
