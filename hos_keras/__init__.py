@@ -21,6 +21,7 @@ from hos_keras import (
     latency,
     layer_rules,
     models,
+    specs,
     training,
 )
 from hos_keras.activations import register_activation
@@ -63,6 +64,7 @@ from hos_keras.plan_record import GroupPlan, PruningPlan
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.specs import PruningSpec, TrainingSpec
 from hos_keras.stats import (
     PowerSums,
     jarque_bera,
@@ -103,9 +105,11 @@ __all__ = [
     "NormCriterion",
     "PowerSums",
     "PruningPlan",
+    "PruningSpec",
     "RandomCriterion",
     "ShapiroWilkAllocation",
     "TargetAllocation",
+    "TrainingSpec",
     "TransformerBlock",
     "allocation",
     "allocation_names",
@@ -143,6 +147,7 @@ __all__ = [
     "shapiro_wilk",
     "skew",
     "slim_model",
+    "specs",
     "training",
     "transformer_blocks",
     "tuner",

@@ -33,6 +33,7 @@ from hos_keras.plan import plan_pruning, restrict_plan
 from hos_keras.plan_record import PruningPlan
 from hos_keras.recalibration import recalibrate_batchnorm
 from hos_keras.sparsity import GroupSparsity
+from hos_keras.specs import PruningSpec, spec_allocation
 from hos_keras.text import plural
 from hos_keras.training import check_inputs
 
@@ -49,6 +50,86 @@ def _sparsity(sparse, criterion, options: dict) -> GroupSparsity | None:
         if k in options
     }
     return sparsity.from_argument(sparse, criterion=criterion, **shared)
+
+
+# What a callback given `pruning=` still takes as keywords: objects, not planning
+# parameters.
+_BESIDE_SPECS = ("data", "calibration_loss", "latency_model")
+
+
+def _from_specs(
+    pruning, steps: int, criterion, allocation, options: Mapping
+) -> tuple[object, object, dict]:
+    """`(criterion, allocation, options)` of the callback from its `pruning`
+    spec(s): one value per key, or a list of one per step where they differ."""
+    specs = [pruning] if isinstance(pruning, PruningSpec) else list(pruning)
+    if not specs or not all(isinstance(s, PruningSpec) for s in specs):
+        raise InvalidArgumentError(
+            f"Received pruning={pruning!r}; pass a hos_keras.PruningSpec or a list "
+            "of one per pruning epoch."
+        )
+    if len(specs) not in (1, steps):
+        raise InvalidArgumentError(
+            f"Received {len(specs)} pruning specs for {plural(steps, 'pruning epoch')};"
+            " give one spec, or one per epoch."
+        )
+    clashing = [k for k in options if k not in _BESIDE_SPECS]
+    if criterion != "k34" or allocation != "shapiro":
+        clashing = ["criterion", "allocation", *clashing]
+    if clashing:
+        raise InvalidArgumentError(
+            f"Received pruning= with {clashing}, which the spec holds; set them in "
+            "the PruningSpec (only data=, calibration_loss= and latency_model= go "
+            "beside it)."
+        )
+    criteria = {repr(s.criterion) for s in specs}
+    if len(criteria) > 1 or any(s.uniform for s in specs):
+        raise InvalidArgumentError(
+            f"Received pruning specs with criteria {sorted(criteria)} and uniform="
+            f"{[s.uniform for s in specs]}; a callback scores every step with one "
+            "criterion and does not make uniform plans. Use one criterion and "
+            "uniform=False."
+        )
+    per_step = []
+    for spec in specs:
+        name, allocation_options = spec_allocation(spec)
+        per_step.append(
+            {
+                "allocation": name,
+                "min_channels": spec.min_channels,
+                "round_to": spec.round_to,
+                "seed": spec.seed,
+                "group_reduction": spec.group_reduction,
+                "scope": spec.scope,
+                "skip": list(spec.skip),
+                "runtime": spec.runtime,
+                "verify_latency": spec.verify_latency,
+                "latency_corrections": spec.latency_corrections,
+                "calibration_steps": spec.calibration_steps,
+                **allocation_options,
+            }
+        )
+    names = {step["allocation"] for step in per_step}
+    if len(names) > 1:
+        raise InvalidArgumentError(
+            f"Received pruning specs with allocations {sorted(names)}; a callback "
+            "uses one allocation at every step. Vary its options instead."
+        )
+    merged = dict(options)
+    for key in sorted({k for step in per_step for k in step} - {"allocation"}):
+        values = [step.get(key) for step in per_step]
+        if len(specs) == 1 or all(v == values[0] for v in values):
+            merged[key] = values[0]
+        elif None in values:
+            raise InvalidArgumentError(
+                f"Received pruning specs where only some set {key} ({values}); "
+                "set it in every spec or in none."
+            )
+        else:
+            merged[key] = values
+    if merged.get("latency_reduction") is None:
+        merged.pop("verify_latency")
+    return specs[0].criterion, names.pop(), merged
 
 
 def _writable_directory(path: str) -> str:
@@ -303,6 +384,12 @@ class HOSPruneCallback(keras.callbacks.Callback):
             its defaults with this callback's criterion, `scope`, `skip` and
             `data`, a dict of its arguments, or a `GroupSparsity`. Defaults to
             `None` (none).
+        pruning: A `PruningSpec` for every step, or one per pruning epoch
+            (the same criterion in each): the criterion, allocation, target and
+            planning fields in one object; the spec's `calibration_steps` applies
+            when `data=` is given. With it, `criterion` and `allocation` stay
+            at their defaults and `**allocation_options` holds only `data=`,
+            `calibration_loss=` or `latency_model=`. Defaults to `None`.
         **allocation_options: Passed to `plan_pruning` (`scope=`, `skip=`, and
             `data=` with `calibration_steps=` for the data-driven criteria: a
             callback does not see fit's data, so give it a calibration set); a
@@ -312,15 +399,19 @@ class HOSPruneCallback(keras.callbacks.Callback):
 
     Raises:
         InvalidArgumentError: for an empty, unsorted or non-positive
-            `prune_epochs`, or a per-step list of the wrong length; when fit
+            `prune_epochs`, a per-step list of the wrong length, or a `pruning`
+            spec with arguments it holds; when fit
             starts, for `prune_epochs` beyond its epochs or a model compiled with
             `steps_per_execution` other than 1.
 
     Example:
 
     ```python
-    callback = hos_keras.HOSPruneCallback(prune_epochs=[2, 4], allocation="target",
-                                          macs_reduction=[0.25, 0.5])
+    callback = hos_keras.HOSPruneCallback(
+        prune_epochs=[2, 4],
+        pruning=[hos_keras.PruningSpec(macs_reduction=0.25),
+                 hos_keras.PruningSpec(macs_reduction=0.5)],
+    )
     model.fit(train, epochs=6, callbacks=[callback])
     small = callback.slim_model()
     ```
@@ -335,10 +426,15 @@ class HOSPruneCallback(keras.callbacks.Callback):
         log_dir: str | None = None,
         verbose: int = 1,
         sparse=None,
+        pruning: PruningSpec | Sequence[PruningSpec] | None = None,
         **allocation_options,
     ):
         super().__init__()
         epochs = list(prune_epochs)
+        if pruning is not None:
+            criterion, allocation, allocation_options = _from_specs(
+                pruning, len(epochs), criterion, allocation, allocation_options
+            )
         if (
             not epochs
             or any(

@@ -9,32 +9,30 @@ module (`plan`, `surgery`, `distill`, `profile`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
 import keras
 
-from hos_keras import allocation as allocation_lib
 from hos_keras import (
     distill,
     errors,
     files,
     graph,
-    hub_models,
     resume,
     surgery,
-    training,
 )
 from hos_keras import latency as latency_lib
 from hos_keras import report as report_lib
 from hos_keras import sparsity as sparsity_lib
-from hos_keras.criteria import get_criterion
+from hos_keras import training as training_lib
 from hos_keras.decompose import decompose
-from hos_keras.errors import InvalidArgumentError, check_int
-from hos_keras.plan import plan_pruning
+from hos_keras.errors import InvalidArgumentError
 from hos_keras.profile import profile
 from hos_keras.recalibration import batchnorm_layers, recalibrate_batchnorm
 from hos_keras.report import STAGES, CompressionReport
+from hos_keras.specs import RENAMED, PruningSpec, TrainingSpec, warn_renamed
 from hos_keras.text import plural
 from hos_keras.training import check_inputs, many_models
 
@@ -50,9 +48,11 @@ def compress(
     train_data,
     val_data,
     *,
+    pruning: PruningSpec | None = None,
+    training: TrainingSpec | None = None,
     approach: str = "prune",
-    target: float | None = None,
-    target_latency: float | None = None,
+    macs_reduction: float | None = None,
+    latency_reduction: float | None = None,
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
     decompose_method: str = "tucker2",
@@ -92,6 +92,8 @@ def compress(
     tflite_latency: bool = True,
     output_dir: str | None = None,
     verbose: int = 1,
+    target: float | None = None,
+    target_latency: float | None = None,
     **allocation_options,
 ) -> tuple[keras.Model, CompressionReport]:
     """Prunes and/or decomposes, distills and fine-tunes a model; reports both.
@@ -117,21 +119,33 @@ def compress(
         train_data: `(x, y)` arrays, a batched `tf.data.Dataset` or a
             `keras.utils.PyDataset`.
         val_data: The same kinds, for the accuracies of the report.
+        pruning: A `PruningSpec`: every planning argument in one object (the
+            criterion, allocation, target, widths, scope, calibration). Given,
+            the planning keywords below (`criterion`, `allocation`,
+            `macs_reduction`, `latency_reduction`, `runtime`, `calibration_steps`,
+            `scope`, `skip`, `min_channels`, `round_to`, `uniform`, `seed` and
+            allocation options) must be left at their defaults. Defaults to
+            `None`: the spec those keywords make.
+        training: A `TrainingSpec`: every training argument in one object (the
+            epochs, optimizers and schedules of both stages, the auxiliary
+            losses, batch size, recalibration and sparse training). Given, the
+            keywords it holds must be left at their defaults. Defaults to
+            `None`: the spec those keywords make.
         approach: `"prune"`, `"decompose"` or `"prune+decompose"` (see above).
-            With `"decompose"` the pruning arguments (`target`, `target_latency`,
-            `scope`, `skip`, allocation options) are refused. Defaults to
-            `"prune"`.
-        target: Fraction of MACs to remove, in (0, 1): the coefficient of
-            `allocation` is searched to reach it (see `TargetAllocation`).
+            With `"decompose"` the pruning arguments (`macs_reduction`,
+            `latency_reduction`, `scope`, `skip`, allocation options) are
+            refused. Defaults to `"prune"`.
+        macs_reduction: Fraction of MACs to remove, in (0, 1): the coefficient
+            of `allocation` is searched to reach it (see `TargetAllocation`).
             Defaults to `None` (use `allocation` with its own options).
-        target_latency: Fraction of the latency on `runtime` to remove, in (0, 1)
-            (`0.5`: 2x faster): the coefficient of `allocation` is searched until
-            the predicted latency (`hos_keras.latency`) meets it, and the plan
-            records the measured speed-up. Give this or `target`. Defaults to
-            `None`.
-        runtime: Runtime of `target_latency`: `"tflite"` or `"tf"`. Defaults to
-            `"tflite"`.
-        latency_model: A ready latency model of `model` for `target_latency`
+        latency_reduction: Fraction of the latency on `runtime` to remove, in
+            (0, 1) (`0.5`: 2x faster): the coefficient of `allocation` is
+            searched until the predicted latency (`hos_keras.latency`) meets it,
+            and the plan records the measured speed-up. Give this or
+            `macs_reduction`. Defaults to `None`.
+        runtime: Runtime of `latency_reduction`: `"tflite"` or `"tf"`. Defaults
+            to `"tflite"`.
+        latency_model: A ready latency model of `model` for `latency_reduction`
             (e.g. for another thread count). Defaults to `None` (built for
             `runtime`, or loaded from the cache).
         decompose_method: `"tucker2"` or `"fga"` (see `hos_keras.decompose`).
@@ -230,6 +244,9 @@ def compress(
             and goes on from the last finished epoch. Defaults to `None`.
         verbose: `0` silent, `1` progress bars, `2` one line per epoch. Defaults
             to `1`.
+        target: Deprecated name of `macs_reduction` (a `DeprecationWarning`).
+        target_latency: Deprecated name of `latency_reduction` (a
+            `DeprecationWarning`).
         **allocation_options: Options of the allocation, e.g. `coefficient=3.7`.
 
     Returns:
@@ -241,38 +258,74 @@ def compress(
             that holds the record of another run, negative epochs, a
             target together with an allocation instance, bad allocation
             options, or a learning-rate schedule that is not callable or gives
-            a rate that is not a finite number >= 0.
+            a rate that is not a finite number >= 0, or a spec together with
+            a keyword it holds.
         NothingToPruneError: if the model has no prunable channels.
         UnsupportedModelError: for subclassed or unbuilt models.
 
     Example:
 
     ```python
-    slim, report = hos_keras.compress(model, (x_train, y_train), (x_test, y_test),
-                                      target=0.5, distill_epochs=10,
-                                      finetune_epochs=2, verbose=0)
+    slim, report = hos_keras.compress(
+        model, (x_train, y_train), (x_test, y_test),
+        pruning=hos_keras.PruningSpec(criterion="k34", macs_reduction=0.5),
+        training=hos_keras.TrainingSpec(distill_epochs=10, finetune_epochs=2),
+        verbose=0,
+    )
     report.summary()  # compress prints it itself with verbose=1
     slim.save("slim.keras")
     ```
     """
-    training.check_data("train_data", train_data)
-    training.check_data("val_data", val_data)
+    for old, value in (("target", target), ("target_latency", target_latency)):
+        if value is not None:
+            warn_renamed(old, RENAMED[old], value, "compress")
+    macs_reduction = macs_reduction if target is None else target
+    latency_reduction = latency_reduction if target_latency is None else target_latency
+    pruning = _spec_of(
+        PruningSpec,
+        "pruning",
+        pruning,
+        criterion=criterion,
+        allocation=allocation,
+        allocation_options=allocation_options,
+        macs_reduction=macs_reduction,
+        latency_reduction=latency_reduction,
+        runtime=runtime,
+        calibration_steps=calibration_steps,
+        scope=scope,
+        skip=skip,
+        min_channels=min_channels,
+        round_to=round_to,
+        uniform=uniform,
+        seed=seed,
+    )
+    training = _spec_of(
+        TrainingSpec,
+        "training",
+        training,
+        distill_epochs=distill_epochs,
+        finetune_epochs=finetune_epochs,
+        distill_optimizer=distill_optimizer,
+        finetune_optimizer=finetune_optimizer,
+        distill_lr_schedule=distill_lr_schedule,
+        finetune_lr_schedule=finetune_lr_schedule,
+        batch_size=batch_size,
+        pivots=pivots,
+        n_pivots=n_pivots,
+        output_loss=output_loss,
+        output_weight=output_weight,
+        decay=decay,
+        recalibration_steps=recalibration_steps,
+        sparse_epochs=sparse_epochs,
+        sparse=sparse,
+        sparse_optimizer=sparse_optimizer,
+    )
+    training_lib.check_data("train_data", train_data)
+    training_lib.check_data("val_data", val_data)
     check_inputs(model, train_data, "train_data")
     check_inputs(model, val_data, "val_data")
-    distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
-    finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
-    recalibration_steps = check_int(
-        "recalibration_steps", recalibration_steps, minimum=0
-    )
-    sparse_epochs = check_int("sparse_epochs", sparse_epochs, minimum=0)
-    if not isinstance(uniform, bool):
-        raise InvalidArgumentError(
-            f"Received uniform={uniform!r}; pass True (the same widths in every "
-            "transformer block, see hos_keras.uniform_plan) or False."
-        )
     # A bad schedule fails before any training.
-    training.check_lr_schedule("distill_lr_schedule", distill_lr_schedule)
-    training.check_lr_schedule("finetune_lr_schedule", finetune_lr_schedule)
+    training.check_schedules()
     if output_dir is not None and not os.path.isdir(output_dir):
         try:
             os.makedirs(output_dir, exist_ok=True)
@@ -285,16 +338,16 @@ def compress(
         raise InvalidArgumentError(
             f"Received approach={approach!r}; pass one of {list(APPROACHES)}."
         )
-    pruning = {
-        "target": target,
-        "target_latency": target_latency,
-        "scope": None if scope == "all" else scope,
-        "skip": skip or None,
-        "sparse_epochs": sparse_epochs or None,
-        "uniform": uniform or None,
-        **allocation_options,
+    given = {
+        "macs_reduction": pruning.macs_reduction,
+        "latency_reduction": pruning.latency_reduction,
+        "scope": None if pruning.scope == "all" else pruning.scope,
+        "skip": pruning.skip or None,
+        "sparse_epochs": training.sparse_epochs or None,
+        "uniform": pruning.uniform or None,
+        **pruning.allocation_options,
     }
-    given = [f"{k}={v!r}" for k, v in pruning.items() if v is not None]
+    given = [f"{k}={v!r}" for k, v in given.items() if v is not None]
     if approach == "decompose" and given:
         raise InvalidArgumentError(
             f"Received approach='decompose' with {', '.join(given)}, which only "
@@ -306,41 +359,64 @@ def compress(
         loss = getattr(
             model, "loss", None
         ) or keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
-    training.check_labels(model, train_data, loss, "train_data")
-    training.check_labels(model, val_data, loss, "val_data")
+    training_lib.check_labels(model, train_data, loss, "train_data")
+    training_lib.check_labels(model, val_data, loss, "val_data")
     metrics = list(metrics)
     record = None
     if output_dir is not None:
         arguments = {
             "approach": approach,
-            "target": target,
-            "target_latency": target_latency,
-            "runtime": runtime,
+            "target": pruning.macs_reduction,
+            "target_latency": pruning.latency_reduction,
+            "runtime": pruning.runtime,
             "decompose": [
                 decompose_method,
                 decompose_factor,
                 decompose_ranks,
                 decompose_layers,
             ],
-            "criterion": criterion,
-            "calibration_steps": calibration_steps,
-            "recalibration_steps": recalibration_steps,
-            "sparse": [sparse_epochs, sparse, sparse_optimizer],
-            "allocation": allocation,
-            "allocation_options": allocation_options,
-            "scope": scope,
-            "skip": skip,
-            "epochs": [distill_epochs, finetune_epochs],
+            "criterion": pruning.criterion,
+            "calibration_steps": pruning.calibration_steps,
+            "recalibration_steps": training.recalibration_steps,
+            "sparse": [
+                training.sparse_epochs,
+                training.sparse,
+                training.sparse_optimizer,
+            ],
+            "allocation": pruning.allocation,
+            "allocation_options": pruning.allocation_options,
+            "scope": pruning.scope,
+            "skip": list(pruning.skip),
+            "epochs": [training.distill_epochs, training.finetune_epochs],
             "loss": loss,
             "metrics": metrics,
-            "optimizers": [distill_optimizer, finetune_optimizer],
-            "schedules": [distill_lr_schedule, finetune_lr_schedule],
-            "batch_size": batch_size,
-            "distillation": [pivots, n_pivots, output_loss, output_weight, decay],
-            "channels": [min_channels, round_to],
-            "uniform": uniform,
-            "seed": seed,
+            "optimizers": [training.distill_optimizer, training.finetune_optimizer],
+            "schedules": [training.distill_lr_schedule, training.finetune_lr_schedule],
+            "batch_size": training.batch_size,
+            "distillation": [
+                list(training.pivots)
+                if isinstance(training.pivots, tuple)
+                else training.pivots,
+                training.n_pivots,
+                training.output_loss,
+                training.output_weight,
+                training.decay,
+            ],
+            "channels": [pruning.min_channels, pruning.round_to],
+            "uniform": pruning.uniform,
+            "seed": pruning.seed,
         }
+        # Fields only a spec can set join the record when they are set, so
+        # that earlier records still resume.
+        arguments.update(
+            {
+                f.name: getattr(pruning, f.name)
+                for f in dataclasses.fields(PruningSpec)
+                if f.name
+                in ("group_reduction", "verify_latency", "latency_corrections")
+                and getattr(pruning, f.name) != f.default
+            }
+        )
         record = resume.RunRecord(output_dir, resume.fingerprint(model, arguments))
         if record.resumed:
             say(
@@ -354,8 +430,13 @@ def compress(
         if found is None:
             say(f"[hos_keras] evaluating: {label}")
             with errors.stage(f"evaluation ({label})"):
-                found = training.evaluate_model(
-                    net, val_data, loss, metrics, batch_size=batch_size, verbose=verbose
+                found = training_lib.evaluate_model(
+                    net,
+                    val_data,
+                    loss,
+                    metrics,
+                    batch_size=training.batch_size,
+                    verbose=verbose,
                 )
             if record is not None:
                 record.record_result(key, found)
@@ -377,29 +458,13 @@ def compress(
             evaluate=evaluate,
             say=say,
             approach=approach,
-            sparse=(sparse_epochs, sparse, sparse_optimizer),
-            planning={
-                "criterion": criterion,
-                "allocation": allocation,
-                "target": target,
-                "target_latency": target_latency,
-                "calibration_steps": calibration_steps,
-                "min_channels": min_channels,
-                "round_to": round_to,
-                "uniform": uniform,
-                "seed": seed,
-                "scope": scope,
-                "skip": skip,
-                "runtime": runtime,
-                "latency_model": latency_model,
-                **allocation_options,
-            },
+            pruning=pruning,
+            training=training,
+            latency_model=latency_model,
             decomposing=(decompose_method, decompose_factor, decompose_ranks),
             decompose_layers=decompose_layers,
-            recalibration_steps=recalibration_steps,
             loss=loss,
             metrics=metrics,
-            batch_size=batch_size,
             verbose=verbose,
             record=record,
         )
@@ -413,14 +478,16 @@ def compress(
             if record.result(key) is not None:
                 results[key] = record.result(key)
 
+    output_loss, pivots = training.output_loss, training.pivots
     if probabilities and output_loss == "softmax_mse":
         output_loss = "logits_mse"  # the outputs are probabilities already
     if pivots == "auto":
-        pivots = distill.auto_pivots(student, n_pivots, strict=False)
-        if n_pivots and not pivots:
+        pivots = distill.auto_pivots(student, training.n_pivots, strict=False)
+        if training.n_pivots and not pivots:
             say(
                 f"[hos_keras] {model.name!r} has too few residual or transformer "
-                f"blocks or downsampling stages for {n_pivots} pivots: distilling "
+                f"blocks or downsampling stages for {training.n_pivots} pivots: "
+                "distilling "
                 "with the output loss only (pass pivots=[...] to match intermediate "
                 "layers)."
             )
@@ -428,14 +495,14 @@ def compress(
         student,
         teacher,
         plan=plan,
-        pivots=pivots,
+        pivots=None if pivots is None else list(pivots),
         output_loss=output_loss,
-        output_weight=output_weight,
-        decay=decay,
+        output_weight=training.output_weight,
+        decay=training.decay,
     )
     labels = {"distill": "distillation", "finetune": "fine-tuning"}
     keys = {"distill": "distilled", "finetune": "finetuned"}
-    epochs = {"distill": distill_epochs, "finetune": finetune_epochs}
+    epochs = {"distill": training.distill_epochs, "finetune": training.finetune_epochs}
 
     def evaluate_stage(stage):
         evaluate(student, keys[stage], f"after {labels[stage]}")
@@ -446,24 +513,24 @@ def compress(
         initial_epoch = record.epochs_done
         own_callbacks = [record.callback(epochs)]
         # A run killed between the distillation's last epoch and its evaluation.
-        if distill_epochs and initial_epoch == distill_epochs:
+        if training.distill_epochs and initial_epoch == training.distill_epochs:
             if record.result("distilled") is None:
                 evaluate_stage("distill")
             results["distilled"] = record.result("distilled")
-    history = training.distill_then_finetune(
+    history = training_lib.distill_then_finetune(
         distiller,
         train_data,
-        distill_epochs=distill_epochs,
-        finetune_epochs=finetune_epochs,
+        distill_epochs=training.distill_epochs,
+        finetune_epochs=training.finetune_epochs,
         loss=loss,
         metrics=metrics,
-        distill_optimizer=distill_optimizer,
-        finetune_optimizer=finetune_optimizer,
-        distill_lr_schedule=distill_lr_schedule,
-        finetune_lr_schedule=finetune_lr_schedule,
+        distill_optimizer=training.distill_optimizer,
+        finetune_optimizer=training.finetune_optimizer,
+        distill_lr_schedule=training.distill_lr_schedule,
+        finetune_lr_schedule=training.finetune_lr_schedule,
         validation_data=val_data,
         callbacks=[*own_callbacks, *(callbacks or ())],
-        batch_size=batch_size,
+        batch_size=training.batch_size,
         initial_epoch=initial_epoch,
         verbose=verbose,
         after_stage=evaluate_stage,
@@ -506,48 +573,49 @@ def _compressed_student(
     evaluate,
     say,
     approach,
-    sparse,
-    planning,
+    pruning: PruningSpec,
+    training: TrainingSpec,
+    latency_model,
     decomposing,
     decompose_layers,
-    recalibration_steps,
     loss,
     metrics,
-    batch_size,
     verbose,
     record,
 ):
     """Sparse training, planning, slimming, decomposition and batch-norm
     recalibration, each evaluated: `(student, plan, decomposition report)`."""
-    sparse_epochs, sparse_options, sparse_optimizer = sparse
     plan = None
     pruned_from = model  # the model the plan is made for and slimmed
-    if sparse_epochs:
+    if training.sparse_epochs:
         with errors.stage("sparse training"):
-            pruned_from = training.sparse_trained(
+            pruned_from = training_lib.sparse_trained(
                 model,
                 train_data,
-                sparse_epochs,
+                training.sparse_epochs,
                 sparsity_lib.from_argument(
-                    sparse_options,
-                    criterion=planning["criterion"],
-                    scope=planning["scope"],
-                    skip=planning["skip"],
-                    seed=planning["seed"],
+                    training.sparse,
+                    criterion=pruning.criterion,
+                    scope=pruning.scope,
+                    skip=pruning.skip,
+                    seed=pruning.seed,
                     data=train_data,
-                    calibration_steps=planning["calibration_steps"],
+                    calibration_steps=pruning.calibration_steps,
                 ),
-                optimizer=sparse_optimizer,
+                optimizer=training.sparse_optimizer,
                 loss=loss,
                 metrics=metrics,
-                batch_size=batch_size,
+                batch_size=training.batch_size,
                 verbose=verbose,
             )
         evaluate(pruned_from, "sparse", "after sparse training")
     if approach != "decompose":
         plan = record.plan() if record is not None else None
         if plan is None:
-            plan = _plan(pruned_from, train_data, planning)
+            with errors.stage("planning"):
+                plan = pruning.plan(
+                    pruned_from, train_data, latency_model=latency_model
+                )
             if record is not None:
                 record.record_plan(plan)
         say(
@@ -568,10 +636,10 @@ def _compressed_student(
                 ranks,
                 decompose_layers,
                 data=keras.tree.map_structure(
-                    lambda a: a[:32], training.first_inputs(val_data)
+                    lambda a: a[:32], training_lib.first_inputs(val_data)
                 ),
                 return_report=True,
-                seed=planning["seed"] or 0,
+                seed=pruning.seed or 0,
             )
         decomposition = decomposed.to_dict()
         say(
@@ -587,58 +655,44 @@ def _compressed_student(
             approach, "pruning and decomposition"
         ),
     )
-    if recalibration_steps and batchnorm_layers(student):
+    steps = training.recalibration_steps
+    if steps and batchnorm_layers(student):
         say(
             "[hos_keras] re-estimating batch norms on "
-            f"{plural(recalibration_steps, 'batch', 'batches')}"
+            f"{plural(steps, 'batch', 'batches')}"
         )
         with errors.stage("recalibration"):
             recalibrate_batchnorm(
-                student,
-                train_data,
-                recalibration_steps,
-                batch_size=batch_size,
+                student, train_data, steps, batch_size=training.batch_size
             )
         evaluate(student, "recalibrated", "after BN recalibration")
     return student, plan, decomposition
 
 
-def _plan(model, train_data, planning: dict):
-    """The plan of `compress`'s pruning arguments (the target turned into an
-    allocation; calibration data where the criterion or allocation needs it;
-    equal widths across transformer blocks with `uniform`)."""
-    options = dict(planning)
-    criterion, allocation = options.pop("criterion"), options.pop("allocation")
-    target, target_latency = options.pop("target"), options.pop("target_latency")
-    calibration_steps = options.pop("calibration_steps")
-    uniform = options.pop("uniform")
-    shared = {
-        key: options.pop(key)
-        for key in (
-            "min_channels",
-            "round_to",
-            "seed",
-            "scope",
-            "skip",
-            "runtime",
-            "latency_model",
+def _spec_of(cls, name: str, spec, **keywords):
+    """`spec`, or the spec of `compress`'s keywords when it is `None`.
+
+    With a spec, every keyword it holds must be at the spec's default: one
+    value, one place.
+    """
+    if spec is None:
+        return cls(**keywords)
+    if not isinstance(spec, cls):
+        raise InvalidArgumentError(
+            f"Received {name}={spec!r}; pass a hos_keras.{cls.__name__} or None."
         )
-    }
-    with errors.stage("planning"):
-        resolved = allocation_lib.for_target(
-            allocation,
-            target,
-            target_latency,
-            names=("target", "target_latency"),
-            **options,
+    given, defaults = cls(**keywords), cls()
+    clashing = [
+        f"{f.name}={getattr(given, f.name)!r}"
+        for f in dataclasses.fields(cls)
+        if getattr(given, f.name) != getattr(defaults, f.name)
+    ]
+    if clashing:
+        raise InvalidArgumentError(
+            f"Received {name}={spec!r} with {', '.join(clashing)}; the spec holds "
+            f"them: set them there ({name}.replace(...)) and drop the keywords."
         )
-        calibration = {}
-        if getattr(
-            get_criterion(criterion, seed=shared["seed"]), "statistics", ()
-        ) or getattr(resolved, "needs_data", False):
-            calibration = {"data": train_data, "calibration_steps": calibration_steps}
-        plan = plan_pruning(model, criterion, resolved, **calibration, **shared)
-        return hub_models.uniform_plan(model, plan) if uniform else plan
+    return spec
 
 
 def _report(
@@ -668,7 +722,7 @@ def _report(
                 model,
                 teacher,
                 student,
-                training.first_inputs(val_data),
+                training_lib.first_inputs(val_data),
                 latency_batch_sizes,
                 runs=latency_runs,
                 tflite=tflite_latency,
