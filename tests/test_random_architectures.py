@@ -11,9 +11,21 @@ squeeze-excitation gates made of 1x1 convolutions or of Dense layers on the pool
 vector (with a Reshape), nested models and shared layers. A model may have a second
 input (a feature map with its own stem, or a vector read by a Dense layer in the
 head) and a second output (a pooled Dense head or a 1x1 convolution's map); its
-head is Flatten or global pooling, then Dense layers. Each example draws one of
-every built-in weight criterion and one of a few allocations (fixed ratios, global,
-Shapiro-Wilk). For any plan:
+head is Flatten or global pooling, then Dense layers.
+
+A third of the examples are transformers instead: token sequences `(batch,
+length, width)` embedded by a Dense layer (and maybe a second sequence, the
+context, of its own length), then blocks drawn by `random_blocks`: self- and
+cross-attention (MultiHeadAttention with random heads, key and value sizes,
+output width, gate and bias; GroupQueryAttention with query heads a multiple of
+the key/value heads; causal masks), plain MLPs (Dense or EinsumDense, gelu, relu,
+silu or keras-hub's gelu_approximate, in the projection or in an Activation
+layer) and gated MLPs (`activation(gate) * up -> down`), each pre-norm, post-norm
+or without LayerNormalization and with a residual add, with plain Dense,
+LayerNormalization and Add nodes between blocks.
+
+Each example draws one of every built-in weight criterion and one of a few
+allocations (fixed ratios, global, Shapiro-Wilk). For any plan:
 
 - the model slims without error, and slim(x) == mask(x) in a comparison with
   power (`invariants.check_invariant`: the outputs vary across the inputs, and
@@ -21,6 +33,8 @@ Shapiro-Wilk). For any plan:
 - the profile of the slim model is what the plan predicted, parameters and MACs
   never increase, and the input model is unchanged;
 - a softmax or LayerNormalization over the channels keeps its width;
+- attention heads (whole key/value groups with grouped-query attention) and MLP
+  widths, plain or gated, are pruned in some of the examples;
 - the plan JSON round-trips;
 - a criterion that cannot score a layer's small filters says so, naming the
   layer (the example then plans with l1, as the message advises);
@@ -34,6 +48,14 @@ one failure took longer than the whole run. An example that cannot be checked
 (listed in `ROUTES`) is skipped with the reason and counted. The last test reads
 the counts: most examples must prune, few may be routed aside, and every feature
 must have been drawn.
+
+There are `EXAMPLES` = 180 of them, 68 transformers. On 2 shared cores an example
+of feature maps takes about 0.55 s of CPU and a transformer about 1 s, so the file
+takes about 145 s of CPU (user + sys; 175 s and 10 minutes of wall time when other
+jobs loaded the cores four-fold). Its 400 examples of feature maps took 255 s of
+CPU before the transformers came. The 180 still draw every feature: the rarest
+(Conv1DTranspose, Conv3DTranspose, SeparableConv1D) twice, the rarest transformer
+feature (a pruned key/value group) 8 times.
 """
 
 import collections
@@ -41,6 +63,7 @@ import collections
 import keras
 import numpy as np
 import pytest
+import random_blocks
 from invariants import (
     assert_equivalent,
     check_invariant,
@@ -59,8 +82,8 @@ from hos_keras.errors import (
     UnsupportedModelError,
 )
 
-# About 0.55 s each on 2 cores: the file runs in about four minutes.
-EXAMPLES = 400
+# See the module docstring for what they take.
+EXAMPLES = 180
 
 ACTIVATIONS = ["relu", "gelu", "sigmoid", "tanh", "linear"]
 # Every registered criterion that scores weights; those that need calibration
@@ -124,6 +147,11 @@ WIDTHS = list(range(2, 9))
 # Input positions per spatial axis, and the most any feature map may grow to.
 SIZES = {1: range(8, 13), 2: range(5, 9), 3: range(4, 6)}
 LARGEST = {1: 24, 2: 12, 3: 7}
+# Positions of the token sequences (and of a second sequence, the context).
+LENGTHS = range(3, 8)
+# Widths of the sequences: a LayerNormalization over fewer channels leaves
+# little but their signs (over two, one sign), and the comparisons no power.
+SEQUENCE_WIDTHS = list(range(4, 9))
 
 # Features every run must draw at least once (in the examples it checks).
 FEATURES = [
@@ -156,6 +184,8 @@ FEATURES = [
     "reloaded",
     *(f"criterion {name}" for name in WEIGHT_CRITERIA),
     *(f"allocation {name}" for name in ALLOCATIONS),
+    "sequence model",
+    *random_blocks.FEATURES,
 ]
 # Why an example may be skipped, each allowed for at most a tenth of them.
 ROUTES = {
@@ -211,13 +241,16 @@ def _transpose_size(size, kernel, stride, padding):
 
 
 class _Builder:
-    """Draws one architecture, node by node."""
+    """Draws one architecture, node by node: of convolutional features on
+    feature maps, or of transformer blocks (`random_blocks`) on sequences."""
 
-    def __init__(self, draws, rank):
+    def __init__(self, draws, rank, sequence=False):
         self.pick = draws.pick
         self.rank = rank
+        self.sequence = sequence
         self.count = 0
         self.shared = {}
+        self.blocks = random_blocks.TransformerBlocks(self.pick, self.name)
 
     def name(self, kind):
         self.count += 1
@@ -258,10 +291,38 @@ class _Builder:
             s = self.conv(self.pick([1, c], "gate width"), 1, activation="sigmoid")(s)
         return layers.Multiply(name=self.name("gated"))([x, s])
 
+    def sequence_step(self, x, pool):
+        """A transformer block (or a plain layer between blocks) on `x`."""
+        pick = self.pick
+        others = [t for t in pool if t is not x]
+        kinds = ["self-attention", "self-attention", "mlp", "gated mlp"]
+        kinds += ["dense", "layer norm", "add"]
+        if others:
+            kinds += ["cross-attention", "cross-attention"]
+        kind = pick(kinds, "block")
+        if kind == "self-attention":
+            return self.blocks.self_attention(x)
+        if kind == "cross-attention":
+            return self.blocks.cross_attention(x, pick(others, "context"))
+        if kind in ("mlp", "gated mlp"):
+            return self.blocks.mlp(x, gated=kind == "gated mlp")
+        if kind == "dense":
+            return layers.Dense(
+                pick(SEQUENCE_WIDTHS, "units"),
+                activation=pick([None, "relu"], "activation"),
+                name=self.name("dense"),
+            )(x)
+        if kind == "layer norm":
+            return layers.LayerNormalization(name=self.name("ln"))(x)
+        same = [t for t in pool if t.shape[1:] == x.shape[1:]]
+        return layers.Add(name=self.name("add"))([x, pick(same, "addend")])
+
     def step(self, pool):
         """Adds one node reading tensors from `pool`; returns the new tensor."""
         pick = self.pick
         x = pick(pool, "input")
+        if self.sequence:
+            return self.sequence_step(x, pool)
         c = int(x.shape[-1])
         same = [t for t in pool if t.shape[1:] == x.shape[1:]]
         aligned = [t for t in pool if t.shape[1:-1] == x.shape[1:-1]]
@@ -409,14 +470,27 @@ def _reached_inputs(tensor, inputs):
 
 
 def _architecture(draws):
+    """A random model, and the transformer features it drew."""
     pick = draws.pick
-    rank = pick([1, 2, 2, 3], "rank")
-    spatial = tuple(pick(SIZES[rank], "size") for _ in range(rank))
-    builder = _Builder(draws, rank)
-    inputs = [keras.Input((*spatial, 3), name="image")]
-    pool = [builder.conv(pick(WIDTHS, "stem"))(inputs[0])]
+    kind = pick([1, 2, 2, 3, "sequence", "sequence"], "rank or sequence")
+    sequence = kind == "sequence"
+    rank = 1 if sequence else kind
+    builder = _Builder(draws, rank, sequence)
+    if sequence:
+        # Tokens embedded by a Dense layer; a second sequence of its own length.
+        inputs = [keras.Input((pick(LENGTHS, "length"), 3), name="tokens")]
+        stem = layers.Dense(pick(SEQUENCE_WIDTHS, "stem"), name="embed")
+        pool = [stem(inputs[0])]
+    else:
+        spatial = tuple(pick(SIZES[rank], "size") for _ in range(rank))
+        inputs = [keras.Input((*spatial, 3), name="image")]
+        pool = [builder.conv(pick(WIDTHS, "stem"))(inputs[0])]
     second = pick([None, None, "map", "vector"], "second input")
-    if second == "map":
+    if second == "map" and sequence:
+        inputs.append(keras.Input((pick(LENGTHS, "length"), 2), name="context"))
+        stem = layers.Dense(pick(SEQUENCE_WIDTHS, "second stem"), name="context_embed")
+        pool.append(stem(inputs[1]))
+    elif second == "map":
         inputs.append(keras.Input((*spatial, 2), name="extra"))
         pool.append(builder.conv(pick(WIDTHS, "second stem"))(inputs[1]))
     elif second == "vector":
@@ -453,11 +527,13 @@ def _architecture(draws):
         else:
             y = GLOBAL_AVERAGE[rank](name="aux_pool")(y)
             outputs.append(layers.Dense(2, name="aux")(y))
-    return keras.Model(
+    model = keras.Model(
         inputs if len(inputs) > 1 else inputs[0],
         outputs if len(outputs) > 1 else outputs[0],
         name="random",
     )
+    drawn = builder.blocks.features(model) | ({"sequence model"} if sequence else set())
+    return model, drawn
 
 
 def _features(model):
@@ -614,6 +690,8 @@ def _check(model, criterion, allocation, reload, features, tmp_path_factory):
     assert plan.macs_after <= plan.macs_before
     if plan.macs_after < plan.macs_before:
         features.add("pruned")
+    if "sequence model" in features:
+        features |= random_blocks.pruned_features(model, plan)
 
     if _grouped_inputs_only(model, plan):
         with pytest.raises(UnsupportedModelError, match="is not compatible"):
@@ -641,12 +719,12 @@ def _run_example(index, tmp_path_factory):
     keras.backend.clear_session(free_memory=False)
     keras.utils.set_random_seed(index)
     draws = _Draws(index)
-    model = _architecture(draws)
+    model, drawn = _architecture(draws)
     criterion = draws.pick(WEIGHT_CRITERIA, "criterion")
     allocation = draws.pick(sorted(ALLOCATIONS), "allocation")
     reload = draws.pick([True, False, False, False], "reload")
     _live(model)
-    features = _features(model) | {f"allocation {allocation}"}
+    features = _features(model) | drawn | {f"allocation {allocation}"}
     try:
         route = _check(model, criterion, allocation, reload, features, tmp_path_factory)
     except BaseException:
