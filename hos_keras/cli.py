@@ -1,10 +1,10 @@
 """The `hos-keras` command: report, profile, prune and export saved models.
 
-    hos-keras report  MODEL.keras [--criterion k34] [-c 3.7] [--target 0.5]
+    hos-keras report  MODEL.keras [--criterion k34] [-c 3.7] [--macs-reduction 0.5]
     hos-keras profile MODEL.keras [--layers]
     hos-keras prune   MODEL.keras --out SLIM.keras [--criterion k34]
-                      [--allocation shapiro] [-c 3.7] [--target 0.5] [--plan PLAN.json]
-                      [--uniform]
+                      [--allocation shapiro] [-c 3.7] [--macs-reduction 0.5]
+                      [--plan PLAN.json] [--uniform] [--spec PRUNING.json]
     hos-keras export  SLIM.keras --tflite OUT.tflite [--saved-model DIR]
 
 Models are loaded with `safe_mode=True`: a file whose config would run arbitrary
@@ -15,6 +15,8 @@ one-line message on stderr and exit status 1 (2 for malformed arguments).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 import zipfile
@@ -29,10 +31,10 @@ from hos_keras import criteria, export, files
 from hos_keras.decompose import decompose
 from hos_keras.errors import HOSKerasError, directory_problem
 from hos_keras.hub_models import uniform_plan
-from hos_keras.plan import plan_pruning
 from hos_keras.plan_record import PruningPlan
 from hos_keras.profile import profile
 from hos_keras.report import table
+from hos_keras.specs import PruningSpec
 from hos_keras.surgery import slim_model
 from hos_keras.text import plural
 
@@ -93,18 +95,41 @@ def _check_output(path: str, suffix: str, flag: str) -> None:
         raise CommandError(f"{flag} {path}: {problem}.")
 
 
-def _allocation(args, strict: bool = True) -> allocation_lib.Allocation:
-    """The allocation the flags ask for.
+def _renamed_flags(args) -> None:
+    """Moves the deprecated --target and --latency-target to --macs-reduction and
+    --latency-reduction, with a warning on stderr."""
+    for old, new in (
+        ("target", "macs_reduction"),
+        ("latency_target", "latency_reduction"),
+    ):
+        value = getattr(args, old, None)
+        if value is None:
+            continue
+        old_flag, new_flag = "--" + old.replace("_", "-"), "--" + new.replace("_", "-")
+        if getattr(args, new) is not None:
+            raise CommandError(
+                f"{old_flag} is the old name of {new_flag}; give {new_flag} only."
+            )
+        print(
+            f"hos-keras {args.command}: warning: {old_flag} is deprecated and will "
+            f"be removed; use {new_flag} {value:g}.",
+            file=sys.stderr,
+        )
+        setattr(args, new, value)
+
+
+def _flags_spec(args, strict: bool = True) -> PruningSpec:
+    """The `PruningSpec` the planning flags ask for.
 
     With `strict`, a flag that does not apply to the allocation is an error;
     otherwise it is left out (the report uses -c for its own table).
     """
-    name, target = args.allocation, args.target
-    latency_target = getattr(args, "latency_target", None)
-    if target is not None and latency_target is not None:
+    name = args.allocation
+    macs, latency = args.macs_reduction, getattr(args, "latency_reduction", None)
+    if macs is not None and latency is not None:
         raise CommandError(
-            "--target and --latency-target exclude each other: ask for a share of "
-            "MACs or a share of latency."
+            "--macs-reduction and --latency-reduction exclude each other: ask for a "
+            "share of MACs or a share of latency."
         )
     base = "shapiro" if name == "target" else name
     flags = {
@@ -124,9 +149,13 @@ def _allocation(args, strict: bool = True) -> allocation_lib.Allocation:
                     f"{name}."
                 )
             continue
-        if target is not None or latency_target is not None or name == "target":
+        if macs is not None or latency is not None or name == "target":
             if strict:
-                which = "--latency-target" if latency_target is not None else "--target"
+                which = (
+                    "--latency-reduction"
+                    if latency is not None
+                    else ("--macs-reduction")
+                )
                 raise CommandError(
                     f"{flag} and {which} exclude each other: the target search "
                     f"chooses the {key}."
@@ -140,27 +169,66 @@ def _allocation(args, strict: bool = True) -> allocation_lib.Allocation:
     if (
         strict
         and name in needed
-        and target is None
-        and latency_target is None
+        and macs is None
+        and latency is None
         and getattr(args, needed[name][0]) is None
     ):
         raise CommandError(
             f"--allocation {name} needs {needed[name][1].split()[0]} (e.g. "
-            f"{needed[name][1]}) or --target; it has no default worth guessing."
+            f"{needed[name][1]}) or --macs-reduction; it has no default worth "
+            "guessing."
         )
-    return allocation_lib.for_target(
-        name,
-        target,
-        latency_target,
-        names=("--target", "--latency-target"),
-        **options,
+    if name == "target" and macs is None and latency is None:
+        raise CommandError(
+            "--allocation target needs --macs-reduction or --latency-reduction."
+        )
+    return PruningSpec(
+        criterion=args.criterion,
+        allocation=name,
+        allocation_options=options,
+        macs_reduction=macs,
+        latency_reduction=latency,
+        runtime=getattr(args, "runtime", "tflite"),
+        min_channels=args.min_channels,
+        round_to=args.round_to,
+        scope=args.scope,
+        skip=args.skip,
+        uniform=args.uniform,
+        calibration_steps=args.calibration_steps,
     )
 
 
-def _calibration(args) -> dict:
-    """`plan_pruning`'s calibration keywords from --data and --calibration-steps."""
+def _spec(args, strict: bool = True) -> PruningSpec:
+    """The spec of --spec, or of the planning flags; not both."""
+    flags = _flags_spec(args, strict)
+    if args.spec is None:
+        return flags
+    given = [
+        f.name
+        for f in dataclasses.fields(PruningSpec)
+        if getattr(flags, f.name) != getattr(PruningSpec(), f.name)
+    ]
+    if given:
+        raise CommandError(
+            f"--spec {args.spec} holds every planning parameter; drop the flags "
+            f"that set {given} or set them in the file."
+        )
+    try:
+        with open(args.spec, encoding="utf-8") as stream:
+            return PruningSpec.from_dict(json.load(stream))
+    except OSError as error:
+        raise CommandError(f"--spec {args.spec}: {error.strerror}.") from error
+    except json.JSONDecodeError as error:
+        raise CommandError(
+            f"--spec {args.spec}: not JSON ({error}); write it with "
+            "json.dump(spec.to_dict(), file)."
+        ) from error
+
+
+def _calibration(args):
+    """The calibration set of --data, `(x, y)`, or `None`."""
     if args.data is None:
-        return {}
+        return None
     try:
         with np.load(args.data) as arrays:
             missing = {"x", "y"} - set(arrays.files)
@@ -174,24 +242,26 @@ def _calibration(args) -> dict:
         raise CommandError(
             f"--data {args.data}: cannot read it as an .npz file ({error})."
         ) from error
-    return {"data": data, "calibration_steps": args.calibration_steps}
+    return data
 
 
-def _plan(model, args, strict: bool = True) -> PruningPlan:
-    """The plan of the flags; with --uniform, the same widths in every
-    transformer block (`hos_keras.uniform_plan`)."""
-    plan = plan_pruning(
-        model,
-        args.criterion,
-        _allocation(args, strict),
-        **_calibration(args),
-        min_channels=args.min_channels,
-        round_to=args.round_to,
-        scope=args.scope,
-        skip=args.skip,
-        runtime=getattr(args, "runtime", "tflite"),
-    )
-    return uniform_plan(model, plan) if args.uniform else plan
+def _plan(model, spec: PruningSpec, args) -> PruningPlan:
+    """The plan of `spec` with the calibration set of --data."""
+    data = _calibration(args)
+    if spec.needs_data and data is None:
+        raise CommandError(
+            f"--criterion {spec.criterion} with --allocation {spec.allocation} "
+            "reads calibration data (data=None): pass --data CALIBRATION.npz (an "
+            ".npz with arrays x and y)."
+        )
+    if data is not None and not spec.needs_data:
+        raise CommandError(
+            f"--data is calibration data for the data-driven criteria (dfs, sfs, "
+            f"taylor, fisher, activation_*) and --allocation itpruner; --criterion "
+            f"{spec.criterion} with --allocation {spec.allocation} reads weights "
+            "only. Drop --data or pick one of them."
+        )
+    return spec.plan(model, data)
 
 
 def _round_to(text: str):
@@ -205,21 +275,22 @@ def _cmd_report(args) -> None:
     cost = profile(model)
     print(f"{model.name}: {cost['params']:,} parameters, {cost['macs']:,} MACs")
     coefficient = args.coefficient if args.coefficient is not None else 3.7
+    spec = _spec(args, strict=False)
     plans = {
-        name: plan_pruning(
+        name: _plan(
             model,
-            args.criterion,
-            name,
-            **_calibration(args),
-            coefficient=coefficient,
-            min_channels=args.min_channels,
-            round_to=args.round_to,
-            scope=args.scope,
-            skip=args.skip,
+            spec.replace(
+                allocation=name,
+                allocation_options={"coefficient": coefficient},
+                macs_reduction=None,
+                latency_reduction=None,
+                uniform=False,
+            ),
+            args,
         )
         for name in _STATISTIC_ALLOCATIONS
     }
-    chosen = _plan(model, args, strict=False)
+    chosen = _plan(model, spec, args)
     rows = []
     for name, group in plans["shapiro"].groups.items():
         jb, k34 = plans["jarque_bera"][name], plans["k34"][name]
@@ -239,7 +310,7 @@ def _cmd_report(args) -> None:
         )
     print()
     print(
-        f"Layer statistics (criterion {args.criterion}), eq. 9 ratios at "
+        f"Layer statistics (criterion {spec.criterion}), eq. 9 ratios at "
         f"c = {coefficient:g}, and the plan of --allocation {chosen.allocation}:"
     )
     headers = (
@@ -263,7 +334,7 @@ def _cmd_report(args) -> None:
     ]
     for line in table(("allocation", "MACs", "params"), totals):
         print(line)
-    if chosen.details.get("coefficient") is not None and args.target is not None:
+    if chosen.details.get("coefficient") is not None and spec.macs_reduction:
         print(f"target search: coefficient {chosen.details['coefficient']:.4g}")
     if chosen.frozen:
         print()
@@ -310,7 +381,7 @@ def _cmd_prune(args) -> None:
         if args.uniform:
             plan = uniform_plan(model, plan)
     else:
-        plan = _plan(model, args)
+        plan = _plan(model, _spec(args), args)
     slim = slim_model(model, plan)
     plan.summary()
     latency = plan.details.get("latency")
@@ -467,9 +538,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="eq. 9 coefficient c of shapiro/jarque_bera/k34 (default: 3.7)",
         )
         sub.add_argument(
-            "--target",
+            "--macs-reduction",
             type=_fraction,
             help="fraction of MACs to remove; searches the allocation's knob",
+        )
+        sub.add_argument(
+            "--target",
+            type=_fraction,
+            help="deprecated name of --macs-reduction",
+        )
+        sub.add_argument(
+            "--spec",
+            metavar="PRUNING.json",
+            help="every planning parameter from a file holding "
+            "hos_keras.PruningSpec(...).to_dict() (instead of the planning flags)",
         )
         sub.add_argument(
             "--fraction", type=_fraction, help="share of filters removed (global)"
@@ -528,16 +610,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--plan", metavar="PLAN.json", help="also write the plan here")
     prune.add_argument(
-        "--latency-target",
+        "--latency-reduction",
         type=_fraction,
         help="fraction of the latency on --runtime to remove (0.5: 2x faster); "
         "searches the allocation's knob against a measured latency model",
     )
     prune.add_argument(
+        "--latency-target",
+        type=_fraction,
+        help="deprecated name of --latency-reduction",
+    )
+    prune.add_argument(
         "--runtime",
         choices=["tflite", "tf"],
         default="tflite",
-        help="runtime of --latency-target and --round-to auto: the TFLite "
+        help="runtime of --latency-reduction and --round-to auto: the TFLite "
         "interpreter (batch 1, 2 threads) or TensorFlow (batch 1) (default: tflite)",
     )
     prune.add_argument(
@@ -594,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # command alike.
     args = build_parser().parse_args([a for a in argv if a != "--verbose"])
     try:
+        _renamed_flags(args)
         args.func(args)
     # NotImplementedError: a layer whose get_config Keras cannot give (e.g. one
     # loaded with a DTypePolicy object among its recorded arguments).

@@ -21,14 +21,21 @@ import keras
 import keras_tuner
 
 from hos_keras import allocation as allocation_lib
-from hos_keras import distill, graph, sparsity, training
+from hos_keras import distill, graph, hub_models, sparsity
 from hos_keras import latency as latency_lib
-from hos_keras.criteria import get_criterion
-from hos_keras.errors import InvalidArgumentError, NothingToPruneError, check_int
+from hos_keras import training as training_lib
+from hos_keras.errors import InvalidArgumentError, NothingToPruneError
 from hos_keras.plan import plan_pruning
 from hos_keras.plan_record import PruningPlan
 from hos_keras.profile import profile
 from hos_keras.recalibration import recalibrate_batchnorm
+from hos_keras.specs import (
+    RENAMED,
+    PruningSpec,
+    TrainingSpec,
+    needs_data,
+    warn_renamed,
+)
 from hos_keras.surgery import slim_model
 from hos_keras.training import check_inputs, check_labels, many_models
 
@@ -70,6 +77,38 @@ def _space(name: str, value, *, log: bool):
     return ("fixed", value)
 
 
+def _training_spec(training: TrainingSpec | None, **keywords) -> TrainingSpec:
+    """`training`, or the spec of the hypermodel's keywords; with a spec, the
+    keywords must be at their defaults, and the searched fields too."""
+    if training is None:
+        return TrainingSpec(**keywords)
+    if not isinstance(training, TrainingSpec):
+        raise InvalidArgumentError(
+            f"Received training={training!r}; pass a hos_keras.TrainingSpec or None."
+        )
+    defaults = TrainingSpec()
+    clashing = [
+        f"{k}={v!r}" for k, v in keywords.items() if TrainingSpec(**{k: v}) != defaults
+    ]
+    if clashing:
+        raise InvalidArgumentError(
+            f"Received training= with {', '.join(clashing)}, which the spec holds; "
+            "set them in the TrainingSpec."
+        )
+    searched = [
+        f"{k}={getattr(training, k)!r}"
+        for k in ("output_weight", "decay", "distill_optimizer", "finetune_optimizer")
+        if getattr(training, k) != getattr(defaults, k)
+    ]
+    if searched:
+        raise InvalidArgumentError(
+            f"Received training={training!r} with {', '.join(searched)}; the "
+            "hypermodel searches the auxiliary weights and the learning rate: give "
+            "their search spaces as output_weight=, decay= and learning_rate=."
+        )
+    return training
+
+
 class HOSHyperModel(keras_tuner.HyperModel):
     """A KerasTuner hypermodel whose trials are HOS-compressed students.
 
@@ -90,25 +129,41 @@ class HOSHyperModel(keras_tuner.HyperModel):
     Args:
         base_model: The trained functional/Sequential model to compress (not
             modified; it is the frozen teacher of every trial).
-        macs_budget: Largest number of MACs a student may have.
-        target_reduction: Or: smallest fraction of MACs it must remove, in (0, 1).
-        target_latency: Or: smallest fraction of the latency on `runtime` it must
-            remove, in (0, 1), judged by the latency model's prediction
+        pruning: A `PruningSpec` holding the budget (`macs_reduction` or
+            `latency_reduction`) and the fixed planning fields (`runtime`,
+            `min_channels`, `round_to`, `scope`, `skip`, `seed`,
+            `group_reduction`, `uniform`, `calibration_steps`, and allocation
+            options other than the searched knob); its criterion and
+            allocation are the search's when `criterion` and `allocation` are
+            not given. With it, the keywords it holds stay at their defaults.
+            Defaults to `None`: the spec of the keywords.
+        training: A `TrainingSpec` holding `distill_epochs`,
+            `finetune_epochs`, `recalibration_steps` and the sparse training;
+            the auxiliary weights and the learning rate are searched (give
+            their spaces as `output_weight`, `decay`, `learning_rate`). With
+            it, those keywords stay at their defaults. Defaults to `None`: the
+            spec of the keywords.
+        macs_reduction: Smallest fraction of MACs a student must remove, in
+            (0, 1).
+        latency_reduction: Or: smallest fraction of the latency on `runtime` it
+            must remove, in (0, 1), judged by the latency model's prediction
             (`hos_keras.latency`, built once for the base model and cached).
-            Pass exactly one of the three budgets.
-        runtime: Runtime of `target_latency`: `"tflite"` or `"tf"`. Defaults to
-            `"tflite"`.
+            Pass exactly one of the budgets.
+        runtime: Runtime of `latency_reduction`: `"tflite"` or `"tf"`.
+            Defaults to `"tflite"`.
         latency_model: A ready `hos_keras.latency.LatencyModel` of the base model
-            for `target_latency`. Defaults to `None` (built for `runtime`).
+            for `latency_reduction`. Defaults to `None` (built for `runtime`).
         allocation: Allocation name(s): `"shapiro"`, `"jarque_bera"`, `"k34"`
             (their knob is `coefficient`), `"global"` (knob `fraction`) or
-            `"itpruner"` (knob `beta`). Defaults to `"shapiro"`.
+            `"itpruner"` (knob `beta`). Defaults to `None`: the spec's
+            allocation, or `"shapiro"`.
         coefficient: Search space of c. Defaults to `(1.5, 8.0)`.
         fraction: Search space of the global fraction. Defaults to `(0.1, 0.7)`.
         beta: Search space of ITPruner's temperature (`allocation="itpruner"`,
             which allocates exactly the MACs or predicted latency budget and
             needs `calibration_data`). Defaults to `(0.5, 5.0)`.
-        criterion: Criterion name(s). Defaults to `["k34", "abs_k34"]`.
+        criterion: Criterion name(s). Defaults to `None`: the spec's criterion,
+            or `["k34", "abs_k34"]` without a spec.
         output_weight: Search space of the output-term weight. Defaults to
             `(1.0, 10.0)`: it holds the reference's `mse_factor`, 5 with pivot
             terms and 1 without (see `HOSDistiller`).
@@ -148,6 +203,11 @@ class HOSHyperModel(keras_tuner.HyperModel):
             to `None`.
         sparse_optimizer: Its optimizer (name, config or instance). Defaults to
             `None`: SGD(1e-2, momentum 0.9, Nesterov).
+        name: The hypermodel's name. Defaults to `"hos_hypermodel"`.
+        macs_budget: Deprecated: the largest number of MACs a student may have
+            (a `DeprecationWarning` naming `macs_reduction`).
+        target_reduction: Deprecated name of `macs_reduction`.
+        target_latency: Deprecated name of `latency_reduction`.
 
     Raises:
         InvalidArgumentError: for an empty search space (every entry fixed),
@@ -158,7 +218,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
     Example:
 
     ```python
-    hypermodel = hos_keras.tuner.HOSHyperModel(model, target_reduction=0.5)
+    hypermodel = hos_keras.tuner.HOSHyperModel(
+        model, pruning=hos_keras.PruningSpec(macs_reduction=0.5)
+    )
     tuner = keras_tuner.RandomSearch(hypermodel, objective=hypermodel.objective,
                                      max_trials=10, directory="tuning",
                                      project_name="fmnist", overwrite=False)
@@ -172,16 +234,17 @@ class HOSHyperModel(keras_tuner.HyperModel):
         self,
         base_model: keras.Model,
         *,
-        macs_budget: int | None = None,
-        target_reduction: float | None = None,
-        target_latency: float | None = None,
+        pruning: PruningSpec | None = None,
+        training: TrainingSpec | None = None,
+        macs_reduction: float | None = None,
+        latency_reduction: float | None = None,
         runtime: str = "tflite",
         latency_model=None,
-        allocation="shapiro",
+        allocation=None,
         coefficient=(1.5, 8.0),
         fraction=(0.1, 0.7),
         beta=(0.5, 5.0),
-        criterion=("k34", "abs_k34"),
+        criterion=None,
         output_weight=(1.0, 10.0),
         decay=(1.0, 3.0),
         learning_rate=(1e-3, 3e-2),
@@ -201,6 +264,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
         sparse_data=None,
         sparse_optimizer=None,
         name: str | None = "hos_hypermodel",
+        macs_budget: int | None = None,
+        target_reduction: float | None = None,
+        target_latency: float | None = None,
     ):
         super().__init__(name=name, tunable=True)
         if not graph.channel_groups(base_model, warn=False).prunable:
@@ -209,32 +275,91 @@ class HOSHyperModel(keras_tuner.HyperModel):
                 "there is nothing to search."
             )
         self.macs_original = profile(base_model)["macs"]
-        given = [macs_budget, target_reduction, target_latency]
+        if macs_budget is not None:
+            warn_renamed(
+                "macs_budget",
+                "macs_reduction",
+                1 - macs_budget / self.macs_original,
+                "HOSHyperModel",
+            )
+        for old, value in (
+            ("target_reduction", target_reduction),
+            ("target_latency", target_latency),
+        ):
+            if value is not None:
+                warn_renamed(old, RENAMED[old], value, "HOSHyperModel")
+        if macs_reduction is None:
+            macs_reduction = target_reduction
+        if latency_reduction is None:
+            latency_reduction = target_latency
+        given = [macs_budget, macs_reduction, latency_reduction]
+        if pruning is not None:
+            given += [pruning.macs_reduction, pruning.latency_reduction]
         if sum(v is not None for v in given) != 1:
             raise InvalidArgumentError(
-                f"Received macs_budget={macs_budget!r}, target_reduction="
-                f"{target_reduction!r} and target_latency={target_latency!r}; pass "
-                "exactly one of them."
+                f"Received macs_reduction={macs_reduction!r}, latency_reduction="
+                f"{latency_reduction!r}, macs_budget={macs_budget!r} and pruning="
+                f"{pruning!r}; pass exactly one budget: macs_reduction= or "
+                "latency_reduction= (here or in the PruningSpec)."
             )
+        keywords = {
+            "runtime": runtime,
+            "min_channels": min_channels,
+            "scope": scope,
+            "skip": skip,
+            "calibration_steps": calibration_steps,
+        }
+        if pruning is None:
+            pruning = PruningSpec(
+                macs_reduction=macs_reduction,
+                latency_reduction=latency_reduction,
+                **keywords,
+            )
+        elif not isinstance(pruning, PruningSpec):
+            raise InvalidArgumentError(
+                f"Received pruning={pruning!r}; pass a hos_keras.PruningSpec or None."
+            )
+        else:
+            clashing = [
+                f"{k}={v!r}"
+                for k, v in keywords.items()
+                if PruningSpec(**{k: v}) != PruningSpec()
+            ]
+            if clashing:
+                raise InvalidArgumentError(
+                    f"Received pruning= with {', '.join(clashing)}, which the spec "
+                    "holds; set them in the PruningSpec."
+                )
+            pruning = pruning.replace(
+                macs_reduction=pruning.macs_reduction or macs_reduction,
+                latency_reduction=pruning.latency_reduction or latency_reduction,
+            )
+            if criterion is None:
+                criterion = pruning.criterion
+            if allocation is None:
+                allocation = pruning.allocation
+        self.pruning = pruning
+        self.training = _training_spec(
+            training,
+            distill_epochs=distill_epochs,
+            finetune_epochs=finetune_epochs,
+            recalibration_steps=recalibration_steps,
+            sparse_epochs=sparse_epochs,
+            sparse=sparse,
+            sparse_optimizer=sparse_optimizer,
+        )
+        criterion = ("k34", "abs_k34") if criterion is None else criterion
+        allocation = "shapiro" if allocation is None else allocation
+        target_latency = pruning.latency_reduction
         self.latency_model = None
         if target_latency is not None:
-            if not 0.0 < float(target_latency) < 1.0:
-                raise InvalidArgumentError(
-                    f"Received target_latency={target_latency!r}; pass a fraction "
-                    "in (0, 1), e.g. 0.5 for 2x faster."
-                )
             self.latency_model = latency_model or latency_lib.build_latency_model(
-                base_model, runtime
+                base_model, pruning.runtime
             )
             # The MACs budget stays open; the latency budget decides.
             macs_budget = self.macs_original
-        elif target_reduction is not None:
-            if not 0.0 < float(target_reduction) < 1.0:
-                raise InvalidArgumentError(
-                    f"Received target_reduction={target_reduction!r}; pass a "
-                    "fraction in (0, 1)."
-                )
-            macs_budget = math.floor(self.macs_original * (1 - target_reduction))
+        elif pruning.macs_reduction is not None:
+            macs_budget = math.floor(self.macs_original * (1 - pruning.macs_reduction))
         if not 0 < int(macs_budget):
             raise InvalidArgumentError(
                 f"Received macs_budget={macs_budget!r}; pass a positive number."
@@ -282,60 +407,50 @@ class HOSHyperModel(keras_tuner.HyperModel):
             self._budget = self.latency_model.base_ms * (1 - float(target_latency))
         else:
             self._budget_key, self._budget = "macs", self.macs_budget
-        self.distill_epochs = check_int("distill_epochs", distill_epochs, minimum=0)
-        self.finetune_epochs = check_int("finetune_epochs", finetune_epochs, minimum=0)
+        self.distill_epochs = self.training.distill_epochs
+        self.finetune_epochs = self.training.finetune_epochs
         self.loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.metrics = list(metrics)
         self.over_budget = over_budget
-        self.min_channels = check_int("min_channels", min_channels, minimum=1)
-        self.scope = scope
-        self.skip = skip
-        self.calibration = {
-            "data": calibration_data,
-            "calibration_steps": calibration_steps,
-        }
-        self.recalibration_steps = check_int(
-            "recalibration_steps", recalibration_steps, minimum=0
-        )
-        data_criteria = [
-            c
+        self.calibration_data = calibration_data
+        self.recalibration_steps = self.training.recalibration_steps
+        reading = [
+            f"criterion={c!r}, allocation={a!r}"
             for c in (criteria if isinstance(criteria, list) else [criteria])
-            if getattr(get_criterion(c), "statistics", ())
+            for a in allocations
+            if needs_data(c, a)
         ]
-        if "itpruner" in allocations and calibration_data is None:
-            data_criteria.append("allocation='itpruner'")
-        if data_criteria and calibration_data is None:
+        if reading and calibration_data is None:
             raise InvalidArgumentError(
-                f"Received criterion={criterion!r} with calibration_data=None; "
-                f"{data_criteria} score feature maps: pass calibration_data=(x, y) "
-                "or a tf.data.Dataset."
+                f"Received calibration_data=None with {reading}, which read feature "
+                "maps: pass calibration_data=(x, y) or a tf.data.Dataset."
             )
-        self.sparse_epochs = check_int("sparse_epochs", sparse_epochs, minimum=0)
+        self.sparse_epochs = self.training.sparse_epochs
         if self.sparse_epochs:
             if sparse_data is None:
                 raise InvalidArgumentError(
-                    f"Received sparse_epochs={sparse_epochs!r} with sparse_data="
+                    f"Received sparse_epochs={self.sparse_epochs!r} with sparse_data="
                     "None; pass the training data (x, y) or a tf.data.Dataset: a "
                     "hypermodel does not see the search's data before planning."
                 )
-            training.check_data("sparse_data", sparse_data)
+            training_lib.check_data("sparse_data", sparse_data)
             check_inputs(base_model, sparse_data, "sparse_data")
             first = self.space["criterion"][1]
-            self.pruned_from = training.sparse_trained(
+            self.pruned_from = training_lib.sparse_trained(
                 base_model,
                 sparse_data,
                 self.sparse_epochs,
                 sparsity.from_argument(
-                    sparse,
+                    self.training.sparse,
                     criterion=first[0] if isinstance(first, list) else first,
-                    scope=scope,
-                    skip=skip,
+                    scope=pruning.scope,
+                    skip=pruning.skip,
                     data=calibration_data,
-                    calibration_steps=calibration_steps,
+                    calibration_steps=pruning.calibration_steps,
                 ),
                 loss=self.loss,
                 metrics=self.metrics,
-                optimizer=sparse_optimizer,
+                optimizer=self.training.sparse_optimizer,
             )
 
     @property
@@ -362,11 +477,9 @@ class HOSHyperModel(keras_tuner.HyperModel):
             "allocation", [a for a, k in _KNOBS.items() if k == knob]
         ):
             value = self._value(hp, knob)
-        calibration = {}
-        if getattr(get_criterion(criterion), "statistics", ()):
-            calibration = self.calibration
+        spec = self.pruning
+        options = dict(spec.allocation_options)
         if allocation == "itpruner":  # it allocates exactly for the budget
-            calibration = self.calibration
             target = (
                 {"macs_reduction": 1.0 - self.macs_budget / self.macs_original}
                 if self.latency_model is None
@@ -374,20 +487,35 @@ class HOSHyperModel(keras_tuner.HyperModel):
                     "latency_reduction": 1.0 - self._budget / self.latency_model.base_ms
                 }
             )
-            allocator = allocation_lib.for_target(allocation, **target, beta=value)
+            allocator = allocation_lib.for_target(
+                allocation, **target, **options, beta=value
+            )
         else:
-            allocator = allocation_lib.get_allocation(allocation, **{knob: value})
-        return plan_pruning(
+            allocator = allocation_lib.get_allocation(
+                allocation, **{**options, knob: value}
+            )
+        calibration = {}
+        if needs_data(criterion, allocation):
+            calibration = {
+                "data": self.calibration_data,
+                "calibration_steps": spec.calibration_steps,
+            }
+        plan = plan_pruning(
             self.pruned_from,
             criterion,
             allocator,
             **calibration,
-            min_channels=self.min_channels,
-            scope=self.scope,
-            skip=self.skip,
+            min_channels=spec.min_channels,
+            round_to=spec.round_to,
+            seed=spec.seed,
+            group_reduction=spec.group_reduction,
+            scope=spec.scope,
+            skip=spec.skip,
+            runtime=spec.runtime,
             latency_model=self.latency_model,
             verify_latency=False,
         )
+        return hub_models.uniform_plan(self.pruned_from, plan) if spec.uniform else plan
 
     def build(self, hp) -> distill.HOSDistiller:
         plan = self.plan(hp)
@@ -403,7 +531,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         )
         distiller.hos_plan = plan
         distiller.compile(
-            optimizer=training.sgd(self._value(hp, "learning_rate")),
+            optimizer=training_lib.sgd(self._value(hp, "learning_rate")),
             loss=self.loss,
             metrics=self.metrics,
         )
@@ -416,7 +544,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
         """The objective: accuracy within the budget, else -(relative excess).
 
         `cost` is the student's MACs, or its predicted latency (ms) with
-        `target_latency`.
+        `latency_reduction`.
         """
         if cost <= self._budget:
             return float(accuracy)
@@ -481,7 +609,7 @@ class HOSHyperModel(keras_tuner.HyperModel):
             )
         learning_rate = self._value(hp, "learning_rate")
         options = {k: v for k, v in kwargs.items() if k not in ("x", "y")}
-        training.distill_then_finetune(
+        training_lib.distill_then_finetune(
             model,
             x if y is None else (x, y),
             distill_epochs=switch,
@@ -489,14 +617,14 @@ class HOSHyperModel(keras_tuner.HyperModel):
             loss=self.loss,
             metrics=self.metrics,
             distill_optimizer=model.optimizer,  # build()'s, with its slots
-            finetune_optimizer=training.sgd(learning_rate / 10),
+            finetune_optimizer=training_lib.sgd(learning_rate / 10),
             initial_epoch=initial_epoch,
             **options,
         )
-        evaluation = training.evaluate_model(
+        evaluation = training_lib.evaluate_model(
             model.student, validation_data, self.loss, self.metrics
         )
-        accuracy = training.accuracy_of(evaluation)
+        accuracy = training_lib.accuracy_of(evaluation)
         if accuracy is None:
             accuracy = -evaluation["loss"]
         result.update({f"val_{k}": v for k, v in evaluation.items()})

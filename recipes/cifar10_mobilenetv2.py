@@ -3,9 +3,9 @@
 Pruning: k3*k4 ranking and Shapiro-Wilk ratios, as the authors' code
 (github.com/chatzikon/DNN-COMPRESSION at commit 1cfdf7c,
 cifar/step1/cifar10/mobilenetv2_prune_normality.py lines 27 and 129-130), with the
-coefficient searched for 50% fewer MACs (--target). The reference's c = 2.4 (line
-103) places W in its fixed range 0.3-1.0 (line 130), not in the model's own
-T_min-T_max as hos_keras does, so it is not reused here. Like the reference,
+coefficient searched for 50% fewer MACs (--macs-reduction). The reference's
+c = 2.4 (line 103) places W in its fixed range 0.3-1.0 (line 130), not in the
+model's own T_min-T_max as hos_keras does, so it is not reused here. Like the reference,
 it prunes no channel that crosses a residual merge (`scope="inner"`: the
 expansion convs, with their depthwise convs following) and leaves the stem and
 the 1280-channel head conv whole (lines 120-123).
@@ -30,7 +30,7 @@ def arguments(argv=None):
         output_dir="runs/cifar10_mobilenetv2",
         **common.PAPER_CIFAR,
         skip=["stem_conv", "head_conv"],
-        target=0.5,
+        macs_reduction=0.5,
     ).parse_args(argv)
 
 

@@ -20,9 +20,9 @@ under cifar/; lines of step1/ and step4/ at commit 1cfdf7c, of step3/ at ab38a4a
   31), SGD at lr 1e-4 (line 39) with momentum 0.9 and no Nesterov (lines 41 and
   207).
 The baseline training (160 epochs of SGD, Nesterov, cosine from 0.1, weight decay
-5e-4) is hos_keras's: the reference starts from trained checkpoints. Pass --target
-0.5 to ask for a MACs reduction instead of c, --baseline to compress a trained
-model. CIFAR-10 comes from tensorflow-datasets (--data-dir).
+5e-4) is hos_keras's: the reference starts from trained checkpoints. Pass
+--macs-reduction 0.5 to ask for a MACs reduction instead of c, --baseline to
+compress a trained model. CIFAR-10 comes from tensorflow-datasets (--data-dir).
 """
 
 import recipe_common as common

@@ -23,7 +23,7 @@ def arguments(argv=None):
         distill_lr=1e-2,
         finetune_epochs=1,
         finetune_lr=1e-3,
-        target=0.5,
+        macs_reduction=0.5,
     ).parse_args(argv)
 
 

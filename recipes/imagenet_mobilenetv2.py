@@ -29,7 +29,7 @@ def main(argv=None):
         distill_lr=1e-3,
         finetune_epochs=2,
         finetune_lr=1e-4,
-        target=0.5,
+        macs_reduction=0.5,
     )
     parser.add_argument("--manual-dir", help="directory with the ILSVRC2012 tars")
     parser.add_argument("--image-size", type=int, default=224, help="crop size")

@@ -86,11 +86,12 @@ def parser(description: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, help="batch size")
     p.add_argument(
-        "--target",
+        "--macs-reduction",
         type=float,
         help="fraction of MACs to remove (searches c); giving --coefficient "
         "replaces the recipe's target",
     )
+    p.add_argument("--target", type=float, help="deprecated name of --macs-reduction")
     p.add_argument("--coefficient", type=float, help="eq. 9 coefficient c")
     p.add_argument("--criterion", help="filter criterion")
     p.add_argument(
@@ -250,62 +251,73 @@ def baseline(build, train, val, args) -> keras.Model:
     return model
 
 
-def _pruning_amount(args) -> dict:
-    """`target` or `coefficient`, whichever the user gave (a flag given on the
-    command line replaces the recipe's own default of the other)."""
-    defaults = args.recipe_defaults
+def macs_reduction(args) -> float | None:
+    """--macs-reduction, or the deprecated --target (with a warning on stderr)."""
+    if args.target is not None:
+        print(
+            f"[recipe] --target is deprecated; use --macs-reduction {args.target:g}",
+            file=sys.stderr,
+        )
+        return args.target
+    return args.macs_reduction
 
-    def given(key):
-        value = getattr(args, key)
+
+def _pruning_amount(args) -> dict:
+    """`macs_reduction` or `coefficient`, whichever the user gave (a flag given on
+    the command line replaces the recipe's own default of the other)."""
+    defaults = args.recipe_defaults
+    reduction = macs_reduction(args)
+
+    def given(key, value):
         return value is not None and value != defaults.get(key)
 
-    if given("target") and given("coefficient"):
+    if given("macs_reduction", reduction) and given("coefficient", args.coefficient):
         raise SystemExit(
-            "[recipe] --target and --coefficient exclude each other: --target "
-            "searches the coefficient for a share of MACs. Give one."
+            "[recipe] --macs-reduction and --coefficient exclude each other: "
+            "--macs-reduction searches the coefficient for a share of MACs. Give one."
         )
-    if given("coefficient"):
-        return {"coefficient": args.coefficient}
-    if args.target is not None:
-        return {"target": args.target}
+    if given("coefficient", args.coefficient):
+        return {"allocation_options": {"coefficient": args.coefficient}}
+    if reduction is not None:
+        return {"macs_reduction": reduction}
     if args.coefficient is not None:
-        return {"coefficient": args.coefficient}
+        return {"allocation_options": {"coefficient": args.coefficient}}
     return {}
 
 
-def compress_and_report(model, train, val, args, **settings):
-    """Runs hos_keras.compress with the recipe's settings; saves and prints."""
+def compress_and_report(model, train, val, args, allocation: str = "shapiro"):
+    """Runs hos_keras.compress with the recipe's settings, as a `PruningSpec`
+    and a `TrainingSpec`; saves and prints."""
     keras.utils.set_random_seed(args.seed)
-    settings.update(_pruning_amount(args))
-    pruning = {"criterion": args.criterion, "scope": args.scope, "skip": args.skip}
+    amount = _pruning_amount(args)
+    pruning = None
     if args.approach == "decompose":
+        # The recipe's pruning settings do not apply to a decomposition alone.
         given = [
             k
-            for k in ("target", "coefficient")
-            if k in settings and settings[k] != args.recipe_defaults.get(k)
+            for k, v in (
+                ("macs-reduction", amount.get("macs_reduction")),
+                (
+                    "coefficient",
+                    amount.get("allocation_options", {}).get("coefficient"),
+                ),
+            )
+            if v is not None and v != args.recipe_defaults.get(k.replace("-", "_"))
         ]
         if given:
             raise SystemExit(
                 f"[recipe] --{given[0]} prunes; with --approach decompose nothing "
                 "is pruned. Use --approach prune+decompose, or drop it."
             )
-        # The recipe's pruning settings do not apply to a decomposition alone.
-        pruning = {}
-        settings = {
-            k: v
-            for k, v in settings.items()
-            if k not in ("allocation", "target", "coefficient")
-        }
-    if not args.resume:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(args.output_dir, "progress.json"))
-    slim, report = hos_keras.compress(
-        model,
-        train,
-        val,
-        approach=args.approach,
-        decompose_factor=args.decompose_factor,
-        **pruning,
+    else:
+        pruning = hos_keras.PruningSpec(
+            criterion=args.criterion,
+            allocation=allocation,
+            scope=args.scope,
+            skip=args.skip,
+            **amount,
+        )
+    training_spec = hos_keras.TrainingSpec(
         distill_epochs=args.distill_epochs,
         finetune_epochs=args.finetune_epochs,
         distill_optimizer=training.sgd(args.distill_lr),
@@ -313,11 +325,22 @@ def compress_and_report(model, train, val, args, **settings):
         finetune_optimizer=training.sgd(
             args.finetune_lr, nesterov=args.finetune_nesterov
         ),
+    )
+    if not args.resume:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.output_dir, "progress.json"))
+    slim, report = hos_keras.compress(
+        model,
+        train,
+        val,
+        pruning=pruning,
+        training=training_spec,
+        approach=args.approach,
+        decompose_factor=args.decompose_factor,
         latency_batch_sizes=(1, 32) if args.latency_runs else (),
         latency_runs=args.latency_runs,
         output_dir=args.output_dir,
         verbose=progress(),
-        **settings,
     )
     if args.approach == "decompose":
         print(

@@ -2,7 +2,7 @@
 
 Instead of hand-tuning the eq. 9 coefficient per network as the paper does, a
 tuner picks c, the criterion, the auxiliary-loss weights and the learning rate
-under a MACs budget (--target: fraction of MACs to remove). Trials over the
+under a MACs budget (--macs-reduction: fraction of MACs to remove). Trials over the
 budget are rejected untrained. The baseline is the demo's
 (runs/fashion_mnist_resnet20/baseline.keras) when it exists, else trained here.
 Results resume from --output-dir (run again with more --trials to continue).
@@ -17,7 +17,7 @@ import os
 
 import keras_tuner
 
-from hos_keras import files
+from hos_keras import PruningSpec, TrainingSpec, files
 from hos_keras.tuner import HOSHyperModel
 
 TUNERS = {
@@ -37,7 +37,7 @@ def main(argv=None):
         batch_size=128,
         distill_epochs=1,
         finetune_epochs=1,
-        target=0.5,
+        macs_reduction=0.5,
     )
     parser.add_argument("--trials", type=int, default=6, help="number of trials")
     parser.add_argument("--tuner", choices=sorted(TUNERS), default="random")
@@ -48,11 +48,12 @@ def main(argv=None):
     train, test, model = common.fashion_mnist_resnet20(args, images=args.limit)
     hypermodel = HOSHyperModel(
         model,
-        target_reduction=args.target,
+        pruning=PruningSpec(macs_reduction=common.macs_reduction(args)),
+        training=TrainingSpec(
+            distill_epochs=args.distill_epochs, finetune_epochs=args.finetune_epochs
+        ),
         coefficient=(1.0, 6.0),
         criterion=["k34", "abs_k34"],
-        distill_epochs=args.distill_epochs,
-        finetune_epochs=args.finetune_epochs,
     )
     options = {"max_epochs": 2} if args.tuner == "hyperband" else {}
     if args.tuner != "hyperband":

@@ -75,7 +75,7 @@ def test_profile_prints_the_library_counts(saved, capsys):
 
 def test_report_statistics_match_scipy_and_the_plan(saved, capsys):
     model, path, _ = saved
-    status, out, err = _run(capsys, "report", path, "--target", "0.4")
+    status, out, err = _run(capsys, "report", path, "--macs-reduction", "0.4")
     assert status == 0, err
     plan = hos_keras.plan_pruning(
         model, "k34", "target", macs_reduction=0.4, base="shapiro"
@@ -101,7 +101,7 @@ def test_prune_writes_a_slim_model_equal_to_the_masked_one(saved, capsys):
         path,
         "--criterion",
         "abs_k34",
-        "--target",
+        "--macs-reduction",
         "0.4",
         "--out",
         out_path,
@@ -235,8 +235,15 @@ def test_prune_with_a_data_criterion_reads_the_calibration_file(saved, capsys):
         model, "taylor", "fixed", ratio=0.5, data=(x, y), calibration_steps=1
     )
     assert written == expected
-    # ITPruner reads the same file; --target is its MACs reduction.
-    itpruner = ["--allocation", "itpruner", "--target", "0.4", "--data", calibration]
+    # ITPruner reads the same file; --macs-reduction is its MACs reduction.
+    itpruner = [
+        "--allocation",
+        "itpruner",
+        "--macs-reduction",
+        "0.4",
+        "--data",
+        calibration,
+    ]
     status, _, err = _run(
         capsys,
         "prune",
@@ -397,7 +404,7 @@ def test_bad_input_gives_one_line_and_status_1(saved, capsys, tmp_path):
 def test_malformed_arguments_exit_with_status_2(saved, capsys):
     _, path, _ = saved
     for argv in (
-        ["prune", str(path), "--target", "2", "--out", "x.keras"],
+        ["prune", str(path), "--macs-reduction", "2", "--out", "x.keras"],
         ["prune", str(path)],
         ["report", str(path), "--criterion", "nope"],
         ["frobnicate"],

@@ -52,7 +52,7 @@ def resnet_run(tmp_path_factory):
         model,
         train,
         val,
-        target=0.4,
+        macs_reduction=0.4,
         distill_epochs=1,
         finetune_epochs=1,
         distill_optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
@@ -239,12 +239,16 @@ def test_bad_input():
         hos_keras.compress(cnn, images, images, distill_epochs=-1)
     with pytest.raises(InvalidArgumentError, match="finetune_epochs=1.5"):
         hos_keras.compress(cnn, images, images, finetune_epochs=1.5)
-    with pytest.raises(InvalidArgumentError, match="target=0.5 with allocation"):
+    with pytest.raises(InvalidArgumentError, match="allocation=.*by name"):
         hos_keras.compress(
-            cnn, images, images, target=0.5, allocation=hos_keras.GlobalAllocation()
+            cnn,
+            images,
+            images,
+            macs_reduction=0.5,
+            allocation=hos_keras.GlobalAllocation(),
         )
     with pytest.raises(InvalidArgumentError, match="macs_reduction=1.5"):
-        hos_keras.compress(cnn, images, images, target=1.5)
+        hos_keras.compress(cnn, images, images, macs_reduction=1.5)
     with pytest.raises(InvalidArgumentError, match="stage='best'"):
         hos_keras.CompressionReport(
             "m", "k34", "fixed", {}, {}, {}, {}, {}, [], [], {}
@@ -364,7 +368,7 @@ def test_decomposing_approaches_run_end_to_end(approach, tmp_path):
         depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
     )
     train, val = _data(64, 0), _data(32, 1)
-    options = {"target": 0.4} if approach == "prune+decompose" else {}
+    options = {"macs_reduction": 0.4} if approach == "prune+decompose" else {}
     slim, report = hos_keras.compress(
         model,
         train,
@@ -424,7 +428,7 @@ def test_decompose_approach_refuses_pruning_arguments():
     )
     data = _data(8, 0)
     with pytest.raises(InvalidArgumentError, match="approach='prune\\+decompose'"):
-        hos_keras.compress(model, data, data, approach="decompose", target=0.5)
+        hos_keras.compress(model, data, data, approach="decompose", macs_reduction=0.5)
     with pytest.raises(InvalidArgumentError, match="coefficient=3.7"):
         hos_keras.compress(model, data, data, approach="decompose", coefficient=3.7)
     with pytest.raises(InvalidArgumentError, match="approach='both'"):
@@ -443,7 +447,7 @@ def test_a_data_criterion_reads_the_training_data():
         val,
         criterion="fisher",
         calibration_steps=1,
-        target=0.4,
+        macs_reduction=0.4,
         distill_epochs=0,
         finetune_epochs=0,
         latency_batch_sizes=(),
@@ -466,7 +470,7 @@ def test_a_data_criterion_reads_the_training_data():
         val,
         criterion="l1",
         allocation="itpruner",
-        target=0.4,  # ITPruner allocates for the target itself
+        macs_reduction=0.4,  # ITPruner allocates for the target itself
         calibration_steps=1,
         distill_epochs=0,
         finetune_epochs=0,
@@ -535,7 +539,7 @@ def _injected(*args, **kwargs):
 
 
 FAULTS = {
-    "planning": ("hos_keras.compress.plan_pruning", {}),
+    "planning": ("hos_keras.specs.plan_pruning", {}),
     "slimming": ("hos_keras.surgery.slim_model", {}),
     "decomposition": (
         "hos_keras.compress.decompose",
@@ -599,7 +603,9 @@ def test_a_hos_keras_error_keeps_its_type_and_gains_the_stage():
         depth=8, num_classes=3, input_shape=(16, 16, 3), width=8
     )
     with pytest.raises(InvalidArgumentError) as caught:
-        hos_keras.compress(model, _data(16, 0), _data(16, 1), target=0.999, verbose=0)
+        hos_keras.compress(
+            model, _data(16, 0), _data(16, 1), macs_reduction=0.999, verbose=0
+        )
     assert caught.value.stage == "planning"
     assert "(raised during planning)" in caught.value.__notes__
 

@@ -83,18 +83,19 @@ def test_paper_recipes_give_compress_the_reference_settings(
     monkeypatch.setattr(common.hos_keras, "compress", compress)
     args = _recipe(name).arguments(["--output-dir", str(tmp_path)])
     common.compress_and_report(None, None, None, args)
-    assert received["coefficient"] == coefficient
-    assert received["scope"] == "inner"  # the first conv of each block only
+    pruning, training = received["pruning"], received["training"]
+    assert pruning.allocation_options["coefficient"] == coefficient
+    assert pruning.scope == "inner"  # the first conv of each block only
     assert (args.batch_size, args.distill_epochs, args.finetune_epochs) == (64, 140, 30)
-    assert received["distill_epochs"] == 140 and received["finetune_epochs"] == 30
+    assert training.distill_epochs == 140 and training.finetune_epochs == 30
     for key, lr, nesterov in (
         ("distill_optimizer", 1e-3, True),
         ("finetune_optimizer", finetune_lr, False),
     ):
-        optimizer = received[key]
+        optimizer = getattr(training, key)
         assert float(optimizer.learning_rate) == pytest.approx(lr)
         assert (optimizer.momentum, optimizer.nesterov) == (0.9, nesterov)
-    rate = received["distill_lr_schedule"]
+    rate = training.distill_lr_schedule
     assert [rate(e) for e in (79, 80, 119, 120)] == pytest.approx(
         [1e-3, 1e-4, 1e-4, 1e-5]
     )
@@ -103,7 +104,7 @@ def test_paper_recipes_give_compress_the_reference_settings(
         ["--output-dir", str(tmp_path), "--distill-epochs", "14"]
     )
     common.compress_and_report(None, None, None, args)
-    rate = received["distill_lr_schedule"]
+    rate = received["training"].distill_lr_schedule
     assert [rate(e) for e in (7, 8, 11, 12)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-5])
     assert "x0.1 at epochs [8, 12] (epochs [80, 120] of 140, scaled to 14)" in (
         capsys.readouterr().out
@@ -143,7 +144,9 @@ def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
     assert "right after decomposition" in text
     assert "right after both" in text
     with pytest.raises(SystemExit, match=r"--approach prune\+decompose"):
-        recipe.main([*args, *quick, "--approach", "decompose", "--target", "0.4"])
+        recipe.main(
+            [*args, *quick, "--approach", "decompose", "--macs-reduction", "0.4"]
+        )
 
 
 @pytest.mark.slow
@@ -151,7 +154,7 @@ def test_fashion_mnist_recipe_and_baseline_reuse(tmp_path, capsys):
     "name, extra, pivots",
     [
         ("cifar10_resnet56", [], ["stage1_block9_out", "stage2_block9_out"]),
-        ("cifar100_resnet56", ["--target", "0.3"], None),
+        ("cifar100_resnet56", ["--macs-reduction", "0.3"], None),
         ("cifar10_mobilenetv2", [], None),
         ("imagenet_mobilenetv2", ["--image-size", "64"], None),
     ],
@@ -182,7 +185,7 @@ def test_tfds_recipes_on_mock_data(tmp_path, name, extra, pivots):
     assert report.macs["slim"] < report.macs["original"]
     if pivots is not None:
         assert report.pivots == pivots
-    if "--target" in extra:
+    if "--macs-reduction" in extra:
         assert report.details["achieved_macs_reduction"] >= 0.3
     if "resnet56" in name:  # scope="inner": the residual streams keep their width
         widths = [slim.get_layer(f"stage{s}_block9_conv2").filters for s in (1, 2, 3)]
@@ -203,7 +206,7 @@ def test_tuning_recipe_two_trials(tmp_path, capsys):
         "64",
         "--batch-size",
         "16",
-        "--target",
+        "--macs-reduction",
         "0.3",
         "--output-dir",
         str(out),
@@ -238,11 +241,14 @@ def test_a_pruning_flag_the_user_gives_takes_effect(monkeypatch, tmp_path, capsy
     recipe = _recipe("fashion_mnist_resnet20")
     out = ["--output-dir", str(tmp_path)]
     common.compress_and_report(None, None, None, recipe.arguments(out))
-    assert received["target"] == 0.5 and "coefficient" not in received
+    pruning = received["pruning"]
+    assert pruning.macs_reduction == 0.5 and not pruning.allocation_options
     args = recipe.arguments([*out, "--coefficient", "3.7"])
     common.compress_and_report(None, None, None, args)
-    assert received["coefficient"] == 3.7 and "target" not in received
-    args = recipe.arguments([*out, "--coefficient", "3.7", "--target", "0.4"])
+    pruning = received["pruning"]
+    assert pruning.allocation_options == {"coefficient": 3.7}
+    assert pruning.macs_reduction is None
+    args = recipe.arguments([*out, "--coefficient", "3.7", "--macs-reduction", "0.4"])
     with pytest.raises(SystemExit, match="exclude each other"):
         common.compress_and_report(None, None, None, args)
     # --help shows every default, the recipe's own included.

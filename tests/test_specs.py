@@ -5,6 +5,7 @@ import json
 import re
 import warnings
 
+import keras
 import pytest
 import tiny
 
@@ -71,8 +72,6 @@ def test_training_spec_errors_name_the_field_and_value(field, value):
 
 
 def test_specs_round_trip_through_json():
-    import keras
-
     pruning = PruningSpec(
         criterion="abs_k34",
         allocation="global",
@@ -198,3 +197,140 @@ def test_compress_target_latency_warns_with_the_new_name(cnn):
         pytest.raises(InvalidArgumentError, match="approach='prune\\+decompose'"),
     ):
         hos_keras.compress(cnn, data, data, approach="decompose", target_latency=0.5)
+
+
+def _compiled(model):
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def test_callback_driven_by_one_spec_per_step_plans_as_the_keywords():
+    x, y = _tiny_data(16)
+    runs = {}
+    for how in ("spec", "keywords"):
+        keras.utils.set_random_seed(0)
+        model = _compiled(tiny.cnn())
+        if how == "spec":
+            callback = hos_keras.HOSPruneCallback(
+                prune_epochs=[1, 2],
+                pruning=[
+                    PruningSpec(criterion="l1", macs_reduction=0.2),
+                    PruningSpec(criterion="l1", macs_reduction=0.4),
+                ],
+                verbose=0,
+            )
+        else:
+            callback = hos_keras.HOSPruneCallback(
+                prune_epochs=[1, 2],
+                criterion="l1",
+                allocation="target",
+                base="shapiro",
+                macs_reduction=[0.2, 0.4],
+                verbose=0,
+            )
+        model.fit(x, y, batch_size=8, epochs=2, callbacks=[callback], verbose=0)
+        runs[how] = callback.plan
+    assert runs["spec"] == runs["keywords"]
+    assert runs["spec"].macs_reduction >= 0.4
+    with pytest.raises(InvalidArgumentError, match="which the spec holds"):
+        hos_keras.HOSPruneCallback(
+            prune_epochs=[1], pruning=PruningSpec(), scope="inner"
+        )
+    with pytest.raises(InvalidArgumentError, match="one per epoch"):
+        hos_keras.HOSPruneCallback(
+            prune_epochs=[1, 2, 3], pruning=[PruningSpec(), PruningSpec()]
+        )
+
+
+def _cli(capsys, *argv):
+    from hos_keras import cli
+
+    status = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_spec_file_and_the_deprecated_target_flag(cnn, tmp_path, capsys):
+    path = tmp_path / "model.keras"
+    cnn.save(path)
+    spec = PruningSpec(criterion="l1", macs_reduction=0.4, scope="conv")
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec.to_dict()))
+    plans = {}
+    for name, flags in (
+        ("spec", ["--spec", spec_path]),
+        ("new", ["--criterion", "l1", "--macs-reduction", "0.4", "--scope", "conv"]),
+        ("old", ["--criterion", "l1", "--target", "0.4", "--scope", "conv"]),
+    ):
+        out = tmp_path / f"{name}.json"
+        status, _, err = _cli(
+            capsys,
+            "prune",
+            path,
+            *flags,
+            "--out",
+            tmp_path / f"{name}.keras",
+            "--plan",
+            out,
+        )
+        assert status == 0, err
+        assert ("--target is deprecated" in err) is (name == "old")
+        if name == "old":
+            assert "use --macs-reduction 0.4" in err
+        plans[name] = hos_keras.PruningPlan.from_json(out.read_text())
+    assert plans["spec"] == plans["new"] == plans["old"] == spec.plan(cnn)
+    status, _, err = _cli(
+        capsys,
+        "prune",
+        path,
+        "--spec",
+        spec_path,
+        "--criterion",
+        "l2",
+        "--out",
+        tmp_path / "x.keras",
+    )
+    assert status == 1 and "drop the flags that set ['criterion']" in err
+
+
+def test_tuner_hypermodel_driven_by_specs_and_the_renamed_budgets():
+    import keras_tuner
+
+    from hos_keras.tuner import HOSHyperModel
+
+    base = tiny.chain((16, 16, 16), input_shape=(12, 12, 3), head="logits")
+    hypermodel = HOSHyperModel(
+        base,
+        pruning=PruningSpec(criterion="l1", macs_reduction=0.3, scope="conv"),
+        training=TrainingSpec(distill_epochs=1, finetune_epochs=0),
+        coefficient=(1.0, 4.0),
+    )
+    hp = keras_tuner.HyperParameters()
+    distiller = hypermodel.build(hp)
+    assert hp.values["criterion"] == "l1" and hp.values["allocation"] == "shapiro"
+    assert hypermodel.finetune_epochs == 0
+    expected = hos_keras.plan_pruning(
+        base, "l1", "shapiro", coefficient=hp.values["coefficient"], scope="conv"
+    )
+    assert hypermodel.plan(hp) == expected
+    assert distiller.student.count_params() < base.count_params()
+    with pytest.warns(DeprecationWarning, match="pass macs_reduction=0.3"):
+        old = HOSHyperModel(base, target_reduction=0.3, coefficient=(1.0, 4.0))
+    new = HOSHyperModel(base, macs_reduction=0.3, coefficient=(1.0, 4.0))
+    assert old.macs_budget == new.macs_budget == hypermodel.macs_budget
+    fixed = {"criterion": "k34", "coefficient": 2.0}
+    hp_old, hp_new = keras_tuner.HyperParameters(), keras_tuner.HyperParameters()
+    for hp_ in (hp_old, hp_new):
+        for key, value in fixed.items():
+            hp_.Fixed(key, value)
+    assert old.plan(hp_old) == new.plan(hp_new)
+    with (
+        pytest.warns(DeprecationWarning, match="pass latency_reduction=0.5"),
+        pytest.raises(InvalidArgumentError, match="pass exactly one"),
+    ):
+        HOSHyperModel(base, target_latency=0.5, macs_reduction=0.3)
+    with pytest.raises(InvalidArgumentError, match="which the spec holds"):
+        HOSHyperModel(base, pruning=PruningSpec(macs_reduction=0.3), scope="conv")

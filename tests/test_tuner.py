@@ -42,7 +42,7 @@ def _search(tuner, n=32):
 
 
 def test_random_search_finds_a_student_within_budget_and_resumes(base, tmp_path):
-    hypermodel = CountingHyperModel(base, target_reduction=0.3, coefficient=(0.6, 1.2))
+    hypermodel = CountingHyperModel(base, macs_reduction=0.3, coefficient=(0.6, 1.2))
     CountingHyperModel.fits = 0
 
     def tuner(max_trials):
@@ -91,7 +91,7 @@ def test_random_search_finds_a_student_within_budget_and_resumes(base, tmp_path)
 
 def test_bayesian_optimization_and_hyperband(base, tmp_path):
     hypermodel = HOSHyperModel(
-        base, target_reduction=0.2, coefficient=(0.6, 1.5), criterion="k34"
+        base, macs_reduction=0.2, coefficient=(0.6, 1.5), criterion="k34"
     )
     bayes = keras_tuner.BayesianOptimization(
         hypermodel,
@@ -123,7 +123,7 @@ def test_bayesian_optimization_and_hyperband(base, tmp_path):
 
 
 def test_unreachable_budget_is_reported_after_the_search(base, tmp_path):
-    hypermodel = CountingHyperModel(base, target_reduction=0.95, coefficient=(3.0, 8.0))
+    hypermodel = CountingHyperModel(base, macs_reduction=0.95, coefficient=(3.0, 8.0))
     CountingHyperModel.fits = 0
     tuner = keras_tuner.RandomSearch(
         hypermodel,
@@ -147,7 +147,8 @@ def test_unreachable_budget_is_reported_after_the_search(base, tmp_path):
 
 
 def test_score_orders_every_feasible_trial_above_every_infeasible_one(base):
-    hypermodel = HOSHyperModel(base, macs_budget=1000)
+    with pytest.warns(DeprecationWarning, match="pass macs_reduction="):
+        hypermodel = HOSHyperModel(base, macs_budget=1000)
     assert hypermodel.score(1000, 0.0) == 0.0
     assert hypermodel.score(900, 0.73) == 0.73
     assert hypermodel.score(1500, 1.0) == -0.5
@@ -157,7 +158,7 @@ def test_score_orders_every_feasible_trial_above_every_infeasible_one(base):
 def test_penalize_trains_over_budget_trials(base, tmp_path):
     hypermodel = HOSHyperModel(
         base,
-        target_reduction=0.95,
+        macs_reduction=0.95,
         coefficient=(3.0, 8.0),
         over_budget="penalize",
         distill_epochs=1,
@@ -180,7 +181,7 @@ def test_bad_input(base):
     with pytest.raises(InvalidArgumentError, match="search space is empty"):
         HOSHyperModel(
             base,
-            target_reduction=0.5,
+            macs_reduction=0.5,
             coefficient=3.0,
             criterion="k34",
             output_weight=1.0,
@@ -188,23 +189,26 @@ def test_bad_input(base):
             learning_rate=0.01,
         )
     with pytest.raises(InvalidArgumentError, match="criterion=\\[\\]"):
-        HOSHyperModel(base, target_reduction=0.5, criterion=[])
+        HOSHyperModel(base, macs_reduction=0.5, criterion=[])
     with pytest.raises(InvalidArgumentError, match="pass exactly one"):
         HOSHyperModel(base)
-    with pytest.raises(InvalidArgumentError, match="pass exactly one"):
-        HOSHyperModel(base, macs_budget=10, target_reduction=0.5)
-    with pytest.raises(InvalidArgumentError, match="target_reduction=1.5"):
-        HOSHyperModel(base, target_reduction=1.5)
+    with (
+        pytest.warns(DeprecationWarning, match="pass macs_reduction="),
+        pytest.raises(InvalidArgumentError, match="pass exactly one"),
+    ):
+        HOSHyperModel(base, macs_budget=10, macs_reduction=0.5)
+    with pytest.raises(InvalidArgumentError, match="macs_reduction=1.5"):
+        HOSHyperModel(base, macs_reduction=1.5)
     with pytest.raises(InvalidArgumentError, match="low < high"):
-        HOSHyperModel(base, target_reduction=0.5, coefficient=(5.0, 2.0))
+        HOSHyperModel(base, macs_reduction=0.5, coefficient=(5.0, 2.0))
     with pytest.raises(InvalidArgumentError, match="allocation='fixed'"):
-        HOSHyperModel(base, target_reduction=0.5, allocation="fixed")
+        HOSHyperModel(base, macs_reduction=0.5, allocation="fixed")
     with pytest.raises(InvalidArgumentError, match="over_budget='skip'"):
-        HOSHyperModel(base, target_reduction=0.5, over_budget="skip")
+        HOSHyperModel(base, macs_reduction=0.5, over_budget="skip")
     dense = keras.Sequential([keras.Input((4,)), layers.Dense(2)])
     with pytest.raises(NothingToPruneError, match="nothing to search"):
-        HOSHyperModel(dense, target_reduction=0.5)
-    hypermodel = HOSHyperModel(base, target_reduction=0.1)
+        HOSHyperModel(dense, macs_reduction=0.5)
+    hypermodel = HOSHyperModel(base, macs_reduction=0.1)
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)
     with pytest.raises(InvalidArgumentError, match="validation_data"):
@@ -213,7 +217,7 @@ def test_bad_input(base):
 
 def test_scope_and_skip_reach_every_trial_plan(base):
     hypermodel = HOSHyperModel(
-        base, target_reduction=0.3, allocation="global", fraction=0.5, skip=["c2"]
+        base, macs_reduction=0.3, allocation="global", fraction=0.5, skip=["c2"]
     )
     plan = hypermodel.plan(keras_tuner.HyperParameters())
     assert len(plan["c2"].keep) == 16
@@ -229,7 +233,7 @@ def test_a_data_criterion_plans_on_the_calibration_data(base):
     data = (x.astype("float32"), y)
     hypermodel = HOSHyperModel(
         base,
-        target_reduction=0.3,
+        macs_reduction=0.3,
         allocation="global",
         fraction=0.4,
         criterion=["taylor", "k34"],
@@ -243,7 +247,7 @@ def test_a_data_criterion_plans_on_the_calibration_data(base):
         base, "taylor", "global", fraction=0.4, data=data, calibration_steps=1
     )
     with pytest.raises(InvalidArgumentError, match=r"\['taylor'\] score feature maps"):
-        HOSHyperModel(base, target_reduction=0.3, criterion=["taylor", "k34"])
+        HOSHyperModel(base, macs_reduction=0.3, criterion=["taylor", "k34"])
 
 
 def test_itpruner_searches_beta_at_the_macs_budget(base):
@@ -251,7 +255,7 @@ def test_itpruner_searches_beta_at_the_macs_budget(base):
     data = (x.astype("float32"), np.arange(8) % base.output_shape[-1])
     hypermodel = HOSHyperModel(
         base,
-        target_reduction=0.4,
+        macs_reduction=0.4,
         allocation="itpruner",
         beta=(1.0, 4.0),
         criterion="l1",
@@ -266,7 +270,7 @@ def test_itpruner_searches_beta_at_the_macs_budget(base):
     )
     assert plan.macs_after <= hypermodel.macs_budget
     with pytest.raises(InvalidArgumentError, match="itpruner"):
-        HOSHyperModel(base, target_reduction=0.4, allocation="itpruner", criterion="l1")
+        HOSHyperModel(base, macs_reduction=0.4, allocation="itpruner", criterion="l1")
 
 
 def test_a_trial_re_estimates_its_batch_norms_before_training():
@@ -276,7 +280,7 @@ def test_a_trial_re_estimates_its_batch_norms_before_training():
     )
     hypermodel = HOSHyperModel(
         bn_model,
-        target_reduction=0.3,
+        macs_reduction=0.3,
         coefficient=(0.6, 1.2),
         distill_epochs=0,
         finetune_epochs=0,
@@ -298,11 +302,11 @@ def test_a_trial_re_estimates_its_batch_norms_before_training():
     logits = np.asarray(expected(xv))
     assert result["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == yv))
     with pytest.raises(InvalidArgumentError, match="recalibration_steps=-1"):
-        HOSHyperModel(bn_model, target_reduction=0.3, recalibration_steps=-1)
+        HOSHyperModel(bn_model, macs_reduction=0.3, recalibration_steps=-1)
 
 
 def test_an_over_budget_trial_says_it_was_skipped(base, capsys):
-    hypermodel = HOSHyperModel(base, target_reduction=0.95, coefficient=(3.0, 8.0))
+    hypermodel = HOSHyperModel(base, macs_reduction=0.95, coefficient=(3.0, 8.0))
     hp = keras_tuner.HyperParameters()
     distiller = hypermodel.build(hp)
     result = hypermodel.fit(hp, distiller, *_data(8, 0), validation_data=_data(8, 1))
@@ -322,7 +326,7 @@ def test_sparse_training_before_the_search(base):
     keras.utils.set_random_seed(7)
     hypermodel = HOSHyperModel(
         base,
-        target_reduction=0.3,
+        macs_reduction=0.3,
         coefficient=(0.6, 1.2),
         criterion="l1",
         sparse_epochs=1,
@@ -354,4 +358,4 @@ def test_sparse_training_before_the_search(base):
     expected = hos_keras.slim_model(by_hand, distiller.hos_plan)
     invariants.assert_same_outputs(distiller.student, expected, x[:4], 1e-4, 1e-5)
     with pytest.raises(InvalidArgumentError, match="sparse_data"):
-        HOSHyperModel(base, target_reduction=0.3, sparse_epochs=1)
+        HOSHyperModel(base, macs_reduction=0.3, sparse_epochs=1)
