@@ -21,8 +21,12 @@ column of the filter matrix. The data criteria (`taylor`, `fisher`, `dfs`,
 the output projection's input that its rows read (`AttentionRule.channel_maps`).
 
 The attention output (the model's hidden width, the residual stream) and the
-inputs are frozen: hidden-width pruning is not done. The per-head key and value
-dimensions are not pruned either.
+inputs are frozen by default. With `hos_keras.plan_pruning(hidden_width=True)`,
+a self-attention layer (query, key and value of one width, output of that
+width) reads the hidden channels and writes them back: its query, key and value
+kernels lose the input rows and its output projection the output columns of a
+removed hidden channel, so its input and output channels are pruned together.
+The per-head key and value dimensions are not pruned.
 
 `AttentionRule` describes `keras.layers.MultiHeadAttention` (and keras-hub's
 `CachedMultiHeadAttention` and Whisper's, whose call without a cache is the
@@ -249,11 +253,53 @@ class AttentionRule(layer_rules.LayerRule):
             ctx.freeze_slots(ctx.create(self.units(layer)), reason)
             ctx.freeze(reason)
             return
-        for slots, _ in ctx.inputs:
-            ctx.freeze_slots(slots, HIDDEN_WIDTH)
         ctx.create(self.units(layer))
         shape = ctx.output_shapes[0]
+        if ctx.hidden_width and self._trace_hidden(ctx):
+            return
+        for slots, _ in ctx.inputs:
+            ctx.freeze_slots(slots, HIDDEN_WIDTH)
         ctx.output(ctx.fresh(int(shape[-1] or 0), HIDDEN_WIDTH), len(shape) - 1)
+
+    def _trace_hidden(self, ctx) -> bool:
+        """Ties query, key, value and output channels; False if their widths or
+        axes differ (the hidden width then freezes here)."""
+        tensors = _query_key_value(ctx.layer, ctx.node, self.arguments)
+        positions = {id(t): k for k, t in enumerate(ctx.node.input_tensors)}
+        if not all(id(t) in positions for t in tensors):
+            return False
+        entries = [ctx.inputs[positions[id(t)]] for t in tensors]
+        rank = len(ctx.output_shapes[0])
+        width = int(ctx.output_shapes[0][-1] or 0)
+        if any(
+            len(slots) != width or axis != len(t.shape) - 1
+            for (slots, axis), t in zip(entries, tensors, strict=True)
+        ):
+            return False
+        query = entries[0][0]
+        for slots, _ in entries[1:]:
+            ctx.tie(query, slots)
+        ctx.reads(query)
+        ctx.output(query, rank - 1)
+        return True
+
+    def _hidden_axes(self, layer) -> dict[int, int]:
+        """`{id(weight): axis of the hidden channels}`: the input rows of the
+        query, key, value (and gate) kernels, the output columns (and bias) of
+        the output projection."""
+        axes = {}
+        for _, sub in self.projections(layer):
+            equation = sub.equation.replace("...", "")
+            operands, _, out = equation.partition("->")
+            inp, _, kernel = operands.partition(",")
+            if sub is getattr(layer, self.output_name):
+                axes[id(sub.kernel)] = kernel.index(out[-1])
+                bias_axes = sub.bias_axes or ""
+                if getattr(sub, "bias", None) is not None and out[-1] in bias_axes:
+                    axes[id(sub.bias)] = bias_axes.index(out[-1])
+            else:
+                axes[id(sub.kernel)] = kernel.index(inp[-1])
+        return axes
 
     def filters(self, layer):
         units = self.units(layer)
@@ -278,6 +324,14 @@ class AttentionRule(layer_rules.LayerRule):
         return {"kv": keep_units, "query": query}
 
     def slice_weights(self, layer, weights, keep_in, keep_out):
+        if keep_in is not None:
+            hidden = self._hidden_axes(layer)
+            weights = [
+                np.take(values, keep_in, hidden[id(variable)])
+                if id(variable) in hidden
+                else values
+                for variable, values in zip(layer.weights, weights, strict=True)
+            ]
         if keep_out is None:
             return list(weights)
         kept = self._kept_heads(layer, keep_out)
@@ -289,6 +343,8 @@ class AttentionRule(layer_rules.LayerRule):
         return sliced
 
     def configure(self, config, keep_in, keep_out, channels=None):
+        if keep_in is not None and config.get("output_shape") is not None:
+            config["output_shape"] = len(keep_in)
         if keep_out is None:
             return config
         units = len(keep_out)
@@ -310,19 +366,27 @@ class AttentionRule(layer_rules.LayerRule):
         With `T` query positions, `S` key positions attended to, `h` query heads
         kept, `d_k` / `d_v` the key and value head sizes: the projections cost
         their kernel's share of the kept heads at every position they read,
-        `QK^T` costs `T * S * h * d_k` and `AV` costs `T * S * h * d_v`.
+        `QK^T` costs `T * S * h * d_k` and `AV` costs `T * S * h * d_v`. With
+        `c_in` below the query width (hidden-width pruning), the weights with a
+        hidden axis shrink in proportion.
         """
         units = self.units(layer)
         size = self.group_size(layer)
         heads = {"kv": units, "query": units * size}
         kept = {"kv": c_out, "query": c_out * size}
         roles = self.roles(layer)
+        query, key, value = _query_key_value(layer, node, self.arguments)
+        width = int(query.shape[-1] or 0)
+        hidden = self._hidden_axes(layer) if width and c_in != width else {}
+
+        def share(weight, count):
+            return count // width * c_in if id(weight) in hidden else count
+
         params = 0
         for weight in layer.weights:
             side, axis = roles[id(weight)]
-            count = int(np.prod(weight.shape))
+            count = share(weight, int(np.prod(weight.shape)))
             params += count if axis is None else count // heads[side] * kept[side]
-        query, key, value = _query_key_value(layer, node, self.arguments)
         positions = {
             id(getattr(layer, self.query)): query,
             id(getattr(layer, self.key)): key,
@@ -333,7 +397,8 @@ class AttentionRule(layer_rules.LayerRule):
         macs = 0
         for side, sub in self.projections(layer):
             rows = _positions(positions[id(sub)].shape[1:-1])
-            macs += rows * int(np.prod(sub.kernel.shape)) // heads[side] * kept[side]
+            count = share(sub.kernel, int(np.prod(sub.kernel.shape)))
+            macs += rows * count // heads[side] * kept[side]
         attended = _positions(_attended(layer, key))
         key_size = _head_size(getattr(layer, self.key), heads["kv"])
         value_size = _head_size(getattr(layer, self.value), heads["kv"])

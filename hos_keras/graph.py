@@ -520,7 +520,8 @@ def _where(name: str, op) -> str:
 class _Tracer(layer_rules.TraceContext):
     """Walks the graph once, assigning channel slots to every tensor."""
 
-    def __init__(self, model):
+    def __init__(self, model, hidden_width: bool = False):
+        self.hidden_width = hidden_width
         self.slots = _Slots()
         self.tensors: dict[int, tuple[np.ndarray, int]] = {}
         self.in_table: dict[str, np.ndarray] = {}
@@ -683,7 +684,9 @@ class _Tracer(layer_rules.TraceContext):
                 self.slots.freeze(self.out_table[name], reason)
 
 
-def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
+def channel_groups(
+    model: keras.Model, warn: bool = True, hidden_width: bool = False
+) -> ChannelGraph:
     """Finds the groups of channels that must be pruned together.
 
     Args:
@@ -691,6 +694,13 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
         warn: Issue one warning that lists the groups frozen by layers or
             operations the analysis cannot prune through, by reason. Defaults to
             `True`.
+        hidden_width: Let a transformer's hidden width (the residual stream) be
+            pruned: token, position and patch embeddings make its channels,
+            LayerNormalization and RMSNormalization pass them (their scale and
+            bias sliced), self-attention layers read and write them, a tied
+            reversible embedding's logits read them. Pruning them is not exact
+            (a normalisation's statistics change; see
+            `hos_keras.plan_pruning`). Defaults to `False`, which freezes them.
 
     Returns:
         A `ChannelGraph`: every group (prunable or frozen, with the reason) and,
@@ -712,22 +722,33 @@ def channel_groups(model: keras.Model, warn: bool = True) -> ChannelGraph:
     ```
     """
     rules = layer_rules.table_key()
-    cached = _GRAPHS.get(model)
-    if cached is None or cached[0] != rules:
-        cached = (rules, _trace_groups(model))
-        _GRAPHS[model] = cached
+    hidden_width = bool(hidden_width)
+    cached = (_HIDDEN_GRAPHS if hidden_width else _GRAPHS).get(model)
+    if cached is None or cached[0] != (rules, hidden_width):
+        traced = (
+            _trace_groups(model, hidden_width=True)
+            if hidden_width
+            else _trace_groups(model)
+        )
+        cached = ((rules, hidden_width), traced)
+        if hidden_width:
+            _HIDDEN_GRAPHS[model] = cached
+        else:
+            _GRAPHS[model] = cached
     if warn:
         warn_frozen(cached[1].groups)
     return cached[1]
 
 
-# model -> (the layer rules' table key, its ChannelGraph)
+# model -> ((the layer rules' table key, hidden_width), its ChannelGraph); the
+# graphs with the hidden width pruned are kept apart.
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HIDDEN_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _trace_groups(model: keras.Model) -> ChannelGraph:
+def _trace_groups(model: keras.Model, hidden_width: bool = False) -> ChannelGraph:
     """`channel_groups` without the cache and the warning."""
-    tracer = _Tracer(model)
+    tracer = _Tracer(model, hidden_width)
     tracer.trace()
     slots = tracer.slots
     # Groups are named after their first producer in the model's layer order.

@@ -71,6 +71,7 @@ __all__ = [
     "ReshapeRule",
     "SeparableConvRule",
     "SplitOp",
+    "Stream",
     "Tie",
     "TraceContext",
     "filter_matrix",
@@ -92,12 +93,17 @@ class TraceContext:
         node: The Keras graph node of this call.
         inputs: One `(slots, axis)` pair per input tensor: the slot of each of its
             channels and the positive index of its channel axis.
+        hidden_width: Whether the analysis prunes a transformer's hidden width
+            (see `hos_keras.plan_pruning(hidden_width=True)`).
     """
 
     layer = None
     name = ""
     node = None
     inputs: Sequence[tuple[np.ndarray, int]] = ()
+    #: Whether the hidden width of transformers (embeddings, normalisations,
+    #: attention inputs and outputs) may be pruned; `False` freezes it.
+    hidden_width = False
 
     @property
     def input_shapes(self) -> list[tuple]:
@@ -895,23 +901,179 @@ class SplitOp(LayerRule):
             ctx.output(section, axis, index)
 
 
-class _EmbeddingRule(Freeze):
-    """Embedding and ReversibleEmbedding: frozen (they make or read the hidden
-    width); a reverse call (the logits of a language model, hidden -> vocabulary)
-    costs `positions * hidden * vocabulary` MACs, a lookup none."""
+class Stream(Freeze):
+    """A layer that makes, reads or normalises a transformer's hidden width.
 
-    def __init__(self):
-        super().__init__("embeds tokens (the hidden width is not pruned)")
+    Frozen with `reason` by default; when the channel analysis runs with
+    `hidden_width=True`, `trace_stream` says how the hidden channels flow.
+    """
+
+    def trace(self, ctx):
+        if ctx.hidden_width:
+            self.trace_stream(ctx)
+        else:
+            ctx.freeze(self.reason)
+
+    def trace_stream(self, ctx) -> None:
+        ctx.freeze(self.reason)
+
+
+class _Normalization(Stream):
+    """LayerNormalization, RMSNormalization: their scale and bias are per channel
+    of the last axis, but they normalise over all channels, so pruning through
+    them changes the statistics (inexact; only with `hidden_width=True`)."""
+
+    def __init__(self, *weights: str, reason: str = "normalises over channels"):
+        super().__init__(reason)
+        self.per_channel = _LastAxis(*weights)
+
+    def trace_stream(self, ctx):
+        rank = len(ctx.input_shapes[0])
+        axis = getattr(ctx.layer, "axis", -1)
+        axes = [a % rank for a in (axis if isinstance(axis, (list, tuple)) else [axis])]
+        if axes != [rank - 1]:
+            ctx.freeze(f"{self.reason} on another axis than the last")
+            return
+        self.per_channel.trace(ctx)
+
+    def slice_weights(self, layer, weights, keep_in, keep_out):
+        return self.per_channel.slice_weights(layer, weights, keep_in, keep_out)
+
+    def cost(self, layer, node, c_in, c_out):
+        return self.per_channel.cost(layer, node, c_in, c_out)
+
+
+class _StreamProducer(Stream):
+    """A layer that makes the hidden width from something else (token ids,
+    positions, image patches): with `hidden_width=True` it is a producer whose
+    weights all hold one value per hidden channel on their last axis.
+
+    Args:
+        reason: Why it freezes by default.
+        config_key: The config argument holding the hidden width, if any.
+    """
+
+    produces = True
+
+    def __init__(self, reason: str, config_key: str | None = None):
+        super().__init__(reason)
+        self.config_key = config_key
+
+    def trace_stream(self, ctx):
+        shape = ctx.output_shapes[0]
+        if len(ctx.node.output_tensors) != 1 or shape[-1] is None:
+            ctx.freeze(self.reason)
+            return
+        ctx.output(ctx.create(int(shape[-1])), len(shape) - 1)
+
+    def filters(self, layer):
+        return np.concatenate(
+            [
+                np.asarray(keras.ops.convert_to_numpy(w)).reshape(-1, w.shape[-1])
+                for w in layer.weights
+            ]
+        )
+
+    def slice_weights(self, layer, weights, keep_in, keep_out):
+        if keep_out is None:
+            return list(weights)
+        return [np.take(w, keep_out, axis=-1) for w in weights]
+
+    def configure(self, config, keep_in, keep_out, channels=None):
+        if self.config_key and keep_out is not None:
+            config[self.config_key] = len(keep_out)
+        return config
 
     def cost(self, layer, node, c_in, c_out):
         params = int(layer.count_params()) if layer.built else 0
-        args = node.arguments.args
-        reverse = node.arguments.kwargs.get("reverse", len(args) > 1 and args[1])
-        if not reverse:
-            return params, 0
-        shape = node.input_tensors[0].shape
+        width = int(node.output_tensors[0].shape[-1] or 0)
+        return (params // width * c_out if width else params), 0
+
+
+def _is_reverse(node) -> bool:
+    args = node.arguments.args
+    return bool(node.arguments.kwargs.get("reverse", len(args) > 1 and args[1]))
+
+
+class _EmbeddingRule(_StreamProducer):
+    """Embedding and ReversibleEmbedding: frozen (they make or read the hidden
+    width) unless the hidden width is pruned, when the lookup makes it and a
+    reverse call (the logits of a language model, hidden -> vocabulary) reads it
+    (the same channels with tied weights). A reverse call costs
+    `positions * hidden * vocabulary` MACs, a lookup none."""
+
+    def __init__(self):
+        super().__init__(
+            "embeds tokens (the hidden width is not pruned)", config_key="output_dim"
+        )
+
+    def trace_stream(self, ctx):
+        if not _is_reverse(ctx.node):
+            super().trace_stream(ctx)
+            return
+        slots, axis = ctx.inputs[0]
+        if axis != len(ctx.input_shapes[0]) - 1:
+            ctx.freeze(self.reason)
+            return
+        ctx.reads(slots)
+        if getattr(ctx.layer, "tie_weights", True):
+            ctx.tie(ctx.create(len(slots)), slots)
+        shape = ctx.output_shapes[0]
+        ctx.output(
+            ctx.fresh(int(shape[-1]), "the logits of a reverse embedding"),
+            len(shape) - 1,
+        )
+
+    def filters(self, layer):
+        return np.asarray(keras.ops.convert_to_numpy(layer.embeddings))
+
+    def slice_weights(self, layer, weights, keep_in, keep_out):
+        sliced = []
+        for variable, values in zip(layer.weights, weights, strict=True):
+            if variable.name == "reverse_embeddings":
+                keep = keep_in if keep_in is not None else keep_out
+                sliced.append(values if keep is None else np.take(values, keep, 0))
+            else:
+                keep = keep_out if keep_out is not None else keep_in
+                sliced.append(values if keep is None else np.take(values, keep, -1))
+        return sliced
+
+    def configure(self, config, keep_in, keep_out, channels=None):
+        keep = keep_out if keep_out is not None else keep_in
+        if keep is not None:
+            config["output_dim"] = len(keep)
+        return config
+
+    def cost(self, layer, node, c_in, c_out):
+        params = int(layer.count_params()) if layer.built else 0
         hidden, vocabulary = int(layer.output_dim), int(layer.input_dim)
-        return params, _positions(shape[1:-1]) * hidden * vocabulary
+        if not _is_reverse(node):
+            return params // hidden * c_out, 0
+        shape = node.input_tensors[0].shape
+        return params // hidden * c_in, _positions(shape[1:-1]) * c_in * vocabulary
+
+
+class _GetItem(Stream):
+    """`x[...]` (keras.ops GetItem): frozen by default; with the hidden width
+    pruned, an index that keeps the last (channel) axis whole passes it (a
+    classifier reading the first token, `x[:, 0, :]`)."""
+
+    def trace_stream(self, ctx):
+        key = ctx.node.arguments.args[1] if len(ctx.node.arguments.args) > 1 else None
+        key = key if isinstance(key, tuple) else (key,)
+        in_shape, out_shape = ctx.input_shapes[0], ctx.output_shapes[0]
+        slots, axis = ctx.inputs[0]
+        whole = slice(None, None, None)
+        if (
+            axis != len(in_shape) - 1
+            or any(k is None or k is Ellipsis for k in key)
+            or not (len(key) < len(in_shape) or key[-1] == whole)
+            or len(out_shape) < 2
+            or out_shape[-1] != in_shape[-1]
+        ):
+            ctx.freeze(self.reason)
+            return
+        ctx.output(slots, len(out_shape) - 1)
 
 
 class _MatmulOp(Freeze):
@@ -1160,13 +1322,21 @@ def _register_builtins() -> None:
         if cls is not None:
             _RULES[cls] = _EmbeddingRule()
     _RULES[L.Softmax] = Freeze("softmax normalises over channels")
-    _RULES[L.LayerNormalization] = Freeze("normalises over channels")
+    _RULES[L.LayerNormalization] = _Normalization("gamma", "beta")
     rms = getattr(L, "RMSNormalization", None)
     if rms is not None:
-        _RULES[rms] = Freeze("normalises over channels")
+        _RULES[rms] = _Normalization("scale")
     # keras-hub's own normalisations, by path (keras-hub need not be installed).
     for path in _HUB_NORMALIZATIONS:
         _BY_PATH[f"keras_hub.src.{path}"] = Freeze("normalises over channels")
+    _BY_PATH["keras_hub.src.layers.modeling.position_embedding.PositionEmbedding"] = (
+        _StreamProducer("unknown layer type")
+    )
+    _BY_PATH["keras_hub.src.models.vit.vit_layers.ViTPatchingAndEmbedding"] = (
+        _StreamProducer(
+            "a subclassed layer with weights of its own", config_key="hidden_dim"
+        )
+    )
     _RULES[L.GroupNormalization] = Freeze("normalises over channel groups")
 
     # Layers of keras.applications models.
@@ -1214,6 +1384,7 @@ def _register_ops() -> None:
     _RULES[numpy_ops.Pad] = PadOp()
     _RULES[numpy_ops.Split] = SplitOp()
     _RULES[numpy_ops.Matmul] = _MatmulOp()
+    _RULES[numpy_ops.GetItem] = _GetItem("unknown operation")
     _RULES[nn.Conv] = _ConvOp()
     for name in ("Softmax", "LogSoftmax", "Sparsemax", "Glu"):
         _RULES[getattr(nn, name)] = Freeze("mixes or halves the channels")
@@ -1229,7 +1400,7 @@ def filter_matrix(layer) -> np.ndarray:
         ArgumentTypeError: if the layer is not a built layer with filters.
     """
     rule = get_rule(layer)
-    if rule is None or not rule.has_filters:
+    if rule is None or not (rule.has_filters or isinstance(rule, _StreamProducer)):
         raise ArgumentTypeError(
             f"Layer {layer.name!r} ({type(layer).__name__}) has no output-channel "
             "kernel; expected a built Conv, ConvTranspose, SeparableConv, "

@@ -168,6 +168,7 @@ def plan_pruning(
     group_reduction: str = "mean",
     scope: str | Callable[[graph.ChannelGroup], bool] = "all",
     skip: str | Sequence[str] = (),
+    hidden_width: bool = False,
     runtime: str = "tflite",
     latency_model: latency_lib.LatencyModel | None = None,
     verify_latency: bool = True,
@@ -210,6 +211,28 @@ def plan_pruning(
         skip: Names or shell-style patterns (`"stage3_*"`) of groups never
             pruned, matched against every producer of a group; for every
             allocation. Defaults to `()`.
+        hidden_width: Also prune a transformer's hidden width, the residual
+            stream: one group made of the embeddings' output channels, every
+            LayerNormalization / RMSNormalization scale and bias, the input rows
+            of every projection reading the stream, the output columns of the
+            attention and MLP output projections, the residual adds, the final
+            norm and a tied reversible embedding's logits
+            (`channel_groups(hidden_width=True)`). Opt-in because it is not
+            exact: the normalisations average over the kept channels only, so
+            the slim model differs from the masked one. The masked model
+            (`mask_model`) is the original with the removed stream channels
+            set to zero (embedding columns, norm scales and biases, output
+            projection columns) and the weights reading them zeroed; its norms
+            still average over the full width. The plan records
+            `details["hidden_width"]`: the stream group's name and channels
+            kept, and the relative error `||slim(x) - masked(x)|| /
+            ||masked(x)||` (and the largest absolute difference) of the outputs
+            on `x`, the first batch of `data` if given, else random inputs
+            (4 examples; floats standard normal, integer inputs uniform below
+            the smallest embedding vocabulary, or in {0, 1} for inputs named
+            like masks or segment ids), and a warning gives the figure.
+            `slim_model` and `mask_model` read the flag from the plan. Defaults
+            to `False`, which freezes the hidden width.
         runtime: The runtime a latency target is measured on: `"tflite"` (the
             TFLite interpreter, batch 1, 2 threads) or `"tf"` (TensorFlow, batch
             1). Only used with `latency_reduction=`. Defaults to `"tflite"`.
@@ -282,8 +305,14 @@ def plan_pruning(
     wants_latency = getattr(allocator, "latency_reduction", None) is not None
 
     in_scope = _scope_filter(scope, skip)
+    if not isinstance(hidden_width, bool):
+        raise InvalidArgumentError(
+            f"Received hidden_width={hidden_width!r}; pass True to prune the "
+            "hidden width of a transformer or False (the default) to keep it."
+        )
 
-    channel_graph = graph.channel_groups(model)
+    channel_graph = graph.channel_groups(model, hidden_width=hidden_width)
+    stream = _stream_group(model, channel_graph) if hidden_width else None
     prunable = channel_graph.prunable
     frozen = {g.name: g.frozen for g in channel_graph.groups if g.frozen}
     if not prunable:
@@ -471,7 +500,102 @@ def plan_pruning(
         plan = latency_search.measured_search(
             model, plan, allocator, assemble, latency_model, corrections
         )
+    if stream is not None:
+        _record_hidden_width(model, plan, stream, data)
     return plan
+
+
+def _stream_group(model, channel_graph) -> str:
+    """The prunable group of the hidden width; raises if it is frozen."""
+    stream = [
+        g
+        for g in channel_graph.groups
+        if any(
+            isinstance(
+                layer_rules.get_rule(channel_graph.layers[m]), layer_rules.Stream
+            )
+            for m in g.members
+        )
+    ]
+    prunable = [g.name for g in stream if g.prunable]
+    if not prunable:
+        none = (
+            "it has no Embedding, LayerNormalization or RMSNormalization whose "
+            "channels hos_keras can follow"
+        )
+        reasons = sorted({g.frozen for g in stream}) or [none]
+        raise NothingToPruneError(
+            f"hidden_width=True, but the hidden width of model {model.name!r} "
+            f"cannot be pruned: {'; '.join(reasons)[:600]}. Prune heads and MLP "
+            "widths only (hidden_width=False), or register a layer rule for the "
+            "layer named."
+        )
+    return prunable[0]
+
+
+def _record_hidden_width(model, plan: PruningPlan, stream: str, data) -> None:
+    """Measures the slim model against the masked one (see `hidden_width`)."""
+    import warnings
+
+    from hos_keras import surgery
+
+    source = "random" if data is None else "data"
+    plan.details["hidden_width"] = {"group": stream, "inputs": source}
+    x = _probe_inputs(model) if data is None else _first_batch(data)
+    masked = surgery.mask_model(model, plan)(x, training=False)
+    slim = surgery.slim_model(model, plan)(x, training=False)
+    masked = np.concatenate(
+        [np.ravel(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(masked)]
+    ).astype(np.float64)
+    slim = np.concatenate(
+        [np.ravel(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(slim)]
+    ).astype(np.float64)
+    error = float(np.linalg.norm(slim - masked) / max(np.linalg.norm(masked), 1e-30))
+    entry = plan.groups.get(stream)
+    plan.details["hidden_width"].update(
+        channels=int(entry.channels) if entry else 0,
+        kept=len(entry.keep) if entry else 0,
+        relative_error=error,
+        max_abs_error=float(np.max(np.abs(slim - masked), initial=0.0)),
+    )
+    warnings.warn(
+        f"hidden_width=True: the slim model of {model.name!r} is not exact. Its "
+        "normalisations average over the kept hidden channels only, so it differs "
+        f"from the masked model by a relative output error of {error:.3g} on "
+        f"{source} inputs (plan.details['hidden_width']). Fine-tune it.",
+        stacklevel=3,
+    )
+
+
+def _probe_inputs(model, batch: int = 4, length: int = 16):
+    """Random inputs for the model (see `plan_pruning(hidden_width=...)`)."""
+    rng = np.random.default_rng(0)
+    vocabularies = [
+        int(call.operation.input_dim)
+        for call in graph.iter_calls(model)
+        if isinstance(call.operation, keras.layers.Embedding)
+    ]
+    vocabulary = min(vocabularies, default=2)
+    inputs, _ = graph.io_structure(model)
+    arrays = []
+    for tensor in keras.tree.flatten(inputs):
+        shape = [batch] + [length if d is None else int(d) for d in tensor.shape[1:]]
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if "int" in dtype or dtype == "bool":
+            name = tensor.name.lower()
+            high = 2 if "mask" in name or "segment" in name else vocabulary
+            arrays.append(rng.integers(0, high, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.normal(size=shape).astype(dtype))
+    return keras.tree.pack_sequence_as(inputs, arrays)
+
+
+def _first_batch(data):
+    """The inputs of the first batch of `(x, y)` arrays or a dataset of them."""
+    if isinstance(data, (tuple, list)):
+        x = data[0]
+        return keras.tree.map_structure(lambda a: np.asarray(a)[:32], x)
+    return next(iter(data))[0]
 
 
 _REDUCTIONS = {"mean": np.mean, "max": np.max, "sum": np.sum}

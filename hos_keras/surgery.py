@@ -40,7 +40,7 @@ def _slice_specs(model: keras.Model, plan: PruningPlan, channel_graph=None) -> d
             "hos_keras.plan_pruning(model, ...)."
         )
     if channel_graph is None:
-        channel_graph = graph.channel_groups(model, warn=False)
+        channel_graph = _plan_graph(model, plan)
     groups = {g.name: g for g in channel_graph.prunable}
     for entry in plan.groups.values():
         group = groups.get(entry.name)
@@ -72,6 +72,15 @@ def _slice_specs(model: keras.Model, plan: PruningPlan, channel_graph=None) -> d
     for name, keep in out_keep.items():
         specs.setdefault(name, {})["out"] = keep
     return specs
+
+
+def _plan_graph(model: keras.Model, plan) -> graph.ChannelGraph:
+    """The channel graph a plan was made on: with the hidden width prunable
+    when the plan prunes it (`plan.details["hidden_width"]`)."""
+    details = getattr(plan, "details", None) or {}
+    return graph.channel_groups(
+        model, warn=False, hidden_width="hidden_width" in details
+    )
 
 
 def _sliced_weights(layer, spec: dict, weights=None) -> list:
@@ -193,20 +202,10 @@ class _Replay:
                 config = rule.configure(
                     config, spec.get("in"), spec.get("out"), spec.get("channels")
                 )
-                try:
-                    clone = type(op).from_config(config)
-                except Exception as error:
-                    raise UnsupportedModelError(
-                        f"Could not re-create layer {name!r} ({type(op).__name__}) "
-                        f"from its config: {type(error).__name__}: {error} A "
-                        "custom layer needs a get_config() that lists its "
-                        "constructor arguments and "
-                        "@keras.saving.register_keras_serializable()."
-                    ) from error
-            else:
-                # Its config is unchanged: carried over as it is, even when its
-                # own get_config cannot re-create it.
-                clone = carried.carry_over(op, config, name)
+            # Carried over when its own get_config cannot re-create it, or lists
+            # more than its constructor takes (keras-hub's
+            # ViTPatchingAndEmbedding).
+            clone = carried.carry_over(op, config, name)
         self.clones[key] = clone
         return clone
 
@@ -357,7 +356,7 @@ def weight_masks(model: keras.Model, plan: PruningPlan) -> dict[str, list[np.nda
     Raises:
         PlanMismatchError: if the plan does not belong to the model.
     """
-    channel_graph = graph.channel_groups(model, warn=False)
+    channel_graph = _plan_graph(model, plan)
     specs = _slice_specs(model, plan, channel_graph)
     return {
         name: _weight_mask(channel_graph.layers[name], spec)
@@ -371,7 +370,13 @@ def mask_model(model: keras.Model, plan: PruningPlan) -> keras.Model:
 
     `slim_model(model, plan)(x)` equals `mask_model(model, plan)(x)` up to float
     rounding: the masked model is the reference the slim model is tested against,
-    and the form progressive pruning trains in. Like `slim_model`, it is a plain
+    and the form progressive pruning trains in. The exception is a plan that
+    prunes the hidden width (`plan_pruning(..., hidden_width=True)`): the masked
+    model zeroes the removed channels of the residual stream (embedding columns,
+    normalisation scales and biases, output-projection columns) and the input
+    rows that read them, but its normalisations still average over the full
+    width, zeros included, so the slim model differs from it by the error
+    recorded in `plan.details["hidden_width"]`. Like `slim_model`, it is a plain
     functional (or Sequential) replay of the graph.
 
     Args:
