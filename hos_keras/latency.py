@@ -510,19 +510,46 @@ def _key(model, runtime, batch_size, threads) -> str:
 
 
 def _single_layer(call, c_in: int, c_out: int | None) -> keras.Model:
-    """A model of one copy of the layer, reading `c_in` and making `c_out`."""
+    """A model of one copy of the layer, reading `c_in` and making `c_out`.
+
+    The copy is called as the layer was (every tensor argument an input of the
+    model: an attention layer's query, value, key and mask); `c_in` replaces
+    the channels of its first input, and `c_out` counts what the layer's rule
+    calls its output channels (an attention layer's heads or key/value heads).
+    """
     layer, node = call.operation, call.node
     rule = call.rule
-    shape = list(node.input_tensors[0].shape[1:])
+    widths = rule.widths(layer, node)
+    first = node.input_tensors[0]
+    shape = list(first.shape[1:])
     axis = len(shape) if _channels_last(layer) else 1
-    full_in = int(shape[axis - 1])
+    full_in = int(shape[axis - 1]) if widths is None else widths[0]
     shape[axis - 1] = c_in
     keep_in = None if c_in == full_in else np.arange(c_in)
     keep_out = None if c_out is None else np.arange(c_out)
     config = rule.configure(dict(layer.get_config()), keep_in, keep_out)
     clone = type(layer).from_config(config)
-    inputs = keras.Input(tuple(shape), batch_size=None)
-    return keras.Model(inputs, clone(inputs))
+    inputs, tensors = [], {}
+    for tensor in node.input_tensors:
+        if id(tensor) in tensors:
+            continue
+        dims = tuple(shape) if tensor is first else tuple(tensor.shape[1:])
+        tensors[id(tensor)] = keras.Input(dims, batch_size=None, dtype=tensor.dtype)
+        inputs.append(tensors[id(tensor)])
+    args, kwargs = node.arguments.fill_in(tensors)
+    outputs = clone(*args, **kwargs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
+
+
+def _channels(call) -> tuple[int, int]:
+    """`(c_in, c_out)` of a call in its rule's terms (see `_single_layer`)."""
+    widths = call.rule.widths(call.operation, call.node)
+    if widths is not None:
+        return widths
+    last = _channels_last(call.operation)
+    c_in = int(call.node.input_tensors[0].shape[-1 if last else 1])
+    c_out = int(call.node.output_tensors[0].shape[-1 if last else 1])
+    return c_in, c_out
 
 
 def _channels_last(layer) -> bool:
@@ -606,10 +633,7 @@ def build_latency_model(
         if rule is None or not rule.has_filters or call.name in layers:
             continue
         layer = call.operation
-        c_in = int(call.node.input_tensors[0].shape[-1 if _channels_last(layer) else 1])
-        c_out = int(
-            call.node.output_tensors[0].shape[-1 if _channels_last(layer) else 1]
-        )
+        c_in, c_out = _channels(call)
         passes = 0 if rule.creates(layer) else c_out // max(c_in, 1)
         signature = json.dumps(_signature(call), sort_keys=True, default=str)
         by_signature[call.name] = signature

@@ -661,3 +661,33 @@ def test_itpruner_latency_target_from_every_entry_point(macs_timer, tmp_path, ca
     model.fit(x, y, epochs=2, callbacks=[callback], verbose=0)
     info = callback.plan.details["latency"]
     assert 1 - info["predicted_ms"] / info["original_ms"] >= 0.4
+
+
+def _transformer_block():
+    """Self-attention (4 heads) and a GELU MLP on sequences of 6 tokens."""
+    inputs = keras.Input((6, 16))
+    x = layers.MultiHeadAttention(4, 8, name="attention")(inputs, inputs)
+    x = layers.Add()([inputs, x])
+    h = layers.Dense(32, activation="gelu", name="mlp_up")(x)
+    x = layers.Add()([x, layers.Dense(16, name="mlp_down")(h)])
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, layers.Dense(3, name="out")(x), name="block")
+
+
+def test_latency_model_covers_attention_heads_and_mlp_widths(macs_timer):
+    model = _transformer_block()
+    table = latency.build_latency_model(model)
+    # The attention layer is timed in heads: 4 of them, the copies called on
+    # query and value as the layer was.
+    assert (table.layers["attention"]["c_in"], table.layers["attention"]["c_out"]) == (
+        16,
+        4,
+    )
+    plan = hos_keras.plan_pruning(
+        model, criterion="l1", allocation="fixed", ratio=0.5, latency_model=table
+    )
+    assert len(plan["attention"].keep) == 2 and len(plan["mlp_up"].keep) == 16
+    info = plan.details["latency"]
+    # Times are MACs: predicting the slim model's time needs the heads removed.
+    assert info["measured_slim_ms"] == pytest.approx(plan.macs_after * 1e-6 + 0.001)
+    assert info["predicted_ms"] == pytest.approx(info["measured_slim_ms"], rel=1e-3)
