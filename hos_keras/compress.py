@@ -278,7 +278,8 @@ def compress(
     """
     for old, value in (("target", target), ("target_latency", target_latency)):
         if value is not None:
-            warn_renamed(old, RENAMED[old], value, "compress")
+            # Past many_models' wrapper, to the caller's line.
+            warn_renamed(old, RENAMED[old], value, "compress", stacklevel=4)
     macs_reduction = macs_reduction if target is None else target
     latency_reduction = latency_reduction if target_latency is None else target_latency
     pruning = _spec_of(
