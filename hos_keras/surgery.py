@@ -22,6 +22,8 @@ tests check on real architectures. Neither function modifies the input model.
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -255,23 +257,33 @@ class _Replay:
 
 
 def _config(op) -> dict:
-    """The op's config; the base layer arguments when it cannot give one.
+    """The op's config; what its constructor's arguments were when it cannot
+    give one.
 
-    Some layers are made with arguments Keras cannot serialise (e.g. a
-    `keras.layers.Identity` given a DTypePolicy object) and raise from
-    `get_config`; for layers whose constructor takes only the base arguments, the
-    name, trainability and dtype policy re-create them exactly.
+    Some layers are made with arguments Keras cannot serialise (a
+    `keras.layers.Identity` given a DTypePolicy object; keras-hub's
+    RMSNormalization as loading re-creates it) and raise from `get_config`. Their
+    config is then rebuilt from the base arguments (name, trainability, dtype
+    policy) and, for every other constructor argument, the attribute of the same
+    name holding a plain value (`epsilon`); an argument with no such attribute
+    keeps its default.
     """
     try:
         return op.get_config()
     except NotImplementedError:
-        if not isinstance(op, keras.layers.Layer) or op.weights:
+        if not isinstance(op, keras.layers.Layer):
             raise
-        return {
-            "name": op.name,
-            "trainable": op.trainable,
-            "dtype": keras.saving.serialize_keras_object(op.dtype_policy),
-        }
+    config = {
+        "name": op.name,
+        "trainable": op.trainable,
+        "dtype": keras.saving.serialize_keras_object(op.dtype_policy),
+    }
+    plain = (bool, int, float, str, type(None))
+    for name in inspect.signature(type(op).__init__).parameters:
+        value = getattr(op, name, None)
+        if name not in config and name != "self" and isinstance(value, plain):
+            config[name] = value
+    return config
 
 
 def _input_name(tensor) -> str | None:

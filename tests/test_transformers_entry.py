@@ -361,13 +361,6 @@ def test_cli_reports_and_prunes_a_saved_vit_classifier(tmp_path, capsys):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slim_model cannot re-create a loaded GemmaCausalLM's final "
-    "RMSNormalization: keras-hub's layer has no get_config, and Keras's automatic "
-    "one fails on the DTypePolicy object loading passes it (hos_keras/surgery.py "
-    "_config falls back only for layers without weights)",
-)
 def test_cli_prune_uniform_saves_a_causal_lm_in_its_class(tmp_path, capsys):
     model = _gemma_lm()
     path, slim_path = tmp_path / "lm.keras", tmp_path / "slim.keras"
@@ -380,3 +373,12 @@ def test_cli_prune_uniform_saves_a_causal_lm_in_its_class(tmp_path, capsys):
     loaded = keras.models.load_model(slim_path)
     assert type(loaded) is type(model)
     assert loaded.backbone.intermediate_dim < model.backbone.intermediate_dim
+    # The loaded original's untouched layers that cannot give a config (its
+    # final RMSNormalization) were re-created exactly: slim == mask.
+    original = keras.models.load_model(path)
+    plan = hos_keras.plan_pruning(original, "l1", "global", fraction=0.3)
+    plan = hos_keras.uniform_plan(original, plan)
+    x = zoo.transformer_inputs(original)
+    decoy = outputs(hos_keras.mask_model(original, different_plan(plan)), x)
+    masked = outputs(hos_keras.mask_model(original, plan), x)
+    assert_equivalent(masked, outputs(loaded, x), decoys=[decoy], name="gemma cli")
