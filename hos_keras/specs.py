@@ -97,6 +97,13 @@ def needs_data(criterion="k34", allocation="shapiro") -> bool:
     return bool(getattr(allocation, "needs_data", False))
 
 
+# Allocations that cannot be made without an option, for `_allocation_class`.
+_DEFAULT_KNOBS = {
+    "target": {"macs_reduction": 0.5},
+    "itpruner": {"macs_reduction": 0.5},
+}
+
+
 def _allocation_class(name: str) -> type[allocation_lib.Allocation]:
     if name not in allocation_lib.allocation_names():
         raise InvalidArgumentError(
@@ -104,13 +111,6 @@ def _allocation_class(name: str) -> type[allocation_lib.Allocation]:
             f"{allocation_lib.allocation_names()} or an Allocation instance."
         )
     return type(allocation_lib.get_allocation(name, **_DEFAULT_KNOBS.get(name, {})))
-
-
-# Allocations that cannot be made without an option, for `_allocation_class`.
-_DEFAULT_KNOBS = {
-    "target": {"macs_reduction": 0.5},
-    "itpruner": {"macs_reduction": 0.5},
-}
 
 
 def spec_allocation(spec: PruningSpec) -> tuple[object, dict]:
