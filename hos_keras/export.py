@@ -1,6 +1,8 @@
-"""TFLite conversion and interpreter helpers for exported files (the CLI).
+"""TFLite conversion and interpreter helpers.
 
-Timing lives in `hos_keras.latency`.
+`to_tflite` converts a model for a file (the CLI's export); `timing_flatbuffer`
+converts one for timing (`hos_keras.latency` times dozens of one-layer models).
+Timing itself lives in `hos_keras.latency`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import tensorflow as tf
 
 from hos_keras import _startup
 
-__all__ = ["interpreter", "to_tflite"]
+__all__ = ["interpreter", "timing_flatbuffer", "to_tflite"]
 
 
 def to_tflite(model: keras.Model) -> bytes:
@@ -42,3 +44,26 @@ def interpreter(flat: bytes, threads: int | None = None) -> tf.lite.Interpreter:
         result = tf.lite.Interpreter(model_content=flat, num_threads=threads)
         result.allocate_tensors()
     return result
+
+
+def timing_flatbuffer(model: keras.Model) -> bytes:
+    """Converts a single-input Keras model to a float32 TFLite flatbuffer, fast.
+
+    The inference function is traced at batch 1 and its variables frozen into
+    constants before conversion: about five times faster than going through a
+    SavedModel (`to_tflite`, used for files) and the same graph,
+    which matters when a latency model times dozens of one-layer models.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
+    function = tf.function(lambda x: model(x, training=False))
+    with warnings.catch_warnings(), _startup.hidden_chatter():
+        frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
+        warnings.simplefilter("ignore")
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [frozen], trackable_obj=function
+        )
+        return converter.convert()

@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hos_keras import _startup, cost_model, export, files, graph, layer_rules, surgery
+from hos_keras import cost_model, export, files, graph, layer_rules, surgery
 from hos_keras.errors import InvalidArgumentError, check_int
 from hos_keras.plan_record import GroupPlan, PruningPlan
 
@@ -129,29 +129,6 @@ def measure_latency(
     return result
 
 
-def to_tflite(model: keras.Model) -> bytes:
-    """Converts a single-input Keras model to a float32 TFLite flatbuffer.
-
-    The inference function is traced at batch 1 and its variables frozen into
-    constants before conversion: about five times faster than going through a
-    SavedModel (`hos_keras.export.to_tflite`, used for files) and the same graph,
-    which matters when a latency model times dozens of one-layer models.
-    """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    spec = tf.TensorSpec((1, *model.inputs[0].shape[1:]), model.inputs[0].dtype)
-    function = tf.function(lambda x: model(x, training=False))
-    with warnings.catch_warnings(), _startup.hidden_chatter():
-        frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
-        warnings.simplefilter("ignore")
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [frozen], trackable_obj=function
-        )
-        return converter.convert()
-
-
 def tflite_latency(
     models: Mapping[str, keras.Model],
     sample=None,
@@ -177,7 +154,7 @@ def tflite_latency(
     """
     interpreters = {}
     for name, model in models.items():
-        runner = export.interpreter(to_tflite(model), threads)
+        runner = export.interpreter(export.timing_flatbuffer(model), threads)
         detail = runner.get_input_details()[0]
         if sample is None:
             x = np.random.default_rng(0).normal(size=detail["shape"])

@@ -5,10 +5,10 @@ import pytest
 import tiny
 from invariants import assert_equivalent, live_batchnorm, outputs, swapped_channels
 
-from hos_keras import export, latency
+from hos_keras import export
 
 
-@pytest.mark.parametrize("convert", [export.to_tflite, latency.to_tflite])
+@pytest.mark.parametrize("convert", [export.to_tflite, export.timing_flatbuffer])
 def test_tflite_outputs_match_keras(convert):
     model = live_batchnorm(tiny.residual_cnn())
     x, _ = tiny.images(4, (8, 8, 3))
@@ -24,5 +24,5 @@ def test_tflite_outputs_match_keras(convert):
         outputs(model, x),
         np.stack(got),
         decoys=[outputs(swapped_channels(model), x)],
-        name=f"{model.name} through {convert.__module__}.to_tflite",
+        name=f"{model.name} through export.{convert.__name__}",
     )

@@ -91,11 +91,11 @@ def test_tflite_conversion_writes_nothing_in_a_users_script():
     # hidden, so everything after the marker comes from the conversions.
     script = (
         "import sys, keras\n"
-        "from hos_keras import export, latency\n"
+        "from hos_keras import export\n"
         "model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(3, 1)])\n"
         "sys.stderr.write('--- converting\\n'); sys.stderr.flush()\n"
         "export.interpreter(export.to_tflite(model))\n"
-        "export.interpreter(latency.to_tflite(model))\n"
+        "export.interpreter(export.timing_flatbuffer(model))\n"
         "print('made')\n"
     )
     done = _python(script, {"HOS_KERAS_QUIET": "", "HOS_KERAS_VERBOSE": ""})
