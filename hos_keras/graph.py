@@ -827,8 +827,16 @@ def frozen_by_reason(groups) -> dict[str, list[str]]:
 
 
 def warn_frozen(groups, stacklevel: int = 3) -> None:
-    """One warning listing what froze channel groups, by reason."""
-    gathered = frozen_by_reason(groups)
+    """One warning listing what froze channel groups, by reason.
+
+    A transformer's hidden width, whole unless `hidden_width=True` is asked for,
+    is left out: that is a default, not a layer hos_keras cannot prune through.
+    """
+    gathered = {
+        what: places
+        for what, places in frozen_by_reason(groups).items()
+        if "the hidden width" not in what
+    }
     if not gathered:
         return
     count = sum(

@@ -5,9 +5,9 @@
 The documents are README.md, every page of docs/ and bench/README.md
 (`DOCUMENTS`). Each ```python block runs in its own interpreter, in a scratch
 directory, after a prelude that defines the names the snippets take as given
-(`model`, `plan`, `train`, `val`, `train_ds`, `x`, ...) on tiny stand-ins: a
-Fashion-MNIST ResNet-20 with random weights, 128 training and 128 validation
-images. Statements run one at a time; a statement may fail only where the table
+(`model`, `plan`, `train`, `val`, `train_ds`, `x`, `causal_lm`, `prompts`, ...)
+on tiny stand-ins: a Fashion-MNIST ResNet-20 with random weights, 128 training
+and 128 validation images, a 2-layer keras-hub GemmaCausalLM. Statements run one at a time; a statement may fail only where the table
 `EXPECTED_ERRORS` says why (the CIFAR and ImageNet lines: those datasets cannot
 be downloaded on the machines this runs on). Each ```bash block of `hos-keras`
 commands runs line by line on the prelude's model saved as `model.keras`;
@@ -61,6 +61,18 @@ model.compile(
     metrics=["accuracy"],
 )
 plan = hos_keras.plan_pruning(model, allocation="fixed", ratio=0.3)
+import keras_hub as _hub
+causal_lm = _hub.models.GemmaCausalLM(
+    backbone=_hub.models.GemmaBackbone(
+        vocabulary_size=100, num_layers=2, num_query_heads=4, num_key_value_heads=4,
+        head_dim=8, hidden_dim=32, intermediate_dim=64,
+    ),
+    preprocessor=None,
+)
+prompts = {
+    "token_ids": np.array([[5, 6, 7] + [0] * 13]),
+    "padding_mask": np.array([[1, 1, 1] + [0] * 13]),
+}
 """
 
 # Runs one snippet statement by statement; writes what happened to argv[2]

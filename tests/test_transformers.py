@@ -634,3 +634,14 @@ def test_a_backbone_config_that_derives_a_pruned_size_keeps_no_class(monkeypatch
     decoy = outputs(hos_keras.mask_model(model, different_plan(plan)), x)
     expected = outputs(hos_keras.mask_model(model, plan), x)
     assert_equivalent(expected, outputs(slim, x), decoys=[decoy], name="mistral")
+
+
+def test_the_hidden_width_left_whole_by_default_is_not_warned_about():
+    model = _causal_lm("GemmaBackbone")
+    # Only the token embedding freezes the stream here, by default.
+    frozen = hos_keras.channel_groups(model, warn=False).frozen
+    assert any("the hidden width" in reason for reason in frozen.values())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hos_keras.plan_pruning(model, criterion="l1", allocation="fixed", ratio=0.3)
+    assert not [w for w in caught if "does not prune" in str(w.message)]
