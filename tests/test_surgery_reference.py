@@ -466,6 +466,7 @@ NOT_WEIGHT_CRITERIA = {
     "sfs",
     "taylor",
     "fisher",
+    "head_importance",
     "activation_k3",
     "activation_k4",
     "activation_k34",
