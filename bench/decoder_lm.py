@@ -27,6 +27,7 @@ import json
 import os
 import time
 
+import finetuning
 import keras
 import numpy as np
 from finetuning import machine
@@ -109,10 +110,7 @@ def gemma() -> keras.Model:
 
 
 def adamw(lr, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 20)
-    )
-    return keras.optimizers.AdamW(schedule, weight_decay=0.01)
+    return finetuning.adamw(lr, steps, weight_decay=0.01)
 
 
 def perplexity(model, held_out: np.ndarray, batch_size=256) -> float:

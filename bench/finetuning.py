@@ -62,15 +62,24 @@ def sgd(lr, steps):
     return training.sgd(lr, steps=steps, weight_decay=5e-4)
 
 
-def finetune(student, teacher, plan, train, seed, args, auxiliary=True):
-    """Trains `student` for `args.finetune_epochs` from `args.finetune_lr` (SGD,
-    cosine) with the task loss and, with `auxiliary`,
-    the output and pivot MSEs against `teacher` (output weight 1.0, automatic
-    pivots), through `hos_keras.training.distill_then_finetune`; returns the
-    seconds it took and the pivots matched."""
+def adamw(lr, steps, weight_decay):
+    """The transformer benchmarks' optimizer: AdamW, a linear warm-up over the
+    first 5% of the steps to `lr`, then cosine to 0."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=lr, warmup_steps=max(1, steps // 20)
+    )
+    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+
+
+def finetune(student, teacher, plan, train, seed, args, auxiliary=True, optimizer=sgd):
+    """Trains `student` for `args.finetune_epochs` from `args.finetune_lr`
+    (`optimizer(lr, steps)`: SGD, cosine, by default) with the task loss and,
+    with `auxiliary`, the output and pivot MSEs against `teacher` (output weight
+    1.0, automatic pivots), through `hos_keras.training.distill_then_finetune`;
+    returns the seconds it took and the pivots matched."""
     distiller = hos_keras.HOSDistiller(student, teacher, plan=plan, output_weight=1.0)
     epochs = args.finetune_epochs
-    optimizer = sgd(args.finetune_lr, int(train.cardinality()) * epochs)
+    optimizer = optimizer(args.finetune_lr, int(train.cardinality()) * epochs)
     stage = (
         {"distill_epochs": epochs, "finetune_epochs": 0, "distill_optimizer": optimizer}
         if auxiliary

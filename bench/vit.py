@@ -32,12 +32,13 @@ import argparse
 import os
 import time
 
+import finetuning
 import keras
 import numpy as np
 from finetuning import Runs, accuracy, machine, spread
 
 import hos_keras
-from hos_keras import data, training
+from hos_keras import data
 
 CRITERIA = ("k34", "abs_k34", "l1", "random", "taylor")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -82,10 +83,7 @@ def vit() -> keras.Model:
 
 
 def adamw(lr: float, steps: int):
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, warmup_target=lr, warmup_steps=steps // 20
-    )
-    return keras.optimizers.AdamW(schedule, weight_decay=0.05)
+    return finetuning.adamw(lr, steps, weight_decay=0.05)
 
 
 def train_baseline(args, train, test):
@@ -144,23 +142,6 @@ class Plans:
             assert kept == self.widths, criterion
             self.found[criterion] = plan
         return self.found[criterion]
-
-
-def distill(student, teacher, plan, train, seed, args) -> tuple[float, list]:
-    distiller = hos_keras.HOSDistiller(student, teacher, plan=plan, output_weight=1.0)
-    epochs = args.finetune_epochs
-    train = train.take(args.finetune_images // args.batch_size)
-    optimizer = adamw(args.finetune_lr, int(train.cardinality()) * epochs)
-    start = time.perf_counter()
-    training.distill_then_finetune(
-        distiller,
-        train.shuffle(64, seed=seed),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        distill_epochs=epochs,
-        finetune_epochs=0,
-        distill_optimizer=optimizer,
-    )
-    return time.perf_counter() - start, list(distiller.pivots)
 
 
 def _table(found: dict, runs: list) -> list:
@@ -222,7 +203,15 @@ def accuracy_runs(args, teacher, train, test, base_accuracy, elapsed):
             keras.utils.set_random_seed(seed)
             student = hos_keras.slim_model(teacher, plan)
             pruned = accuracy(student, test)
-            seconds, pivots = distill(student, teacher, plan, train, seed, args)
+            seconds, pivots = finetuning.finetune(
+                student,
+                teacher,
+                plan,
+                train.take(args.finetune_images // args.batch_size),
+                seed,
+                args,
+                optimizer=adamw,
+            )
             final = accuracy(student, test)
             runs.add(
                 seed=seed,
